@@ -1,0 +1,80 @@
+# fisher-boundary: `make reproduce` runs the study on the embedded default, `make test` runs the tests.
+# Both create the virtual environment (.venv) on first use.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The CPU build of torch lies on this project's machines; on a GPU box PyPI's default build is the CUDA one.
+TORCH ?= torch==2.13.0
+KERNEL := fisher-boundary
+
+ARCH ?= tiny
+MODEL ?=
+CORPORA ?=
+SEEDS ?=
+# The local tier (MODEL=<folder>) is reported under the folder's name.
+RUN_NAME := $(if $(MODEL),$(notdir $(patsubst %/,%,$(MODEL))),$(ARCH))
+PARAMS := $(if $(wildcard params/$(ARCH).yaml),params/$(ARCH).yaml,params/default.yaml)
+RUN_DIR := runs/$(RUN_NAME)
+NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
+EXECUTED := $(patsubst notebooks/%,$(RUN_DIR)/%,$(NOTEBOOKS))
+PAPERMILL_ARGS := -k $(KERNEL) -f $(PARAMS) --cwd notebooks \
+	$(if $(MODEL),-p arch "$(abspath $(MODEL))" -p run_name "$(RUN_NAME)",-p arch "$(ARCH)") \
+	$(if $(CORPORA),-y "corpora: [$(foreach c,$(CORPORA),'$(c)',)]") \
+	$(if $(SEEDS),-y "seeds: [$(foreach s,$(SEEDS),$(s),)]")
+
+.PHONY: all venv test test-unit test-integration test-notebooks bench reproduce paper clean help
+all: help
+
+help:
+	@echo "make reproduce [ARCH=tiny|pythia|llama|qwen|<hub id>] [SEEDS='0 1 2 3']   run notebooks 01-07"
+	@echo "make reproduce MODEL=<hf folder> CORPORA='<file.jsonl> ...'            the local tier"
+	@echo "make paper        assemble results/summary.md across the architectures run so far"
+	@echo "make test         unit + integration + notebook tests (creates .venv)"
+	@echo "make test-unit | test-integration | test-notebooks | bench"
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (fisher-boundary)" >/dev/null
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q -m "not integration and not notebooks"
+
+test-integration: $(STAMP)
+	$(PY) -m pytest -q -m integration
+
+test-notebooks: $(STAMP)
+	$(PY) -m pytest -q -m notebooks
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_boundary.py
+
+reproduce: $(EXECUTED)
+	@echo "executed notebooks: $(RUN_DIR)/  tables: results/$(RUN_NAME)/  figures: figures/$(RUN_NAME)/"
+
+# One pattern rule per notebook: an unchanged notebook with unchanged inputs is not rerun, and
+# `make -j` runs 02 beside 03 and 04-07 side by side once the sweep exists.
+$(RUN_DIR)/%.ipynb: notebooks/%.ipynb $(PARAMS) $(STAMP)
+	@mkdir -p $(RUN_DIR)
+	$(PY) -m papermill $< $@.partial $(PAPERMILL_ARGS) --log-output --progress-bar
+	mv $@.partial $@
+
+$(RUN_DIR)/02_fisher_geometry.ipynb $(RUN_DIR)/03_direction_sweep.ipynb: $(RUN_DIR)/01_sample_positions.ipynb
+$(RUN_DIR)/04_closed_form_exactness.ipynb $(RUN_DIR)/05_direction_classes.ipynb \
+$(RUN_DIR)/06_isotonic_calibration.ipynb $(RUN_DIR)/07_entropy_stratification.ipynb: $(RUN_DIR)/03_direction_sweep.ipynb
+
+paper: $(STAMP)
+	$(PY) -m fisherlib.paper
+
+clean:
+	rm -rf runs .pytest_cache

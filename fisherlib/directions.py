@@ -1,0 +1,121 @@
+"""The per-position direction sweep of SPEC §5: eigvec, structured, tangent, random and control directions."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from .errors import DegenerateInputError
+from .fisher import fisher_eigh, top_k_distribution
+
+CLASSES = ("eigvec", "structured", "tangent", "random", "control")
+NOT_APPLICABLE = -1  # integer columns use -1, never NaN, where a field does not apply to a class
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """Normalise the last axis; a zero vector stays zero (and is reported as zero curvature)."""
+    norm = x.norm(dim=-1, keepdim=True)
+    return x / torch.where(norm > 0, norm, torch.ones_like(norm))
+
+
+def position_generator(seed: int, position_id: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """Return a generator seeded by `(seed, position_id)`, so a position's random directions do not depend on its batch."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed((int(seed) * 1_000_003 + int(position_id)) % (2**63 - 1))
+    return generator
+
+
+def direction_sweep(
+    W: torch.Tensor,
+    h: torch.Tensor,
+    p: torch.Tensor,
+    F_k: torch.Tensor | None = None,
+    n_random: int = 20,
+    n_control: int = 8,
+    seed: int = 0,
+    top_k: int = 64,
+    n_eigvec: int = 7,
+    n_pair_tokens: int = 4,
+    both_signs: bool = True,
+    position_ids=None,
+) -> tuple[torch.Tensor, pd.DataFrame]:
+    """Return unit directions `[P, D, d]` (float64) and a table with one row per (position, direction).
+
+    `W [V, d]` unembedding, `h [P, d]` residuals, `p [P, V]` next-token distributions. `F_k [P, d, d]`
+    is used for the eigenvectors when given; otherwise they come from `fisher_eigh(W, p, top_k)`, which
+    never forms a `d × d` matrix. Eigenvector signs are oriented so that `uᵀ(w_b − w_a) ≥ 0` (a, b the
+    top two tokens): `+` pushes toward swapping them. Pair directions are `(w_j − w_i)/‖·‖` for ranks
+    `i < j`. With `both_signs`, eigvec, structured and tangent directions appear as `+u` and `−u`.
+    Control directions are orthogonal to every row of `W_K` and need `top_k < d`.
+
+    Table columns: position, direction, cls, eig_rank (1.. or -1), sign (+1/−1), token_i, token_j
+    (ids, or -1), eigval (the `F_k` eigenvalue for eigvec rows, else 0).
+    """
+    h = h[None] if h.dim() == 1 else h
+    p = p[None] if p.dim() == 1 else p
+    P, d = h.shape
+    if n_control > 0 and top_k >= d:
+        raise DegenerateInputError(
+            f"control directions must be orthogonal to the top_k={top_k} rows of W, which span all of "
+            f"R^{d}; lower top_k below the model width {d} (e.g. top_k={max(1, d // 2)}) or set n_control=0"
+        )
+    position_ids = list(range(P)) if position_ids is None else [int(i) for i in position_ids]
+    W64 = W.double()
+    h64 = h.double()
+    _, top_ids = top_k_distribution(p, max(top_k, n_pair_tokens, 2))
+
+    if F_k is not None:
+        eigvals, eigvecs = torch.linalg.eigh(F_k.double())
+        eigvals, eigvecs = eigvals.flip(-1).clamp_min(0), eigvecs.flip(-1)
+    else:
+        eigvals, eigvecs = fisher_eigh(W, p, top_k)
+    n_eig = min(n_eigvec, eigvecs.shape[-1])
+
+    directions, rows = [], []
+    for i in range(P):
+        ids = top_ids[i]
+        top_two = W64[ids[1]] - W64[ids[0]]  # w_b − w_a
+        sweep: list[tuple[torch.Tensor, dict]] = []
+
+        def add(vector, cls, eig_rank=NOT_APPLICABLE, token_i=NOT_APPLICABLE, token_j=NOT_APPLICABLE, eigval=0.0, signed=True):
+            for sign in ((1, -1) if (signed and both_signs) else (1,)):
+                sweep.append(
+                    (sign * vector, dict(cls=cls, eig_rank=eig_rank, sign=sign, token_i=token_i, token_j=token_j, eigval=eigval))
+                )
+
+        eig_dirs = []
+        for r in range(n_eig):
+            v = eigvecs[i, :, r]
+            if v @ top_two < 0:
+                v = -v
+            eig_dirs.append(v)
+            add(v, "eigvec", eig_rank=r + 1, eigval=float(eigvals[i, r]))
+        pairs = []
+        for a in range(n_pair_tokens):
+            for b in range(a + 1, n_pair_tokens):
+                ti, tj = int(ids[a]), int(ids[b])
+                v = _unit(W64[tj] - W64[ti])
+                pairs.append((v, ti, tj))
+                add(v, "structured", token_i=ti, token_j=tj)
+        h_unit = _unit(h64[i])
+        for v, ti, tj in pairs:
+            add(_unit(v - (v @ h_unit) * h_unit), "tangent", token_i=ti, token_j=tj)
+        if eig_dirs:
+            v = eig_dirs[0]
+            add(_unit(v - (v @ h_unit) * h_unit), "tangent", eig_rank=1, eigval=float(eigvals[i, 0]))
+        generator = position_generator(seed, position_ids[i])
+        gaussian = torch.randn(n_random + n_control, d, generator=generator, dtype=torch.float64)
+        for v in _unit(gaussian[:n_random].to(h.device)):
+            add(v, "random", signed=False)
+        if n_control > 0:
+            # Orthonormal basis of span(W_K rows); controls are Gaussian vectors with that span removed.
+            basis, _ = torch.linalg.qr(W64[ids[:top_k]].T)
+            raw = gaussian[n_random:].to(h.device)
+            for v in _unit(raw - (raw @ basis) @ basis.T):
+                add(v, "control", signed=False)
+        directions.append(torch.stack([v for v, _ in sweep]))
+        for j, (_, meta) in enumerate(sweep):
+            rows.append(dict(position=position_ids[i], direction=j, **meta))
+    table = pd.DataFrame(rows)
+    table["cls"] = pd.Categorical(table["cls"], categories=CLASSES)
+    return torch.stack(directions), table

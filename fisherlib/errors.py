@@ -1,0 +1,37 @@
+"""Exceptions that tell the user what to do next."""
+
+
+class FisherlibError(Exception):
+    """Base class: every error raised on purpose by fisherlib."""
+
+
+class UnknownArchitectureError(FisherlibError, ValueError):
+    """An `arch` that is neither a registry name, a local folder, nor a reachable hub id."""
+
+
+class HubUnreachableError(FisherlibError, ConnectionError):
+    """The Hugging Face hub could not be reached and nothing was cached."""
+
+
+class GatedModelError(FisherlibError, PermissionError):
+    """The hub refused a gated model: accept its licence and authenticate."""
+
+
+class NotACausalLMError(FisherlibError, ValueError):
+    """The model has no causal-LM head (no `get_output_embeddings()`)."""
+
+
+class MissingWeightsError(FisherlibError, FileNotFoundError):
+    """A local model folder without weight files."""
+
+
+class CorpusError(FisherlibError, ValueError):
+    """A corpus name or file that cannot be read."""
+
+
+class DegenerateInputError(FisherlibError, ValueError):
+    """Inputs for which a requested quantity is undefined (say, `top_k >= d` for control directions)."""
+
+
+class ParameterError(FisherlibError, TypeError):
+    """A notebook or CLI parameter of the wrong type or value."""

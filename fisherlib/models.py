@@ -1,0 +1,466 @@
+"""Load a causal LM by registry name, local folder or hub id, with its LM head checked (spec §1, §8)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from fisherlib.errors import (
+    FisherlibError,
+    GatedModelError,
+    HubUnreachableError,
+    MissingWeightsError,
+    NotACausalLMError,
+    ParameterError,
+    UnknownArchitectureError,
+)
+from fisherlib.model_surgery import (
+    LMHead,
+    capture_final_residual,
+    check_head_reproduces_logits,
+    find_lm_head,
+    logits_from_residual,
+)
+
+logger = logging.getLogger("fisherlib")
+
+TINY_MODEL_ID = "embedded:tiny"
+
+# Short names for the study's models (spec §8); `tiny` is trained locally by fisherlib.tiny.
+REGISTRY: dict[str, str] = {
+    "pythia": "EleutherAI/pythia-1b",
+    "llama": "meta-llama/Llama-3.2-1B",
+    "qwen": "Qwen/Qwen3-1.7B",
+    "tiny": TINY_MODEL_ID,
+}
+
+# `org/name`, as the hub spells repository ids.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*")
+
+_WEIGHT_PATTERNS = (
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "pytorch_model*.bin",
+    "pytorch_model*.bin.index.json",
+)
+
+_DTYPE_NAMES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+# Two strings of different lengths, so that the one-off logits check also covers right padding.
+_CHECK_TEXTS = (
+    "Once upon a time, there was a little girl who liked to read the source code of Python.",
+    "The quick brown fox jumps over the lazy dog.",
+)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM in eval mode with its tokenizer and float32 LM head.
+
+    Attributes:
+        model: the Hugging Face causal LM.
+        tokenizer: its tokenizer, padding on the right with a pad token set.
+        arch: what the caller asked for (registry name, folder or hub id).
+        model_id: the hub id, the local folder, or `embedded:tiny`.
+        revision: the hub commit hash, or None for local folders.
+        device: where the model runs.
+        dtype: the model's dtype for the forward pass; everything returned is float32.
+        head: `W` [V, d] and `b` [V] of the LM head, float32.
+        logits_check_error: max |W h + b - logits| measured once at load.
+    """
+
+    model: Any = field(repr=False)
+    tokenizer: Any = field(repr=False)
+    arch: str
+    model_id: str
+    revision: str | None
+    device: torch.device
+    dtype: torch.dtype
+    head: LMHead = field(repr=False)
+    logits_check_error: float
+
+    def capture(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        rows: torch.Tensor | Sequence[int],
+        cols: torch.Tensor | Sequence[int],
+        batch_size: int | None = None,
+    ) -> torch.Tensor:
+        """Return `h` [N, d] float32 (on `self.device`) at positions (rows[i], cols[i]) of `input_ids` [B, T].
+
+        Runs `batch_size` sequences per forward pass (default: all of them) and halves that on
+        running out of GPU memory.
+        """
+        rows = torch.as_tensor(rows, dtype=torch.long).reshape(-1).cpu()
+        cols = torch.as_tensor(cols, dtype=torch.long).reshape(-1).cpu()
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        h = torch.empty(len(rows), self.head.hidden_size, dtype=torch.float32, device=self.device)
+        # Only sequences holding a requested position need a forward pass; unique() also sorts them.
+        sequences = rows.unique().tolist()
+        if not sequences:
+            return h
+
+        def capture_sequences(chunk: list[int]) -> None:
+            chunk_rows = torch.tensor(chunk, dtype=torch.long)
+            selected = torch.isin(rows, chunk_rows)
+            local_rows = torch.searchsorted(chunk_rows, rows[selected])
+            chunk_cols = cols[selected]
+            # Causal attention: tokens after the last requested position cannot change h, so skip them.
+            length = int(chunk_cols.max()) + 1
+            h[selected.to(self.device)] = capture_final_residual(
+                self.model,
+                input_ids[chunk_rows, :length],
+                attention_mask[chunk_rows, :length],
+                local_rows,
+                chunk_cols,
+            )
+
+        run_with_oom_backoff(capture_sequences, sequences, batch_size or len(sequences))
+        return h
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Return `z = W h + b` [N, V] float32 for `h` [N, d]."""
+        return logits_from_residual(h, self.head)
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """Return whether `error` means an accelerator (or the host) ran out of memory."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def run_with_oom_backoff(fn: Callable[[list[T]], R], items: Sequence[T], batch_size: int) -> list[R]:
+    """Return `[fn(chunk) for chunk in chunks of items]`, halving the chunk size on out-of-memory errors.
+
+    Chunks cover `items` once, in order; a chunk that runs out of memory is retried smaller, and the
+    smaller size is kept for the rest.
+
+    Raises:
+        FisherlibError: out of memory even with one item per chunk.
+    """
+    if batch_size < 1:
+        raise ParameterError(f"batch_size must be at least 1, got {batch_size}.")
+    items = list(items)
+    results: list[R] = []
+    start = 0
+    while start < len(items):
+        chunk = items[start : start + batch_size]
+        try:
+            results.append(fn(chunk))
+            start += len(chunk)
+            continue
+        except Exception as error:  # noqa: BLE001 - only out-of-memory errors are handled, the rest re-raised
+            if not _is_out_of_memory(error):
+                raise
+        # Retrying outside the except block lets the failed attempt's frames, and their activations, go.
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(chunk) == 1:
+            raise FisherlibError(
+                "Out of GPU memory even with batch 1: lower max_context, use dtype='bfloat16' "
+                "(or 'float16'), or a smaller model."
+            )
+        batch_size = len(chunk) // 2
+        logger.warning("out of GPU memory with batch %d; retrying with %d", len(chunk), batch_size)
+    return results
+
+
+def resolve_model_id(arch: str | os.PathLike) -> str:
+    """Return the model id for `arch`: a registry name's id, a local folder's absolute path, or a hub id.
+
+    Raises:
+        UnknownArchitectureError: `arch` is none of these.
+    """
+    name = str(arch).strip()
+    if name.lower() in REGISTRY:
+        return REGISTRY[name.lower()]
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    registry_names = ", ".join(sorted(REGISTRY))
+    if path.exists():
+        raise UnknownArchitectureError(f"{name!r} is a file; give a model folder (with config.json) instead.")
+    if name.startswith(("/", "~", ".")) or "\\" in name or name.count("/") > 1:
+        raise UnknownArchitectureError(f"No model folder at {name!r}.")
+    if _HUB_ID.fullmatch(name):
+        return name
+    raise UnknownArchitectureError(
+        f"Unknown architecture {name!r}. Use one of {registry_names}, "
+        "or a local Hugging Face model folder, or a hub id such as 'EleutherAI/pythia-160m'."
+    )
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    """Return `device`, defaulting to CUDA when available, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ParameterError(f"Unknown device {device!r}: {error}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ParameterError(f"device={device!r} was asked for, but CUDA is not available here; use 'cpu'.")
+    return resolved
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """Return `dtype`, defaulting to bfloat16 on CUDA and float32 elsewhere."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).lower().removeprefix("torch.")
+    if name not in _DTYPE_NAMES:
+        raise ParameterError(f"Unknown dtype {dtype!r}; use one of {', '.join(_DTYPE_NAMES)}.")
+    return _DTYPE_NAMES[name]
+
+
+def _check_model_folder(folder: Path) -> None:
+    """Raise unless `folder` holds a config.json and weight files."""
+    if not (folder / "config.json").is_file():
+        raise UnknownArchitectureError(f"{folder} has no config.json, so it is not a Hugging Face model folder.")
+    if not any(any(folder.glob(pattern)) for pattern in _WEIGHT_PATTERNS):
+        raise MissingWeightsError(
+            f"{folder} has a config.json but no weights (*.safetensors or pytorch_model*.bin); "
+            "copy the weight files into it."
+        )
+
+
+def _exception_chain(error: BaseException) -> Iterator[BaseException]:
+    """Yield `error` and the exceptions it was raised from or while handling."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _network_error_types() -> tuple[type[BaseException], ...]:
+    """Return the transport-error classes of whichever HTTP clients huggingface_hub uses."""
+    types: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for client in ("httpx", "httpx2", "requests"):
+        try:
+            module = __import__(client)
+        except ImportError:
+            continue
+        for name in ("NetworkError", "TimeoutException", "ConnectionError", "Timeout"):
+            candidate = getattr(module, name, None)
+            if isinstance(candidate, type) and issubclass(candidate, BaseException):
+                types.append(candidate)
+    return tuple(types)
+
+
+def _translate_load_error(error: BaseException, model_id: str, revision: str | None) -> FisherlibError | None:
+    """Return the fisherlib error that explains `error`, or None to let it through unchanged."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    chain = list(_exception_chain(error))
+    message = "\n".join(str(link) for link in chain)
+    if any(isinstance(link, GatedRepoError) for link in chain) or "gated repo" in message.lower():
+        return GatedModelError(
+            f"{model_id} is a gated model. Accept its licence on https://huggingface.co/{model_id}, then "
+            "run `huggingface-cli login` (or `hf auth login`) or set HF_TOKEN to a token with access."
+        )
+    if any(isinstance(link, RevisionNotFoundError) for link in chain):
+        return UnknownArchitectureError(f"{model_id} has no revision {revision!r} on the hub.")
+    if any(isinstance(link, (RepositoryNotFoundError, HFValidationError)) for link in chain) or (
+        "is not a valid model identifier" in message
+    ):
+        return UnknownArchitectureError(
+            f"{model_id!r} is neither a registry name ({', '.join(sorted(REGISTRY))}), a local model folder, "
+            "nor a model on the hub (if it is private, run `huggingface-cli login` or set HF_TOKEN)."
+        )
+    if any(isinstance(link, (LocalEntryNotFoundError, *_network_error_types())) for link in chain) or (
+        "couldn't connect to" in message.lower()
+    ):
+        return HubUnreachableError(
+            f"Cannot reach the Hugging Face hub to download {model_id}, and it is not in the local cache. "
+            "Run offline with ARCH=tiny (trained locally) or give a local model folder, "
+            "e.g. ../shared/fixtures/models/stories260K/hf."
+        )
+    if re.search(r"\b40[13]\b", message) and re.search(r"client error|unauthori[sz]ed|forbidden", message.lower()):
+        return GatedModelError(
+            f"The hub refused access to {model_id}. If it is gated, accept its licence on "
+            f"https://huggingface.co/{model_id}, then run `huggingface-cli login` or set HF_TOKEN."
+        )
+    if isinstance(error, ValueError) and "Unrecognized configuration class" in message:
+        return NotACausalLMError(
+            f"{model_id} is not a causal language model (AutoModelForCausalLM cannot load it)."
+        )
+    return None
+
+
+@contextmanager
+def _load_errors_explained(model_id: str, revision: str | None) -> Iterator[None]:
+    """Turn hub and loading errors into fisherlib errors with a one-line remedy."""
+    try:
+        yield
+    except FisherlibError:
+        raise
+    except Exception as error:
+        translated = _translate_load_error(error, model_id, revision)
+        if translated is None:
+            raise
+        raise translated from None
+
+
+def _check_causal_lm_config(config: Any, model_id: str) -> None:
+    """Raise unless `config` describes a decoder-only causal LM."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    model_type = getattr(config, "model_type", None)
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise NotACausalLMError(
+            f"{model_id} is a {model_type!r} model, which has no causal-LM head in transformers; "
+            "fisherlib needs a next-token (decoder-only) language model."
+        )
+    if getattr(config, "is_encoder_decoder", False):
+        raise NotACausalLMError(
+            f"{model_id} is an encoder-decoder ({model_type}); fisherlib needs a decoder-only LM."
+        )
+    # BERT-like encoders do load as *ForCausalLM, but with bidirectional attention unless is_decoder.
+    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and getattr(config, "is_decoder", True) is False:
+        raise NotACausalLMError(
+            f"{model_id} is a {model_type!r} encoder (a masked LM, is_decoder=False), not a causal LM."
+        )
+
+
+def _load_tokenizer(source: str, revision: str | None) -> Any:
+    """Return the tokenizer of `source`, padding on the right with a pad token set."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+    # Without tokenizer files AutoTokenizer quietly builds an empty one that maps any text to nothing.
+    if not tokenizer(_CHECK_TEXTS[1], add_special_tokens=False)["input_ids"]:
+        raise FisherlibError(
+            f"The tokenizer of {source} turns text into no tokens: the model has no tokenizer files "
+            "(tokenizer.json, tokenizer_config.json, ...); copy them next to config.json."
+        )
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        # Padding is only ever masked out, so any existing special token will do.
+        fallback = tokenizer.eos_token or tokenizer.unk_token or tokenizer.bos_token
+        if fallback is None:
+            raise FisherlibError(
+                f"The tokenizer of {source} has no pad, eos, unk or bos token to pad batches with."
+            )
+        tokenizer.pad_token = fallback
+    return tokenizer
+
+
+def _hub_commit_hash(model: Any, model_id: str, revision: str | None) -> str | None:
+    """Return the commit hash the hub model was loaded from, if the cache records it."""
+    commit_hash = getattr(model.config, "_commit_hash", None)
+    if commit_hash:
+        return commit_hash
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from transformers.utils.hub import extract_commit_hash
+
+        config_file = try_to_load_from_cache(model_id, "config.json", revision=revision)
+        return extract_commit_hash(config_file if isinstance(config_file, str) else None, None)
+    except Exception:  # noqa: BLE001 - provenance is best effort; a missing hash must not stop a run
+        return revision
+
+
+def _check_logits_once(model: Any, tokenizer: Any, head: LMHead) -> float:
+    """Return the max |W h + b - logits| on two short strings (raises if W h + b is off)."""
+    batch = tokenizer(list(_CHECK_TEXTS), return_tensors="pt", padding=True)
+    return check_head_reproduces_logits(model, head, batch["input_ids"], batch["attention_mask"])
+
+
+def load_model(
+    arch: str | os.PathLike,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    revision: str | None = None,
+) -> LoadedModel:
+    """Load a causal LM by registry name (`pythia`, `llama`, `qwen`, `tiny`), local folder or hub id.
+
+    Checks once that `W h + b` reproduces the model's logits (spec §1) and logs the error.
+
+    Raises:
+        UnknownArchitectureError, HubUnreachableError, GatedModelError, NotACausalLMError,
+        MissingWeightsError: with a message saying what to do.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch_device = _resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype, torch_device)
+    model_id = resolve_model_id(arch)
+    if model_id == TINY_MODEL_ID:
+        from fisherlib.tiny import ensure_tiny_model
+
+        source = str(ensure_tiny_model())
+    else:
+        source = model_id
+    is_local = Path(source).is_dir()
+    if is_local:
+        _check_model_folder(Path(source))
+    hub_revision = None if is_local else revision
+
+    with _load_errors_explained(model_id, hub_revision):
+        config = AutoConfig.from_pretrained(source, revision=hub_revision)
+        _check_causal_lm_config(config, model_id)
+        tokenizer = _load_tokenizer(source, hub_revision)
+        model = AutoModelForCausalLM.from_pretrained(source, revision=hub_revision, dtype=torch_dtype)
+    model.to(torch_device)
+    model.eval()
+    if getattr(model.generation_config, "pad_token_id", None) is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+    head = find_lm_head(model)
+    error = _check_logits_once(model, tokenizer, head)
+    logger.info(
+        "%s: W h + b reproduces the model's logits to %.2g (max abs error, %s on %s); V=%d, d=%d",
+        model_id,
+        error,
+        str(torch_dtype).removeprefix("torch."),
+        torch_device,
+        head.vocab_size,
+        head.hidden_size,
+    )
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        arch=str(arch),
+        model_id=model_id,
+        revision=None if is_local else _hub_commit_hash(model, model_id, revision),
+        device=torch_device,
+        dtype=torch_dtype,
+        head=head,
+        logits_check_error=error,
+    )

@@ -1,0 +1,146 @@
+"""The Fisher pullback and its closed form against brute force (autograd, dense matrices)."""
+
+import math
+
+import pytest
+import torch
+
+import fisherlib as fl
+from fisherlib.fisher import curvature_topk, fisher_eigh
+
+
+def _problem(P=3, V=40, d=12, scale=2.0, generator_seed=0):
+    g = torch.Generator().manual_seed(generator_seed)
+    W = torch.randn(V, d, generator=g, dtype=torch.float64)
+    h = scale * torch.randn(P, d, generator=g, dtype=torch.float64)
+    return W, h, torch.softmax(h @ W.T, -1)
+
+
+def test_full_fisher_is_the_autograd_hessian_of_kl():
+    W, h, p = _problem()
+    F = fl.fisher_pullback(W, p)
+    for i in range(h.shape[0]):
+        def kl(x, i=i):
+            return (p[i] * (torch.log(p[i]) - torch.log_softmax(W @ x, -1))).sum()
+
+        hessian = torch.autograd.functional.hessian(kl, h[i].clone())
+        torch.testing.assert_close(F[i], hessian, rtol=1e-9, atol=1e-10)
+
+
+def test_full_fisher_is_the_hessian_of_cross_entropy_for_any_label():
+    W, h, p = _problem(P=1)
+    F = fl.fisher_pullback(W, p)[0]
+    for label in (0, 7):
+        hessian = torch.autograd.functional.hessian(lambda x: -torch.log_softmax(W @ x, -1)[label], h[0].clone())
+        torch.testing.assert_close(F, hessian, rtol=1e-9, atol=1e-10)
+
+
+def test_top_k_fisher_matches_the_dense_definition():
+    W, _, p = _problem()
+    k = 5
+    F_k = fl.fisher_pullback(W, p, top_k=k)
+    for i in range(p.shape[0]):
+        ids = torch.argsort(p[i], descending=True)[:k]
+        p_k = p[i, ids]
+        dense = W[ids].T @ (torch.diag(p_k) - torch.outer(p_k, p_k)) @ W[ids]
+        torch.testing.assert_close(F_k[i], dense)
+    renormalised = fl.fisher_pullback(W, p, top_k=k, renormalize=True)
+    assert not torch.allclose(renormalised, F_k)
+    full = fl.fisher_pullback(W, p, top_k=p.shape[1])
+    torch.testing.assert_close(full, fl.fisher_pullback(W, p))
+
+
+def test_curvature_is_the_quadratic_form_of_fisher():
+    W, _, p = _problem()
+    U = torch.nn.functional.normalize(torch.randn(p.shape[0], 6, W.shape[1], dtype=torch.float64), dim=-1)
+    A = torch.einsum("vd,pnd->pnv", W, U)
+    F = fl.fisher_pullback(W, p)
+    F_k = fl.fisher_pullback(W, p, top_k=8)
+    torch.testing.assert_close(fl.curvature(p, A), torch.einsum("pnd,pde,pne->pn", U, F, U))
+    torch.testing.assert_close(fl.curvature(p, A, top_k=8), torch.einsum("pnd,pde,pne->pn", U, F_k, U))
+
+
+def test_fisher_eigh_matches_a_dense_eigendecomposition():
+    W, _, p = _problem(d=20)
+    k = 6
+    eigvals, eigvecs = fisher_eigh(W, p, k)
+    F_k = fl.fisher_pullback(W, p, top_k=k)
+    dense = torch.linalg.eigvalsh(F_k).flip(-1)[:, :k]
+    torch.testing.assert_close(eigvals, dense.clamp_min(0), atol=1e-10, rtol=1e-8)
+    for i in range(p.shape[0]):
+        for r in range(k - 1):  # the last eigenvalue of a k×k covariance is 0
+            v = eigvecs[i, :, r]
+            torch.testing.assert_close(F_k[i] @ v, eigvals[i, r] * v, atol=1e-9, rtol=1e-7)
+        torch.testing.assert_close(eigvecs[i].T @ eigvecs[i], torch.eye(k, dtype=torch.float64), atol=1e-10, rtol=0)
+
+
+def test_near_binary_fisher_is_rank_one_along_the_token_difference():
+    g = torch.Generator().manual_seed(3)
+    V, d = 50, 16
+    W = torch.randn(V, d, generator=g, dtype=torch.float64)
+    z = torch.full((V,), -30.0, dtype=torch.float64)
+    z[4], z[9] = 2.0, 1.5
+    p = torch.softmax(z, -1)[None]
+    eigvals, eigvecs = fisher_eigh(W, p, 16)
+    diff = torch.nn.functional.normalize(W[9] - W[4], dim=0)
+    assert abs(float(eigvecs[0, :, 0] @ diff)) > 1 - 1e-9
+    assert fl.effective_rank(eigvals)[0] < 1 + 1e-6
+    pa, pb = p[0, 4], p[0, 9]
+    torch.testing.assert_close(eigvals[0, 0], pa * pb * (W[9] - W[4]).square().sum(), rtol=1e-6, atol=0)
+
+
+def test_effective_rank_of_known_spectra():
+    spectra = torch.tensor([[1.0, 1.0, 1.0, 0.0], [5.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [3.0, 1.0, 0.0, 0.0]])
+    torch.testing.assert_close(fl.effective_rank(spectra), torch.tensor([3.0, 1.0, 0.0, math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))], dtype=torch.float64))
+    torch.testing.assert_close(fl.effective_rank(spectra, kind="participation"), torch.tensor([3.0, 1.0, 0.0, 16 / 10], dtype=torch.float64))
+    with pytest.raises(ValueError, match="entropy"):
+        fl.effective_rank(spectra, kind="bogus")
+
+
+def test_cumulants_against_moments_and_the_taylor_series_of_kl():
+    W, h, p = _problem(P=2)
+    U = torch.nn.functional.normalize(torch.randn(2, 3, W.shape[1], dtype=torch.float64), dim=-1)
+    A = torch.einsum("vd,pnd->pnv", W, U)
+    kappas = fl.cumulants(p, A)
+    # The n-th derivative of log E_p[exp(t a)] at 0 is κ_n: check by finite differences of the exact KL.
+    z = torch.log(p)
+    ts = torch.tensor([0.0, 1e-2, 2e-2, 3e-2, 4e-2], dtype=torch.float64)
+    kl = fl.kl_along_line(z, A, ts)
+    step = 1e-2
+    second = (kl[..., 2] - 2 * kl[..., 1] + kl[..., 0]) / step**2  # ≈ κ₂ + κ₃·t
+    torch.testing.assert_close(second, kappas[..., 0] + kappas[..., 1] * step, rtol=1e-2, atol=1e-4)
+    mean = (p[:, None] * A).sum(-1, keepdim=True)
+    mu2 = (p[:, None] * (A - mean) ** 2).sum(-1)
+    mu4 = (p[:, None] * (A - mean) ** 4).sum(-1)
+    torch.testing.assert_close(kappas[..., 2], mu4 - 3 * mu2**2)
+
+
+def test_predicted_boundary_and_zero_curvature():
+    curv = torch.tensor([[2.0, 0.0, 0.5]])
+    t = fl.predicted_boundary(curv, [0.01, 1.0])
+    assert t.shape == (1, 3, 2)
+    torch.testing.assert_close(t[0, 0], torch.sqrt(torch.tensor([0.01, 1.0], dtype=torch.float64)))
+    assert torch.isinf(t[0, 1]).all()
+    assert not torch.isnan(t).any()
+
+
+def test_cumulant_boundary_is_sharper_than_the_quadratic_one():
+    W, h, p = _problem(P=4, scale=1.0)
+    U = torch.nn.functional.normalize(torch.randn(4, 8, W.shape[1], dtype=torch.float64), dim=-1)
+    A = torch.einsum("vd,pnd->pnv", W, U)
+    eps = [0.01, 0.05]
+    t_emp = fl.empirical_boundary(torch.log(p), A, eps)
+    t_pred = fl.predicted_boundary(fl.curvature(p, A), eps)
+    t_quartic = fl.cumulant_boundary(fl.cumulants(p, A), eps)
+    quartic_error = (t_quartic / t_emp - 1).abs()
+    quadratic_error = (t_pred / t_emp - 1).abs()
+    assert quartic_error.median() < 0.3 * quadratic_error.median()
+
+
+def test_truncated_curvature_never_negative():
+    p_k = torch.tensor([[0.5, 0.3]])
+    A_k = torch.tensor([[[1.0, 1.0], [0.0, 2.0]]])
+    curv = curvature_topk(p_k, A_k)
+    assert (curv >= 0).all()
+    # Σ_K p a² − (Σ_K p a)² with Σ_K p = 0.8 < 1: a constant a still has curvature 0.8 − 0.64.
+    torch.testing.assert_close(curv[0, 0], torch.tensor(0.8 - 0.64, dtype=torch.float64))
