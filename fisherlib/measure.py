@@ -1,0 +1,174 @@
+"""The direction sweep over sampled positions: every boundary, predicted and empirical, in one long table."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .boundary import DEFAULT_MEMORY_BUDGET, empirical_boundary
+from .directions import direction_sweep
+from .fisher import cumulant_boundary, cumulants, curvature, predicted_boundary
+
+logger = logging.getLogger("fisherlib")
+
+MEASUREMENT_COLUMNS = (
+    "seed", "position", "direction", "cls", "eig_rank", "sign", "token_i", "token_j", "eigval", "eps",
+    "curv_full", "curv_topk", "kappa3", "kappa4", "t_pred", "t_pred_full", "t_cumulant", "t_emp",
+    "rho", "rho_full", "censored",
+)  # fmt: skip
+
+
+def measure_boundaries(
+    W: torch.Tensor,
+    b: torch.Tensor | None,
+    h: torch.Tensor,
+    eps_grid,
+    top_k: int = 64,
+    n_random: int = 20,
+    n_control: int = 8,
+    seed: int = 0,
+    divergence: str = "forward",
+    position_ids=None,
+    t_max: float | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Return the long-form measurement table for residuals `h [P, d]` under the head `W [V, d]`, `b [V]`.
+
+    One row per position × direction × ε, with the columns of `MEASUREMENT_COLUMNS` (SPEC §2–§5):
+    curvatures `uᵀFu` and `uᵀF_k u`, cumulants κ₃ and κ₄ of `a = W u` under `p`, the closed forms
+    (`t_pred` from `F_k`, `t_pred_full` from `F`, `t_cumulant` from the quartic Taylor series), the
+    exact `t_emp` and `ρ = ½ t_emp² uᵀF_k u / ε` (and `rho_full`). Censored rows (`t_emp = inf`:
+    zero curvature, a reverse-KL bound below ε, or beyond `t_max`) are kept, with `rho = inf`.
+    Positions are processed in chunks so that the float64 `[chunk, D, V]` velocities stay within
+    `memory_budget`; each position's random directions depend only on `(seed, position id)`.
+    """
+    P = h.shape[0]
+    position_ids = np.arange(P) if position_ids is None else np.asarray(position_ids)
+    eps = torch.as_tensor(eps_grid, dtype=torch.float64, device=W.device).reshape(-1)
+    W64 = W.double()
+    b64 = None if b is None else b.double()
+    n_directions = 2 * (7 + 6 + 7) + n_random + n_control  # upper bound, for the chunk size
+    chunk = max(1, memory_budget // (4 * 8 * n_directions * W.shape[0]))
+    tables = []
+    for start in tqdm(range(0, P, chunk), desc="direction sweep", unit="chunk", disable=not progress):
+        stop = min(start + chunk, P)
+        h_chunk = h[start:stop].to(W.device).double()
+        z = h_chunk @ W64.T
+        if b64 is not None:
+            z = z + b64
+        p = torch.softmax(z, -1)
+        U, table = direction_sweep(
+            W64, h_chunk, p, n_random=n_random, n_control=n_control, seed=seed, top_k=top_k,
+            position_ids=position_ids[start:stop],
+        )  # fmt: skip
+        A = torch.einsum("pnd,vd->pnv", U, W64)  # logit velocities, float64
+        curv_full = curvature(p, A)
+        curv_topk = curvature(p, A, top_k=top_k)
+        kappas = cumulants(p, A)
+        t_emp = empirical_boundary(z, A, eps, divergence=divergence, t_max=t_max, memory_budget=memory_budget)
+        columns = _boundary_columns(eps, curv_full, curv_topk, kappas, t_emp)
+        table = table.loc[table.index.repeat(len(eps))].reset_index(drop=True)
+        for name, values in columns.items():
+            table[name] = values.reshape(-1).cpu().numpy()
+        tables.append(table)
+    measurements = pd.concat(tables, ignore_index=True)
+    measurements.insert(0, "seed", int(seed))
+    return measurements[list(MEASUREMENT_COLUMNS)]
+
+
+def _boundary_columns(eps, curv_full, curv_topk, kappas, t_emp) -> dict[str, torch.Tensor]:
+    """Return the per-(position, direction, ε) columns, each `[P, D, E]`."""
+    shape = t_emp.shape
+
+    def per_eps(x):
+        return x[..., None].expand(shape)
+
+    def rho(curv):
+        finite = torch.isfinite(t_emp)
+        value = 0.5 * torch.where(finite, t_emp, 0.0) ** 2 * curv[..., None] / eps
+        return torch.where(finite, value, torch.full_like(value, float("inf")))
+
+    return dict(
+        eps=eps.expand(shape),
+        curv_full=per_eps(curv_full),
+        curv_topk=per_eps(curv_topk),
+        kappa3=per_eps(kappas[..., 1]),
+        kappa4=per_eps(kappas[..., 2]),
+        t_pred=predicted_boundary(curv_topk, eps),
+        t_pred_full=predicted_boundary(curv_full, eps),
+        t_cumulant=cumulant_boundary(kappas, eps),
+        t_emp=t_emp,
+        rho=rho(curv_topk),
+        rho_full=rho(curv_full),
+        censored=~torch.isfinite(t_emp),
+    )
+
+
+@dataclass
+class Sweep:
+    """A seed's positions (one row each) and its long-form measurements."""
+
+    positions: pd.DataFrame
+    measurements: pd.DataFrame
+
+
+def sweep_path(params, seed: int) -> Path:
+    """Return where the sweep of `params` for `seed` is cached."""
+    key = params.key(
+        "arch", "corpora", "render", "n_positions", "top_k", "max_context", "min_prefix", "pool_factor",
+        "n_docs", "dtype", "eps_grid", "divergence", "n_random", "n_control",
+    )  # fmt: skip
+    return params.cache_path / f"sweep-seed{seed}-{key}.parquet"
+
+
+def run_sweep(params, seed: int, progress: bool = True) -> Sweep:
+    """Return the sweep for `seed`, measuring it (and sampling its positions) unless it is cached."""
+    from .study import load_head, load_sample
+
+    path = sweep_path(params, seed)
+    if path.is_file():
+        logger.info("sweep loaded from cache %s", path)
+        return load_sweep(params, seed)
+    sample = load_sample(params, seed)
+    head = load_head(params)
+    measurements = measure_boundaries(
+        head.weight, head.bias, sample.h, params.eps_grid, top_k=params.top_k, n_random=params.n_random,
+        n_control=params.n_control, seed=seed, divergence=params.divergence,
+        position_ids=sample.table["position"].to_numpy(), progress=progress,
+    )  # fmt: skip
+    positions = sample.table.assign(seed=seed)
+    # Positions first: the measurements file, written last, marks a complete entry.
+    _write_parquet_atomically(positions, _positions_path(path))
+    _write_parquet_atomically(measurements, path)
+    logger.info("sweep written to %s", path)
+    return Sweep(positions=positions, measurements=measurements)
+
+
+def _write_parquet_atomically(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    df.to_parquet(partial, index=False)
+    os.replace(partial, path)
+
+
+def _positions_path(path: Path) -> Path:
+    return path.with_name(path.name.replace("sweep-", "sweep-positions-"))
+
+
+def load_sweep(params, seed: int) -> Sweep:
+    """Return the cached sweep for `seed`; raise FileNotFoundError saying which notebook makes it."""
+    path = sweep_path(params, seed)
+    if not path.is_file() or not _positions_path(path).is_file():
+        raise FileNotFoundError(
+            f"no sweep for run {params.name!r}, seed {seed} at {path}: run notebooks/03_direction_sweep.ipynb "
+            "with the same parameters first (make reproduce does)"
+        )
+    return Sweep(positions=pd.read_parquet(_positions_path(path)), measurements=pd.read_parquet(path))

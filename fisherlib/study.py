@@ -1,0 +1,327 @@
+"""Glue between the notebooks and the library: validated parameters, where outputs go, cached steps.
+
+Every notebook starts with the same papermill `parameters` cell and then calls
+`params = StudyParams.from_namespace(globals())`, which checks every value's type and says what to
+fix. Tables go to `results/<run>/` (CSV and Markdown, with the parameters that made them), figures
+to `figures/<run>/` (PNG and PDF), caches to `results/<run>/cache/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from .errors import ParameterError
+
+logger = logging.getLogger("fisherlib")
+
+ARCH_DEFAULT_CORPORA = {
+    "tiny": ["stdlib-code", "stdlib-docs"],
+}
+HUB_CORPORA = ["gsm8k", "codeparrot", "ultrachat", "wikitext"]
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """Return the repository root (the folder holding this project's pyproject.toml), else the cwd."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "fisherlib").is_dir():
+            return folder
+    return here
+
+
+@dataclass(frozen=True)
+class StudyParams:
+    """The parameters every notebook takes (SPEC §7), validated."""
+
+    arch: str = "tiny"
+    run_name: str = ""  # defaults to arch, or a local folder's name
+    corpora: list = field(default_factory=list)  # empty: the architecture's defaults
+    render: str = "plain"  # dialogue rendering: "plain" User:/Assistant: text or the model's "chat" template
+    n_positions: int = 400
+    seed: int = 0
+    seeds: list = field(default_factory=list)  # empty: [seed]; several repeat sampling and sweep (Table 1)
+    top_k: int = 64
+    eps_grid: list = field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 2.0, 5.0])
+    small_eps: float = 0.01  # "small ε" of Table 1
+    large_eps: float = 1.0  # the ε of Table 2 and of the calibration headline
+    divergence: str = "forward"
+    n_random: int = 20
+    n_control: int = 8
+    device: str = ""  # empty: cuda when available, else cpu
+    dtype: str = ""  # empty: bfloat16 on cuda, float32 on cpu
+    batch_size: int = 16
+    max_context: int = 256
+    min_prefix: int = 8
+    pool_factor: int = 4
+    n_docs: int = 0  # documents read per corpus; 0: enough for the pool
+    cache_dir: str = ""  # empty: results/<run>/cache
+    results_root: str = "results"
+    figures_root: str = "figures"
+
+    @classmethod
+    def from_namespace(cls, namespace: dict[str, Any]) -> StudyParams:
+        """Build from a notebook's globals: pick the known names, check their types, fill defaults."""
+        values = {f.name: namespace[f.name] for f in dataclasses.fields(cls) if f.name in namespace}
+        return cls.create(**values)
+
+    @classmethod
+    def create(cls, **values: Any) -> StudyParams:
+        """Build from keyword values, converting where safe and refusing wrong types with a clear message."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ParameterError(f"unknown parameters {unknown}; the notebooks take {sorted(fields)}")
+        checked = {name: _check_type(name, value, fields[name]) for name, value in values.items()}
+        params = cls(**checked)
+        params._check_values()
+        return params
+
+    def _check_values(self) -> None:
+        problems = []
+        if self.n_positions < 5:
+            problems.append("n_positions must be at least 5 (one per effective-rank quintile)")
+        if self.top_k < 2:
+            problems.append("top_k must be at least 2")
+        if not self.eps_grid or any(e <= 0 for e in self.eps_grid):
+            problems.append("eps_grid must be a non-empty list of positive numbers")
+        if self.divergence not in ("forward", "reverse"):
+            problems.append("divergence must be 'forward' or 'reverse'")
+        if self.render not in ("plain", "chat"):
+            problems.append("render must be 'plain' or 'chat'")
+        for name in ("batch_size", "max_context", "pool_factor"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be positive")
+        if self.min_prefix < 1 or self.min_prefix >= self.max_context:
+            problems.append("min_prefix must be at least 1 and below max_context")
+        if self.small_eps not in self.eps_grid or self.large_eps not in self.eps_grid:
+            problems.append(f"small_eps={self.small_eps} and large_eps={self.large_eps} must be in eps_grid")
+        if problems:
+            raise ParameterError("; ".join(problems))
+
+    # --- derived values -------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """Return the run's name: `run_name`, else the registry name, else the model folder's or id's last part."""
+        if self.run_name:
+            return self.run_name
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(self.arch.rstrip("/")).name) or "model"
+
+    @property
+    def seed_list(self) -> list[int]:
+        """Return the seeds to run: `seeds`, or `[seed]`."""
+        return list(self.seeds) if self.seeds else [self.seed]
+
+    @property
+    def corpus_list(self) -> list[str]:
+        """Return the corpora to sample: `corpora`, else the architecture's defaults."""
+        if self.corpora:
+            return list(self.corpora)
+        return ARCH_DEFAULT_CORPORA.get(self.arch, HUB_CORPORA)
+
+    @property
+    def results_dir(self) -> Path:
+        return _under_root(self.results_root) / self.name
+
+    @property
+    def figures_dir(self) -> Path:
+        return _under_root(self.figures_root) / self.name
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir).expanduser() if self.cache_dir else self.results_dir / "cache"
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the parameters as plain values (what every output records)."""
+        return dataclasses.asdict(self)
+
+    def key(self, *names: str) -> str:
+        """Return a short hash of the named parameters (the cache key of a step that depends on them)."""
+        chosen = {name: getattr(self, name) for name in names}
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _under_root(path: str) -> Path:
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else repo_root() / candidate
+
+
+def _check_type(name: str, value: Any, spec: dataclasses.Field) -> Any:
+    """Return `value` converted to the field's type, or raise ParameterError saying what was expected."""
+    default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+    expected = type(default)
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+    elif expected is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif expected is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif expected is str:
+        if value is None:
+            return ""
+        if isinstance(value, (str, os.PathLike)):
+            return str(value)
+    elif expected is list:
+        if value is None:
+            return []
+        if isinstance(value, (list, tuple)):
+            item_type = type(default[0]) if default else None
+            items = list(value)
+            if item_type is float and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+                return [float(v) for v in items]
+            if name == "seeds" and all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+                return items
+            if name == "corpora" and all(isinstance(v, str) for v in items):
+                return items
+        if name == "corpora" and isinstance(value, str):
+            return value.split()
+        if name == "seeds" and isinstance(value, str) and all(part.isdigit() for part in value.split()):
+            return [int(part) for part in value.split()]
+    raise ParameterError(
+        f"parameter {name}={value!r} has type {type(value).__name__}; expected {_describe(name, expected)} "
+        f"(default {default!r}). Fix it in the notebook's parameters cell, the params/*.yaml file, or the -p option."
+    )
+
+
+def _describe(name: str, expected: type) -> str:
+    return {
+        "eps_grid": "a list of positive numbers",
+        "seeds": "a list of integers",
+        "corpora": "a list of corpus names or file paths",
+    }.get(name, expected.__name__)
+
+
+# --- cached steps -------------------------------------------------------------------------------
+
+SAMPLE_KEYS = ("arch", "corpora", "render", "n_positions", "top_k", "max_context", "min_prefix", "pool_factor", "n_docs", "dtype")
+
+
+@functools.lru_cache(maxsize=2)
+def _load_model_cached(arch: str, device: str, dtype: str):
+    from .models import load_model
+
+    return load_model(arch, device=device or None, dtype=dtype or None)
+
+
+def load_model_for(params: StudyParams):
+    """Return the `LoadedModel` of `params` (loaded once per process)."""
+    return _load_model_cached(params.arch, params.device, params.dtype)
+
+
+def sample_folder(params: StudyParams, seed: int) -> Path:
+    """Return where the positions of `params` for `seed` are cached."""
+    return params.cache_path / f"positions-seed{seed}-{params.key(*SAMPLE_KEYS)}"
+
+
+def load_sample(params: StudyParams, seed: int, progress: bool = True):
+    """Return the sampled positions for `seed`: from the cache, else sampled now (and cached)."""
+    from .sampling import PositionSample, sample_positions
+
+    folder = sample_folder(params, seed)
+    if (folder / "manifest.json").is_file():
+        logger.info("positions loaded from cache %s", folder)
+        return PositionSample.load(folder)
+    model = load_model_for(params)
+    sample = sample_positions(
+        model, params.corpus_list, params.n_positions, seed=seed, top_k=params.top_k,
+        min_prefix=params.min_prefix, max_context=params.max_context, pool_factor=params.pool_factor,
+        batch_size=params.batch_size, n_docs=params.n_docs, render=params.render, progress=progress,
+    )  # fmt: skip
+    sample.params["study"] = params.as_dict()
+    sample.save(folder)
+    logger.info("positions written to %s", folder)
+    return sample
+
+
+def load_head(params: StudyParams):
+    """Return the LM head (`W`, `b`, float32) of `params`' model, cached beside the positions."""
+    from .model_surgery import LMHead
+
+    path = params.cache_path / f"head-{params.key('arch', 'dtype')}.pt"
+    if path.is_file():
+        stored = torch.load(path, weights_only=True)
+        return LMHead(weight=stored["weight"], bias=stored["bias"], module=None)
+    head = load_model_for(params).head
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save({"weight": head.weight.cpu(), "bias": None if head.bias is None else head.bias.cpu()}, partial)
+    os.replace(partial, path)
+    return head
+
+
+# --- outputs ------------------------------------------------------------------------------------
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def _params_comment(params: StudyParams) -> str:
+    return json.dumps(params.as_dict(), sort_keys=True)
+
+
+def save_table(df: pd.DataFrame, name: str, params: StudyParams, caption: str = "", float_format: str = "%.4g") -> Path:
+    """Write `df` as `results/<run>/<name>.csv` and `.md`; both record the parameters. Return the CSV path.
+
+    Tables hold no NaN: a missing value is a bug upstream (censored measurements are `inf` or flagged).
+    """
+    if df.select_dtypes("number").isna().any().any():
+        raise ValueError(f"table {name!r} holds NaN; censored values must be inf or flagged, not NaN")
+    csv_path = params.results_dir / f"{name}.csv"
+    body = df.to_csv(index=False, float_format=float_format, lineterminator="\n")
+    _atomic_write_text(csv_path, f"# parameters: {_params_comment(params)}\n" + body)
+    markdown = df.to_markdown(index=False, floatfmt=float_format.replace("%", ""))
+    header = f"**{caption}**\n\n" if caption else ""
+    _atomic_write_text(
+        csv_path.with_suffix(".md"), f"{header}{markdown}\n\n<!-- parameters: {_params_comment(params)} -->\n"
+    )
+    logger.info("table %s written to %s (.csv, .md)", name, csv_path.with_suffix(""))
+    return csv_path
+
+
+def read_table(name: str, params: StudyParams) -> pd.DataFrame:
+    """Read back a table written by `save_table`."""
+    return pd.read_csv(params.results_dir / f"{name}.csv", comment="#")
+
+
+def save_figure(fig, name: str, params: StudyParams) -> Path:
+    """Write `fig` as `figures/<run>/<name>.png` and `.pdf` with the parameters in their metadata."""
+    png = params.figures_dir / f"{name}.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    description = _params_comment(params)
+    for path, metadata in (
+        (png, {"Description": description, "Software": None}),
+        (png.with_suffix(".pdf"), {"Subject": description, "Creator": None, "Producer": None, "CreationDate": None}),
+    ):
+        partial = path.with_name(path.stem + ".partial" + path.suffix)
+        fig.savefig(partial, dpi=150, bbox_inches="tight", metadata=metadata)
+        os.replace(partial, path)
+    logger.info("figure %s written to %s (.png, .pdf)", name, png.with_suffix(""))
+    return png
+
+
+def set_style() -> None:
+    """Apply the figures' seaborn style."""
+    import seaborn as sns
+
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
