@@ -41,7 +41,15 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
+_SUBMODULES = {
+    "analysis", "boundary", "corpora", "directions", "errors", "fisher", "geometry", "measure", "model_surgery",
+    "models", "paper", "plots", "reference", "sampling", "study", "tiny",
+}
+
+
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"fisherlib.{name}")
     if name in _EXPORTS:
         module = importlib.import_module(f"fisherlib.{_EXPORTS[name]}")
         value = getattr(module, name)

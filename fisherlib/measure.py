@@ -172,3 +172,53 @@ def load_sweep(params, seed: int) -> Sweep:
             "with the same parameters first (make reproduce does)"
         )
     return Sweep(positions=pd.read_parquet(_positions_path(path)), measurements=pd.read_parquet(path))
+
+
+def sweep_census(measurements: pd.DataFrame) -> pd.DataFrame:
+    """Return, per class: directions per position, and the share of censored measurements per ε."""
+    per_position = measurements.groupby(["seed", "position", "cls"], observed=True)["direction"].nunique()
+    directions = per_position.groupby("cls", observed=True).median().rename("directions_per_position")
+    censored = measurements.pivot_table(index="cls", columns="eps", values="censored", aggfunc="mean", observed=True)
+    censored.columns = [f"censored at eps={e:g}" for e in censored.columns]
+    return pd.concat([directions, censored], axis=1).reset_index(names="cls")
+
+
+def plot_kl_profiles(head, sample, params, classes=("eigvec", "structured", "random", "control")):
+    """Return a figure: exact divergence and its quadratic approximation along one direction per class.
+
+    Two positions: the lowest- and the highest-entropy one of the sample.
+    """
+    import matplotlib.pyplot as plt
+
+    from .geometry import kl_profiles
+
+    table = sample.table
+    chosen = [int(table["entropy"].idxmin()), int(table["entropy"].idxmax())]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, row in zip(axes, chosen):
+        h = sample.h[row].to(head.weight.device).double()
+        z = h @ head.weight.double().T + (0 if head.bias is None else head.bias.double())
+        p = torch.softmax(z, -1)[None]
+        U, meta = direction_sweep(
+            head.weight.double(), h[None], p, n_random=1, n_control=1 if params.top_k < h.shape[0] else 0,
+            seed=params.seed, top_k=params.top_k, position_ids=[int(table["position"][row])],
+        )  # fmt: skip
+        picks = [int(meta.index[(meta["cls"] == c) & (meta["sign"] == 1)][0]) for c in classes if (meta["cls"] == c).any()]
+        curv = curvature(p, (U[0, picks] @ head.weight.double().T)[None])[0]
+        # Three times the median closed-form boundary: the control's near-zero curvature would stretch the axis.
+        t_max = float(3 * torch.sqrt(2 * params.large_eps / curv[curv > 0].median()))
+        profiles = kl_profiles(head.weight, head.bias, sample.h[row], U[0, picks], np.linspace(0, t_max, 200))
+        for j, direction in enumerate(picks):
+            line = profiles[profiles["direction"] == j]
+            color = f"C{j}"
+            ax.plot(line["t"], line["kl"], color=color, label=str(meta["cls"][direction]))
+            ax.plot(line["t"], line["quadratic"], color=color, linestyle="--")
+        ax.axhline(params.large_eps, color="grey", linewidth=1)
+        ax.set(
+            ylim=(0, 3 * params.large_eps), xlabel="distance t along u [residual-stream units]",
+            title=f"position {int(table['position'][row])}, H(p) = {table['entropy'][row]:.2f} nats",
+        )  # fmt: skip
+    axes[0].set_ylabel("KL(p ‖ q_t) [nats]")
+    axes[0].legend(title="solid: exact, dashed: ½t²uᵀFu")
+    fig.tight_layout()
+    return fig

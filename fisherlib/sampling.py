@@ -371,3 +371,40 @@ def _manifest(model, **extra) -> dict[str, Any]:
         git_commit=_git_commit(),
         **extra,
     )
+
+
+def strata_counts(positions: pd.DataFrame) -> pd.DataFrame:
+    """Return positions per domain (rows) and effective-rank quintile (columns), with totals."""
+    counts = positions.groupby(["domain", "stratum"]).size().unstack(fill_value=0)
+    counts.columns = [f"quintile {s}" for s in counts.columns]
+    counts["total"] = counts.sum(axis=1)
+    return counts.reset_index()
+
+
+def sample_summary(positions: pd.DataFrame) -> pd.DataFrame:
+    """Return per-domain medians with 10th–90th percentiles of entropy, max prob, effective rank, top-k mass."""
+    rows = []
+    for domain, group in [*positions.groupby("domain"), ("all", positions)]:
+        row = dict(domain=domain, positions=len(group))
+        for column in ("entropy", "max_prob", "eff_rank", "participation", "topk_mass"):
+            values = group[column]
+            row[column] = f"{values.median():.3g} [{values.quantile(0.1):.3g}, {values.quantile(0.9):.3g}]"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_sample(positions: pd.DataFrame):
+    """Return a figure: entropy histograms per effective-rank quintile, and entropy against effective rank."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    sns.histplot(data=positions, x="entropy", hue="stratum", multiple="layer", element="step", bins=30, ax=left, palette="viridis")
+    left.set(xlabel="predictive entropy H(p) [nats]", ylabel="positions", title="Entropy per effective-rank quintile")
+    sns.scatterplot(data=positions, x="eff_rank", y="entropy", hue="domain", s=14, alpha=0.7, ax=right)
+    right.set(xscale="log")
+    right.xaxis.set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
+    right.xaxis.set_minor_formatter(plt.matplotlib.ticker.NullFormatter())
+    right.set(xlabel="effective Fisher rank exp H(λ/Σλ)", ylabel="predictive entropy H(p) [nats]", title="Entropy against effective rank")
+    fig.tight_layout()
+    return fig
