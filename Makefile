@@ -16,7 +16,8 @@ CORPORA ?=
 SEEDS ?=
 # The local tier (MODEL=<folder>) is reported under the folder's name.
 RUN_NAME := $(if $(MODEL),$(notdir $(patsubst %/,%,$(MODEL))),$(ARCH))
-PARAMS := $(if $(wildcard params/$(ARCH).yaml),params/$(ARCH).yaml,params/default.yaml)
+# Registry names have their own parameter file; a hub id uses pythia's (the study's settings), a folder local.yaml.
+PARAMS := $(if $(MODEL),params/local.yaml,$(if $(wildcard params/$(ARCH).yaml),params/$(ARCH).yaml,params/pythia.yaml))
 RUN_DIR := runs/$(RUN_NAME)
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 EXECUTED := $(patsubst notebooks/%,$(RUN_DIR)/%,$(NOTEBOOKS))

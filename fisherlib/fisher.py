@@ -12,6 +12,8 @@ import torch
 
 # Below this many multiples of float64 machine epsilon (relative to Σλ) an eigenvalue counts as zero.
 _EIGEN_FLOOR = 64 * torch.finfo(torch.float64).eps
+# |a_K| below this fraction of max |a| counts as orthogonal to W_K (float32 W gives ~1e-7; rounding ~1e-16).
+_ORTHOGONAL_TOL = 1e-10
 
 
 def entropy(p: torch.Tensor) -> torch.Tensor:
@@ -137,7 +139,11 @@ def curvature(p: torch.Tensor, A: torch.Tensor, top_k: int | None = None) -> tor
         return _weighted_moments(p, A, 2)[0]
     p_k, ids = top_k_distribution(p, top_k)
     A_k = torch.gather(A, -1, ids[:, None, :].expand(-1, A.shape[1], -1))
-    return curvature_topk(p_k, A_k)
+    curv = curvature_topk(p_k, A_k)
+    # A direction orthogonal to every row of W_K (a control) has a_K = 0 up to rounding; call that exactly
+    # zero curvature, so that t_pred is inf rather than ~1e15.
+    negligible = A_k.abs().amax(-1) <= _ORTHOGONAL_TOL * A.abs().amax(-1)
+    return torch.where(negligible, torch.zeros_like(curv), curv)
 
 
 def curvature_topk(p_k: torch.Tensor, A_k: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,88 @@
+"""The direction sweep of SPEC §5: classes, signs, orthogonality, seeding."""
+
+import pytest
+import torch
+
+import fisherlib as fl
+from fisherlib.errors import DegenerateInputError
+
+
+def _problem(P=3, V=60, d=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(V, d, generator=g, dtype=torch.float64)
+    h = 2 * torch.randn(P, d, generator=g, dtype=torch.float64)
+    return W, h, torch.softmax(h @ W.T, -1)
+
+
+def test_sweep_shapes_classes_and_unit_norm():
+    W, h, p = _problem()
+    U, table = fl.direction_sweep(W, h, p, top_k=8, n_random=5, n_control=3)
+    counts = table[table.position == 0]["cls"].value_counts()
+    assert dict(counts) == {"eigvec": 14, "structured": 12, "tangent": 14, "random": 5, "control": 3}
+    assert U.shape == (3, 48, 24) and len(table) == 3 * 48
+    torch.testing.assert_close(U.norm(dim=-1), torch.ones(3, 48, dtype=torch.float64))
+    assert not table.isna().any().any()
+
+
+def test_control_directions_have_no_truncated_curvature_but_some_true_curvature():
+    W, h, p = _problem()
+    U, table = fl.direction_sweep(W, h, p, top_k=8, n_random=0, n_control=4)
+    control = torch.tensor((table.cls == "control").to_numpy()).reshape(3, -1)
+    A = torch.einsum("pnd,vd->pnv", U, W)
+    curv_k = fl.curvature(p, A, top_k=8)
+    assert curv_k[control].abs().max() < 1e-20
+    assert (fl.curvature(p, A)[control] > 0).all()
+    ids = torch.topk(p, 8).indices
+    for i in range(3):
+        assert (W[ids[i]] @ U[i, control[i]].T).abs().max() < 1e-10
+
+
+def test_eigenvectors_are_oriented_toward_swapping_the_top_two_and_both_signs_present():
+    W, h, p = _problem()
+    U, table = fl.direction_sweep(W, h, p, top_k=8, n_random=0, n_control=0)
+    ids = torch.topk(p, 2).indices
+    for i in range(3):
+        rows = table[(table.position == i) & (table.cls == "eigvec")]
+        swap = W[ids[i, 1]] - W[ids[i, 0]]
+        for row in rows.itertuples():
+            assert row.sign * float(U[i, row.direction] @ swap) >= 0
+        plus = rows[rows.sign == 1].direction.tolist()
+        minus = rows[rows.sign == -1].direction.tolist()
+        torch.testing.assert_close(U[i, plus], -U[i, minus])
+
+
+def test_eigvec_directions_match_a_dense_eigendecomposition():
+    W, h, p = _problem()
+    F_k = fl.fisher_pullback(W, p, top_k=8)
+    U_dense, table = fl.direction_sweep(W, h, p, F_k=F_k, top_k=8, n_random=0, n_control=0)
+    U_gram, _ = fl.direction_sweep(W, h, p, top_k=8, n_random=0, n_control=0)
+    eig = torch.tensor((table.cls == "eigvec").to_numpy()).reshape(3, -1)
+    # Eigenvalues of F_k are distinct here, so the oriented eigenvectors agree.
+    torch.testing.assert_close(U_dense[eig], U_gram[eig], atol=1e-8, rtol=0)
+
+
+def test_tangent_directions_are_orthogonal_to_h_and_pairs_are_token_differences():
+    W, h, p = _problem()
+    U, table = fl.direction_sweep(W, h, p, top_k=8, n_random=0, n_control=0)
+    for row in table[table.cls == "tangent"].itertuples():
+        assert abs(float(U[row.position, row.direction] @ h[row.position])) < 1e-9
+    for row in table[(table.cls == "structured") & (table.sign == 1)].itertuples():
+        expected = torch.nn.functional.normalize(W[row.token_j] - W[row.token_i], dim=0)
+        torch.testing.assert_close(U[row.position, row.direction], expected)
+
+
+def test_random_directions_depend_on_seed_and_position_id_not_on_the_batch():
+    W, h, p = _problem()
+    U_all, table = fl.direction_sweep(W, h, p, top_k=8, n_random=4, n_control=2, seed=7, position_ids=[10, 11, 12])
+    U_one, _ = fl.direction_sweep(W, h[1:2], p[1:2], top_k=8, n_random=4, n_control=2, seed=7, position_ids=[11])
+    torch.testing.assert_close(U_all[1], U_one[0])
+    U_other, _ = fl.direction_sweep(W, h, p, top_k=8, n_random=4, n_control=2, seed=8, position_ids=[10, 11, 12])
+    random = torch.tensor((table[table.position == 10].cls == "random").to_numpy())
+    assert not torch.allclose(U_all[0, random], U_other[0, random])
+
+
+def test_control_needs_top_k_below_the_width():
+    W, h, p = _problem(d=8)
+    with pytest.raises(DegenerateInputError, match="lower top_k"):
+        fl.direction_sweep(W, h, p, top_k=8, n_control=2)
+    fl.direction_sweep(W, h, p, top_k=8, n_control=0)  # without controls it is fine
