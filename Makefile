@@ -75,7 +75,7 @@ $(RUN_DIR)/04_closed_form_exactness.ipynb $(RUN_DIR)/05_direction_classes.ipynb 
 $(RUN_DIR)/06_isotonic_calibration.ipynb $(RUN_DIR)/07_entropy_stratification.ipynb: $(RUN_DIR)/03_direction_sweep.ipynb
 
 paper: $(STAMP)
-	$(PY) -m fisherlib.paper
+	$(PY) -m fisherlib.cli paper
 
 clean:
 	rm -rf runs .pytest_cache
