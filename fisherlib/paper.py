@@ -1,0 +1,174 @@
+"""`make paper`: assemble `results/summary.md`, one table per study table, a column per run, the write-up beside.
+
+Reads only the tables the notebooks wrote under `results/<run>/`; computes nothing new.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from .reference import MODEL_NAMES, WRITE_UP, ACROSS_ARCHITECTURES
+from .study import repo_root
+
+logger = logging.getLogger("fisherlib")
+
+# What each notebook must write (the notebook tests check these exist, are non-empty and hold no NaN).
+EXPECTED_TABLES = {
+    "01_sample_positions": ["model_card", "sample_strata", "sample_summary"],
+    "02_fisher_geometry": ["fisher_spectrum_by_stratum", "effective_rank_summary", "rank_one_regime", "topk_vs_full_fisher"],
+    "03_direction_sweep": ["sweep_census", "boundary_check"],
+    "04_closed_form_exactness": ["table1_top_eigvec", "rho_by_eig_rank", "rho_by_eps", "rho_topk_vs_full"],
+    "05_direction_classes": ["table2_rho_by_class", "spearman_per_position", "spearman_summary"],
+    "06_isotonic_calibration": ["calibration_within50", "calibration_headline"],
+    "07_entropy_stratification": ["stratifier_variance"],
+}
+EXPECTED_FIGURES = {
+    "01_sample_positions": ["sample_entropy_by_stratum"],
+    "02_fisher_geometry": ["fisher_spectra", "rank_one_regime"],
+    "03_direction_sweep": ["kl_profiles"],
+    "04_closed_form_exactness": ["rho_by_eig_rank", "rho_by_eps", "rho_topk_vs_full"],
+    "05_direction_classes": ["rho_by_class", "spearman_histogram"],
+    "06_isotonic_calibration": ["calibration_within50_vs_eps", "calibration_curve"],
+    "07_entropy_stratification": ["stratifier_variance", "stable_regions"],
+}
+WRITE_UP_ARCHS = ("qwen", "llama", "pythia")
+
+
+def _read(run_dir: Path, name: str) -> pd.DataFrame | None:
+    path = run_dir / f"{name}.csv"
+    return pd.read_csv(path, comment="#") if path.is_file() else None
+
+
+def _write_up_header(arch: str) -> str:
+    return f"write-up {MODEL_NAMES[arch]}"
+
+
+def table1(runs: dict[str, Path]) -> pd.DataFrame:
+    """Median ρ on the top eigenvector at small ε, with its 95% CI, per run."""
+    rows = {"median ρ": {}, "95% CI": {}, "seeds": {}, "ε": {}}
+    for run, folder in runs.items():
+        table = _read(folder, "table1_top_eigvec")
+        if table is None:
+            continue
+        overall = table.iloc[-1]  # the "all seeds" row
+        rows["median ρ"][run] = f"{overall['median_rho']:.3f}"
+        rows["95% CI"][run] = f"[{overall['ci_lo']:.3f}, {overall['ci_hi']:.3f}]"
+        rows["seeds"][run] = str(int(overall["n_seeds"]))
+        rows["ε"][run] = f"{overall['eps']:g}"
+    for arch in WRITE_UP_ARCHS:
+        ref = WRITE_UP[arch]["table1"]
+        column = _write_up_header(arch)
+        rows["median ρ"][column] = f"{ref['median']:.3f}"
+        rows["95% CI"][column] = f"[{ref['ci'][0]:.3f}, {ref['ci'][1]:.3f}]"
+        rows["seeds"][column] = str(ref["n_seeds"])
+        rows["ε"][column] = "small"
+    return pd.DataFrame(rows).T
+
+
+def table2(runs: dict[str, Path]) -> pd.DataFrame:
+    """Median ρ at ε = 1 nat by direction class, per run."""
+    classes = ["structured", "tangent", "random", "eigvec", "eigvec rank 1", "control"]
+    columns = {}
+    for run, folder in runs.items():
+        table = _read(folder, "table2_rho_by_class")
+        if table is not None:
+            columns[run] = table.set_index("cls")["median_rho"].map(lambda x: f"{x:.3g}")
+    for arch in WRITE_UP_ARCHS:
+        columns[_write_up_header(arch)] = pd.Series({k: f"{v:.2f}" for k, v in WRITE_UP[arch]["table2"].items()})
+    return pd.DataFrame(columns).reindex(classes).fillna("—")
+
+
+def spearman(runs: dict[str, Path]) -> pd.DataFrame:
+    """Per-position Spearman(t_pred, t_emp): median and range over positions, per run and ε."""
+    columns = {}
+    for run, folder in runs.items():
+        table = _read(folder, "spearman_summary")
+        if table is None:
+            continue
+        table = table[table["predictor"] == "t_pred"]
+        columns[run] = pd.Series(
+            {f"ε = {r.eps:g}": f"{r.median:.2f} [{r.min:.2f}, {r.max:.2f}]" for r in table.itertuples()}
+        )
+    low, high = ACROSS_ARCHITECTURES["spearman_range"]
+    frame = pd.DataFrame(columns)
+    frame["write-up (3 archs)"] = f"range {low:.2f}–{high:.2f}"
+    return frame.fillna("—")
+
+
+def calibration(runs: dict[str, Path]) -> pd.DataFrame:
+    """Fraction within 50% of t_emp at ε = 1: raw, pooled and per-class isotonic calibration."""
+    columns = {}
+    for run, folder in runs.items():
+        table = _read(folder, "calibration_headline")
+        if table is None:
+            continue
+        values = {}
+        for r in table.itertuples():
+            if r.cls == "all" or (r.cls == "random" and r.method == "calibrated_per_class"):
+                values[f"{r.cls}: {r.method}"] = f"{r.within_50:.0%}"
+        columns[run] = pd.Series(values)
+    for arch in WRITE_UP_ARCHS:
+        ref = WRITE_UP[arch]["calibration"]
+        values = {"all: raw": f"{ref['raw']:.0%}", "all: calibrated_pooled": f"{ref['calibrated_pooled']:.0%}"}
+        columns[_write_up_header(arch)] = pd.Series(values)
+    low, high = ACROSS_ARCHITECTURES["per_class_random_within50"]
+    frame = pd.DataFrame(columns)
+    frame.loc["random: calibrated_per_class", [c for c in frame.columns if c.startswith("write-up")]] = f"{low:.0%}–{high:.0%}"
+    return frame.fillna("—")
+
+
+def stratifiers(runs: dict[str, Path]) -> pd.DataFrame:
+    """Within-quintile variance of log ρ relative to the best stratifier, per run and measurement set."""
+    columns = {}
+    for run, folder in runs.items():
+        table = _read(folder, "stratifier_variance")
+        if table is None:
+            continue
+        columns[run] = pd.Series(
+            {f"{r.cls} @ ε={r.eps:g}: {r.stratifier}": f"{r.ratio_to_best:.3g}×" for r in table.itertuples()}
+        )
+    low, high = ACROSS_ARCHITECTURES["eff_rank_worse_than_entropy"]
+    frame = pd.DataFrame(columns)
+    frame["write-up (3 archs)"] = ""
+    for index in frame.index:
+        if index.endswith("entropy"):
+            frame.loc[index, "write-up (3 archs)"] = "1× (best)"
+        elif index.endswith("eff_rank"):
+            frame.loc[index, "write-up (3 archs)"] = f"{low:g}–{high:g}×"
+    return frame.fillna("—")
+
+
+def find_runs(results_root: Path) -> dict[str, Path]:
+    """Return every run folder under `results_root` that holds at least one study table."""
+    return {
+        folder.name: folder
+        for folder in sorted(results_root.iterdir())
+        if folder.is_dir() and any((folder / f"{name}.csv").is_file() for names in EXPECTED_TABLES.values() for name in names)
+    } if results_root.is_dir() else {}
+
+
+def write_summary(results_root: Path | None = None) -> Path:
+    """Write `results/summary.md` from the runs found; return its path."""
+    results_root = results_root or repo_root() / "results"
+    runs = find_runs(results_root)
+    sections = [
+        "# Summary across runs\n",
+        f"Runs: {', '.join(f'`{r}`' for r in runs) or 'none yet (run `make reproduce ARCH=…`)'}. "
+        "Each table is read from `results/<run>/`; the write-up's numbers (SPEC §6) stand beside ours.\n",
+    ]
+    for title, builder in (
+        ("Table 1 — median ρ on the top eigenvector of F_k at small ε", table1),
+        ("Table 2 — median ρ at ε = 1 nat by direction class", table2),
+        ("Per-position Spearman of t_pred against t_emp (median [min, max] over positions)", spearman),
+        ("Isotonic calibration — fraction of measurements within 50% of t_emp at ε = 1", calibration),
+        ("Stratifiers — within-quintile variance of log ρ, relative to the best", stratifiers),
+    ):
+        sections.append(f"## {title}\n\n{builder(runs).to_markdown()}\n")
+    path = results_root / "summary.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(sections))
+    logger.info("summary of %d run(s) written to %s", len(runs), path)
+    return path
