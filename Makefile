@@ -14,8 +14,9 @@ ARCH ?= tiny
 MODEL ?=
 CORPORA ?=
 SEEDS ?=
-# The local tier (MODEL=<folder>) is reported under the folder's name.
-RUN_NAME := $(if $(MODEL),$(notdir $(patsubst %/,%,$(MODEL))),$(ARCH))
+# The local tier (MODEL=<folder>) is reported under RUN, by default the folder's name.
+RUN ?= $(notdir $(patsubst %/,%,$(MODEL)))
+RUN_NAME := $(if $(MODEL),$(RUN),$(ARCH))
 # Registry names have their own parameter file; a hub id uses pythia's (the study's settings), a folder local.yaml.
 PARAMS := $(if $(MODEL),params/local.yaml,$(if $(wildcard params/$(ARCH).yaml),params/$(ARCH).yaml,params/pythia.yaml))
 RUN_DIR := runs/$(RUN_NAME)

@@ -128,7 +128,7 @@ class StudyParams:
     def corpus_list(self) -> list[str]:
         """Return the corpora to sample: `corpora`, else the architecture's defaults."""
         if self.corpora:
-            return list(self.corpora)
+            return [_resolve_corpus_path(spec) for spec in self.corpora]
         return ARCH_DEFAULT_CORPORA.get(self.arch, HUB_CORPORA)
 
     @property
@@ -151,6 +151,19 @@ class StudyParams:
         """Return a short hash of the named parameters (the cache key of a step that depends on them)."""
         chosen = {name: getattr(self, name) for name in names}
         return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _resolve_corpus_path(spec: str) -> str:
+    """Return `spec` with a relative file path made absolute against the repository root.
+
+    Notebooks run with the `notebooks/` folder as working directory, while paths on the `make` command
+    line are written from the repository root.
+    """
+    domain, sep, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    candidate = Path(path).expanduser()
+    if not candidate.is_absolute() and not candidate.exists() and (repo_root() / candidate).exists():
+        return f"{domain}{sep}{repo_root() / candidate}"
+    return spec
 
 
 def _under_root(path: str) -> Path:
