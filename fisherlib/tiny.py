@@ -1,0 +1,291 @@
+"""The embedded default model "tiny": a small GPT-NeoX trained on first use from the Python standard library."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .corpora import Document, stdlib_split
+from .errors import FisherlibError
+from .paths import cache_root
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
+logger = logging.getLogger("fisherlib")
+
+END_OF_TEXT = "<|endoftext|>"
+# Bump when training code changes what a given config produces, so old caches are not reused.
+_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    """Architecture and training hyper-parameters of the tiny model (defaults: about 2-3 CPU minutes on 2 cores)."""
+
+    vocab_size: int = 4096
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 512
+    context_length: int = 256
+    # At this budget more small steps beat fewer large ones; a wider or deeper model did not help either.
+    batch_size: int = 8
+    steps: int = 900
+    learning_rate: float = 6e-3
+    min_learning_rate: float = 6e-4
+    warmup_fraction: float = 0.05
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    # Prose is a tenth of the standard library's text; oversample it so both held-out domains are modelled.
+    docs_share: float = 0.3
+    eval_windows_per_domain: int = 32
+
+
+def ensure_tiny_model(
+    cache_dir: Path | None = None, seed: int = 0, steps: int | None = None, progress: bool = True
+) -> Path:
+    """Return the folder of the tiny model, training it first if no finished copy is cached.
+
+    The folder `cache_dir/tiny-<hash>` (default `cache_root()`) holds an ordinary Hugging Face
+    model and tokenizer plus `training.json`. `steps` overrides the number of training steps
+    (tests use a few); seed and steps are part of the hash, so each combination is cached apart.
+    """
+    config = TinyConfig() if steps is None else dataclasses.replace(TinyConfig(), steps=steps)
+    if config.steps < 1:
+        raise FisherlibError(f"steps must be >= 1, got {config.steps}.")
+    parent = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
+    final = parent / f"tiny-{_cache_key(config, seed)}"
+    if (final / "training.json").is_file():
+        return final
+    if final.exists():
+        raise FisherlibError(
+            f"{final} exists but has no training.json, so it is not a finished tiny model. Delete it and run again."
+        )
+
+    parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(parent, final.name)
+    # Train beside the final folder and rename at the end: an interrupted or concurrent run
+    # never leaves a half-written folder at the final path.
+    temporary = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=parent))
+    try:
+        _train_into(temporary, config, seed, progress)
+        try:
+            os.replace(temporary, final)
+        except OSError:
+            if not (final / "training.json").is_file():
+                raise
+            logger.info("another process finished %s first; using its copy", final)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    logger.info("tiny model written to %s", final)
+    return final
+
+
+def _cache_key(config: TinyConfig, seed: int) -> str:
+    # The training text is this interpreter's standard library, so its version is part of the key.
+    identity = {
+        "config": dataclasses.asdict(config),
+        "seed": seed,
+        "python": platform.python_version(),
+        "format": _FORMAT_VERSION,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _remove_stale_temporaries(parent: Path, name: str, max_age_s: float = 24 * 3600) -> None:
+    """Delete temporary folders left by killed runs (old enough that no live run can own them)."""
+    for leftover in parent.glob(f".{name}.tmp-*"):
+        try:
+            if time.time() - leftover.stat().st_mtime > max_age_s:
+                shutil.rmtree(leftover, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def _train_into(folder: Path, config: TinyConfig, seed: int, progress: bool) -> None:
+    """Train tokenizer and model on the standard library's train split and save both into `folder`."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    started = time.perf_counter()
+    _seed_everything(seed)
+    code_train, code_heldout = stdlib_split("code")
+    docs_train, docs_heldout = stdlib_split("docs")
+
+    tokenizer = train_tokenizer([document.text for document in code_train + docs_train], config)
+    tokenizer_seconds = time.perf_counter() - started
+    eot = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
+    train_streams = [_token_stream(tokenizer, code_train, eot), _token_stream(tokenizer, docs_train, eot)]
+    heldout_streams = {
+        "stdlib-code": _token_stream(tokenizer, code_heldout, eot),
+        "stdlib-docs": _token_stream(tokenizer, docs_heldout, eot),
+    }
+
+    model_config = GPTNeoXConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        intermediate_size=config.intermediate_size,
+        max_position_embeddings=config.context_length,
+        tie_word_embeddings=False,  # Pythia's head is untied from the input embedding
+        use_parallel_residual=True,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+    )
+    torch.manual_seed(seed)
+    model = GPTNeoXForCausalLM(model_config)
+    optimizer = _optimizer(model, config)
+    warmup = max(1, round(config.warmup_fraction * config.steps))
+    generator = torch.Generator().manual_seed(seed)
+
+    losses: list[float] = []
+    model.train()
+    bar = tqdm(range(config.steps), desc="training tiny model", disable=not progress, unit="step")
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(step, config, warmup)
+        batch = _sample_batch(train_streams, (1 - config.docs_share, config.docs_share), config, generator)
+        loss = model(input_ids=batch, labels=batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    bar.close()
+
+    heldout_loss = _evaluate(model, heldout_streams, config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    tail = losses[-max(1, len(losses) // 10) :]
+    record = {
+        "config": dataclasses.asdict(config),
+        "seed": seed,
+        "steps": config.steps,
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "tokenizer_time_s": round(tokenizer_seconds, 2),
+        "final_train_loss": float(np.mean(tail)),
+        "heldout_loss": float(np.mean(list(heldout_loss.values()))),
+        "heldout_loss_by_domain": heldout_loss,
+        "n_parameters": sum(parameter.numel() for parameter in model.parameters()),
+        "train_tokens": {"stdlib-code": len(train_streams[0]), "stdlib-docs": len(train_streams[1])},
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python_version": platform.python_version(),
+        "format_version": _FORMAT_VERSION,
+    }
+    (folder / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    logger.info(
+        "trained tiny model in %.0f s: train loss %.3f, held-out loss %.3f",
+        record["wall_time_s"],
+        record["final_train_loss"],
+        record["heldout_loss"],
+    )
+
+
+def train_tokenizer(texts: list[str], config: TinyConfig = TinyConfig()) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on `texts` and wrap it as a `PreTrainedTokenizerFast`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=config.vocab_size,
+        min_frequency=2,
+        special_tokens=[END_OF_TEXT],
+        # Every byte is in the vocabulary, so no text ever needs an unknown token.
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=END_OF_TEXT,
+        eos_token=END_OF_TEXT,
+        unk_token=END_OF_TEXT,
+        # Padding with end-of-text lets batched callers pad; attention masks hide it.
+        pad_token=END_OF_TEXT,
+        model_max_length=config.context_length,
+    )
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _token_stream(tokenizer: PreTrainedTokenizerFast, documents: list[Document], eot: int) -> torch.Tensor:
+    """Concatenate the documents' tokens into one stream, each followed by end-of-text (GPT-style packing)."""
+    # The Rust tokenizer directly: documents are far longer than model_max_length, which is fine here.
+    texts = [document.text for document in documents]
+    encoded = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    ids = [token for encoding in encoded for token in [*encoding.ids, eot]]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _sample_batch(
+    streams: list[torch.Tensor], shares: tuple[float, float], config: TinyConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """Draw `batch_size` random windows, each from a stream picked with probability `shares`."""
+    picks = torch.multinomial(torch.tensor(shares), config.batch_size, replacement=True, generator=generator)
+    windows = []
+    for pick in picks.tolist():
+        stream = streams[pick]
+        start = torch.randint(0, len(stream) - config.context_length, (1,), generator=generator).item()
+        windows.append(stream[start : start + config.context_length])
+    return torch.stack(windows)
+
+
+def _optimizer(model: torch.nn.Module, config: TinyConfig) -> torch.optim.AdamW:
+    # No weight decay on biases and norms, as in GPT-style training.
+    decay = [parameter for parameter in model.parameters() if parameter.dim() >= 2]
+    no_decay = [parameter for parameter in model.parameters() if parameter.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.95))
+
+
+def _learning_rate(step: int, config: TinyConfig, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to `min_learning_rate` at the last step."""
+    if step < warmup:
+        return config.learning_rate * (step + 1) / warmup
+    progress = (step - warmup) / max(1, config.steps - warmup)
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    return config.min_learning_rate + (config.learning_rate - config.min_learning_rate) * cosine
+
+
+@torch.no_grad()
+def _evaluate(model: torch.nn.Module, streams: dict[str, torch.Tensor], config: TinyConfig) -> dict[str, float]:
+    """Mean next-token loss (nats) per held-out domain on evenly spaced windows, the same for every seed."""
+    model.eval()
+    losses = {}
+    for domain, stream in streams.items():
+        span = len(stream) - config.context_length
+        starts = np.linspace(0, span, config.eval_windows_per_domain).astype(int)
+        windows = torch.stack([stream[start : start + config.context_length] for start in starts])
+        batch_losses = [
+            model(input_ids=chunk, labels=chunk).loss.item() for chunk in windows.split(config.batch_size)
+        ]
+        losses[domain] = float(np.mean(batch_losses))
+    model.train()
+    return losses
