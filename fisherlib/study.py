@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,7 +274,9 @@ def load_head(params: StudyParams):
         return LMHead(weight=stored["weight"], bias=stored["bias"], module=None)
     head = load_model_for(params).head
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
+    # A unique temporary name: notebooks 02 and 03 may get here at once under `make -j`.
+    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
     torch.save({"weight": head.weight.cpu(), "bias": None if head.bias is None else head.bias.cpu()}, partial)
     os.replace(partial, path)
     return head
@@ -284,8 +287,10 @@ def load_head(params: StudyParams):
 
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
+    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(handle, "w") as file:
+        file.write(text)
+    os.chmod(partial, 0o644)  # mkstemp makes files private; tables are for sharing
     os.replace(partial, path)
 
 
