@@ -1,0 +1,38 @@
+"""`make paper`: the summary reads each run's tables and puts the write-up beside them."""
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from fisherlib.cli import main
+from fisherlib.paper import EXPECTED_TABLES, find_runs, write_summary
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_summary_has_a_column_per_run_and_the_write_up(tmp_path):
+    for run in ("tiny", "another"):
+        shutil.copytree(ROOT / "results" / "tiny", tmp_path / run, ignore=shutil.ignore_patterns("cache", "*.parquet"))
+    (tmp_path / "not-a-run").mkdir()
+    assert list(find_runs(tmp_path)) == ["another", "tiny"]
+    text = write_summary(tmp_path).read_text()
+    table2 = pd.read_csv(ROOT / "results" / "tiny" / "table2_rho_by_class.csv", comment="#").set_index("cls")
+    random_row = next(line for line in text.splitlines() if line.startswith("| random "))
+    assert f"{table2.loc['random', 'median_rho']:.3g}" in random_row
+    assert "0.23" in random_row and "0.45" in random_row and "0.50" in random_row  # Qwen, Llama, Pythia
+    for header in ("tiny", "another", "write-up Qwen3-1.7B", "write-up Llama-3.2-1B", "write-up Pythia-1B"):
+        assert header in text
+
+
+def test_committed_embedded_results_hold_every_study_table():
+    missing = [name for names in EXPECTED_TABLES.values() for name in names if not (ROOT / "results" / "tiny" / f"{name}.csv").is_file()]
+    assert not missing
+
+
+def test_cli_paper_writes_the_summary(tmp_path, monkeypatch, capsys):
+    shutil.copytree(ROOT / "results" / "tiny", tmp_path / "results" / "tiny", ignore=shutil.ignore_patterns("cache", "*.parquet"))
+    monkeypatch.setattr("fisherlib.paper.repo_root", lambda: tmp_path)
+    assert main(["paper"]) == 0
+    assert (tmp_path / "results" / "summary.md").is_file()
+    assert "summary written" in capsys.readouterr().out
