@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from .boundary import DEFAULT_MEMORY_BUDGET, empirical_boundary
 from .directions import direction_sweep
 from .fisher import cumulant_boundary, cumulants, curvature, predicted_boundary
+from .models import run_with_oom_backoff
 
 logger = logging.getLogger("fisherlib")
 
@@ -57,17 +58,17 @@ def measure_boundaries(
     b64 = None if b is None else b.double()
     n_directions = 2 * (7 + 6 + 7) + n_random + n_control  # upper bound, for the chunk size
     chunk = max(1, memory_budget // (4 * 8 * n_directions * W.shape[0]))
-    tables = []
-    for start in tqdm(range(0, P, chunk), desc="direction sweep", unit="chunk", disable=not progress):
-        stop = min(start + chunk, P)
-        h_chunk = h[start:stop].to(W.device).double()
+    bar = tqdm(total=P, desc="direction sweep", unit="pos", disable=not progress)
+
+    def measure_chunk(rows: list[int]) -> pd.DataFrame:
+        h_chunk = h[rows].to(W.device).double()
         z = h_chunk @ W64.T
         if b64 is not None:
             z = z + b64
         p = torch.softmax(z, -1)
         U, table = direction_sweep(
             W64, h_chunk, p, n_random=n_random, n_control=n_control, seed=seed, top_k=top_k,
-            position_ids=position_ids[start:stop],
+            position_ids=position_ids[rows],
         )  # fmt: skip
         A = torch.einsum("pnd,vd->pnv", U, W64)  # logit velocities, float64
         curv_full = curvature(p, A)
@@ -78,7 +79,12 @@ def measure_boundaries(
         table = table.loc[table.index.repeat(len(eps))].reset_index(drop=True)
         for name, values in columns.items():
             table[name] = values.reshape(-1).cpu().numpy()
-        tables.append(table)
+        bar.update(len(rows))
+        return table
+
+    # Out of GPU memory on a chunk: retried with half as many positions (and the smaller size kept).
+    tables = run_with_oom_backoff(measure_chunk, list(range(P)), chunk)
+    bar.close()
     measurements = pd.concat(tables, ignore_index=True)
     measurements.insert(0, "seed", int(seed))
     return measurements[list(MEASUREMENT_COLUMNS)]

@@ -9,6 +9,7 @@ quintile within each domain.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -98,8 +99,6 @@ class PositionSample:
 
 def sampling_key(params: dict[str, Any]) -> str:
     """Return the cache key of a sample: a hash of its resolved parameters."""
-    import hashlib
-
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 

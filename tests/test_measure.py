@@ -55,3 +55,22 @@ def test_results_do_not_depend_on_the_memory_budget():
     # Batched matrix products round differently for other batch shapes (last bits, amplified by the
     # cancellation in Var_p[a]); the boundaries themselves agree far below the solver tolerance.
     pd.testing.assert_frame_equal(big, small, rtol=1e-9, atol=0)
+
+
+def test_out_of_memory_halves_the_chunk_and_gives_the_same_table(monkeypatch, caplog):
+    import fisherlib.measure as measure
+
+    W, b, h = _head()
+    expected = measure_boundaries(W, b, h, EPS, top_k=8, n_random=3, n_control=2, progress=False)
+    real = measure.empirical_boundary
+
+    def fails_on_big_chunks(z, *args, **kwargs):
+        if z.shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(z, *args, **kwargs)
+
+    monkeypatch.setattr(measure, "empirical_boundary", fails_on_big_chunks)
+    with caplog.at_level("WARNING", logger="fisherlib"):
+        table = measure_boundaries(W, b, h, EPS, top_k=8, n_random=3, n_control=2, progress=False)
+    assert "retrying with" in caplog.text
+    pd.testing.assert_frame_equal(table, expected, rtol=1e-9, atol=0)
