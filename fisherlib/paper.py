@@ -42,6 +42,11 @@ def _read(run_dir: Path, name: str) -> pd.DataFrame | None:
     return pd.read_csv(path, comment="#") if path.is_file() else None
 
 
+def _per_run(runs: dict[str, Path], name: str, to_series) -> dict[str, pd.Series]:
+    """Return `{run: to_series(table)}` for every run that wrote table `name`."""
+    return {run: to_series(table) for run, folder in runs.items() if (table := _read(folder, name)) is not None}
+
+
 def _write_up_header(arch: str) -> str:
     return f"write-up {MODEL_NAMES[arch]}"
 
@@ -71,11 +76,7 @@ def table1(runs: dict[str, Path]) -> pd.DataFrame:
 def table2(runs: dict[str, Path]) -> pd.DataFrame:
     """Median ρ at ε = 1 nat by direction class, per run."""
     classes = ["structured", "tangent", "random", "eigvec", "eigvec rank 1", "control"]
-    columns = {}
-    for run, folder in runs.items():
-        table = _read(folder, "table2_rho_by_class")
-        if table is not None:
-            columns[run] = table.set_index("cls")["median_rho"].map(lambda x: f"{x:.3g}")
+    columns = _per_run(runs, "table2_rho_by_class", lambda t: t.set_index("cls")["median_rho"].map(lambda x: f"{x:.3g}"))
     for arch in WRITE_UP_ARCHS:
         columns[_write_up_header(arch)] = pd.Series({k: f"{v:.2f}" for k, v in WRITE_UP[arch]["table2"].items()})
     return pd.DataFrame(columns).reindex(classes).fillna("—")
@@ -83,15 +84,11 @@ def table2(runs: dict[str, Path]) -> pd.DataFrame:
 
 def spearman(runs: dict[str, Path]) -> pd.DataFrame:
     """Per-position Spearman(t_pred, t_emp): median and range over positions, per run and ε."""
-    columns = {}
-    for run, folder in runs.items():
-        table = _read(folder, "spearman_summary")
-        if table is None:
-            continue
-        table = table[table["predictor"] == "t_pred"]
-        columns[run] = pd.Series(
-            {f"ε = {r.eps:g}": f"{r.median:.2f} [{r.min:.2f}, {r.max:.2f}]" for r in table.itertuples()}
-        )
+    def summarise(table: pd.DataFrame) -> pd.Series:
+        rows = table[table["predictor"] == "t_pred"].itertuples()
+        return pd.Series({f"ε = {r.eps:g}": f"{r.median:.2f} [{r.min:.2f}, {r.max:.2f}]" for r in rows})
+
+    columns = _per_run(runs, "spearman_summary", summarise)
     low, high = ACROSS_ARCHITECTURES["spearman_range"]
     frame = pd.DataFrame(columns)
     frame["write-up (3 archs)"] = f"range {low:.2f}–{high:.2f}"
@@ -100,16 +97,16 @@ def spearman(runs: dict[str, Path]) -> pd.DataFrame:
 
 def calibration(runs: dict[str, Path]) -> pd.DataFrame:
     """Fraction within 50% of t_emp at ε = 1: raw, pooled and per-class isotonic calibration."""
-    columns = {}
-    for run, folder in runs.items():
-        table = _read(folder, "calibration_headline")
-        if table is None:
-            continue
-        values = {}
-        for r in table.itertuples():
-            if r.cls == "all" or (r.cls == "random" and r.method == "calibrated_per_class"):
-                values[f"{r.cls}: {r.method}"] = f"{r.within_50:.0%}"
-        columns[run] = pd.Series(values)
+    def headline(table: pd.DataFrame) -> pd.Series:
+        return pd.Series(
+            {
+                f"{r.cls}: {r.method}": f"{r.within_50:.0%}"
+                for r in table.itertuples()
+                if r.cls == "all" or (r.cls == "random" and r.method == "calibrated_per_class")
+            }
+        )
+
+    columns = _per_run(runs, "calibration_headline", headline)
     for arch in WRITE_UP_ARCHS:
         ref = WRITE_UP[arch]["calibration"]
         values = {"all: raw": f"{ref['raw']:.0%}", "all: calibrated_pooled": f"{ref['calibrated_pooled']:.0%}"}
@@ -122,14 +119,11 @@ def calibration(runs: dict[str, Path]) -> pd.DataFrame:
 
 def stratifiers(runs: dict[str, Path]) -> pd.DataFrame:
     """Within-quintile variance of log ρ relative to the best stratifier, per run and measurement set."""
-    columns = {}
-    for run, folder in runs.items():
-        table = _read(folder, "stratifier_variance")
-        if table is None:
-            continue
-        columns[run] = pd.Series(
-            {f"{r.cls} @ ε={r.eps:g}: {r.stratifier}": f"{r.ratio_to_best:.3g}×" for r in table.itertuples()}
-        )
+    columns = _per_run(
+        runs,
+        "stratifier_variance",
+        lambda t: pd.Series({f"{r.cls} @ ε={r.eps:g}: {r.stratifier}": f"{r.ratio_to_best:.3g}×" for r in t.itertuples()}),
+    )
     low, high = ACROSS_ARCHITECTURES["eff_rank_worse_than_entropy"]
     frame = pd.DataFrame(columns)
     frame["write-up (3 archs)"] = ""
