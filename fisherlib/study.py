@@ -47,6 +47,7 @@ class StudyParams:
     """The parameters every notebook takes (SPEC §7), validated."""
 
     arch: str = "tiny"
+    revision: str = ""  # the model's revision: a hub branch, tag or commit, or tiny's "step<N>"; empty: the final model
     run_name: str = ""  # defaults to arch, or a local folder's name
     corpora: list = field(default_factory=list)  # empty: the architecture's defaults
     render: str = "plain"  # dialogue rendering: "plain" User:/Assistant: text or the model's "chat" template
@@ -70,6 +71,13 @@ class StudyParams:
     cache_dir: str = ""  # empty: results/<run>/cache
     results_root: str = "results"
     figures_root: str = "figures"
+    # --- analysis choices (notebooks 04-07) ---
+    calibration_space: str = "linear"  # isotonic fit of t_emp on t_pred ("linear", the write-up's) or of their logs ("log")
+    resample_unit: str = "document"  # what bootstrap CIs and CV folds resample: "position" or "document"
+    # --- notebook 08/09: the layer pullback ---
+    layers: list = field(default_factory=list)  # empty: every block boundary 0..n_layers and "head"
+    # --- notebook 10: training dynamics ---
+    revisions: list = field(default_factory=list)  # checkpoints to walk; empty: every saved checkpoint of tiny
 
     @classmethod
     def from_namespace(cls, namespace: dict[str, Any]) -> StudyParams:
@@ -101,6 +109,10 @@ class StudyParams:
             problems.append("divergence must be 'forward' or 'reverse'")
         if self.render not in ("plain", "chat"):
             problems.append("render must be 'plain' or 'chat'")
+        if self.calibration_space not in ("linear", "log"):
+            problems.append("calibration_space must be 'linear' or 'log'")
+        if self.resample_unit not in ("position", "document"):
+            problems.append("resample_unit must be 'position' or 'document'")
         for name in ("batch_size", "max_context", "pool_factor"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be positive")
@@ -154,6 +166,19 @@ class StudyParams:
         return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def parameters_cell_source() -> str:
+    """Return the source of every notebook's `parameters` cell: each StudyParams field at its default.
+
+    `python tools/sync_parameters.py` writes it into the notebooks; a test checks they match.
+    """
+    defaults = StudyParams()
+    return "\n".join(f"{f.name} = {_python_literal(getattr(defaults, f.name))}" for f in dataclasses.fields(StudyParams))
+
+
+def _python_literal(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
 def _resolve_corpus_path(spec: str) -> str:
     """Return `spec` with a relative file path made absolute against the repository root.
 
@@ -202,10 +227,14 @@ def _check_type(name: str, value: Any, spec: dataclasses.Field) -> Any:
                 return [float(v) for v in items]
             if name == "seeds" and all(isinstance(v, int) and not isinstance(v, bool) for v in items):
                 return items
-            if name == "corpora" and all(isinstance(v, str) for v in items):
+            if name in ("corpora", "revisions") and all(isinstance(v, str) for v in items):
                 return items
-        if name == "corpora" and isinstance(value, str):
+            if name == "layers" and all(_is_layer(v) for v in items):
+                return [v if isinstance(v, int) else int(v) if v.isdigit() else v for v in items]
+        if name in ("corpora", "revisions") and isinstance(value, str):
             return value.split()
+        if name == "layers" and isinstance(value, str) and all(_is_layer(part) for part in value.split()):
+            return [int(part) if part.isdigit() else part for part in value.split()]
         if name == "seeds" and isinstance(value, str) and all(part.isdigit() for part in value.split()):
             return [int(part) for part in value.split()]
     raise ParameterError(
@@ -214,8 +243,16 @@ def _check_type(name: str, value: Any, spec: dataclasses.Field) -> Any:
     )
 
 
+def _is_layer(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    return (isinstance(value, int) and value >= 0) or (isinstance(value, str) and (value.isdigit() or value == "head"))
+
+
 def _describe(name: str, expected: type) -> str:
     return {
+        "layers": 'a list of block boundaries (integers from 0) and "head"',
+        "revisions": 'a list of revisions ("step1000", ...)',
         "eps_grid": "a list of positive numbers",
         "seeds": "a list of integers",
         "corpora": "a list of corpus names or file paths",
