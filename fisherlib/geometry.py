@@ -40,11 +40,42 @@ def fisher_spectra(W, b, h, top_k: int, n_eig: int = 10, position_ids=None) -> p
     )
 
 
+NEAR_BINARY_PAIR_MASS = 0.9
+NEAR_BINARY_DEFINITION = (
+    "near-binary: the top two tokens hold p_a + p_b >= 0.9 and the runner-up holds most of the rest, "
+    "p_b >= 0.5 (1 - p_a)"
+)
+
+
+def near_binary(positions: pd.DataFrame, pair_mass: float = NEAR_BINARY_PAIR_MASS) -> np.ndarray:
+    """Return a boolean mask `[P]`: positions in the regime where `F ≈ p_a p_b (w_a − w_b)(w_a − w_b)ᵀ`.
+
+    Near-binary means the top two tokens hold at least `pair_mass` of the probability and the
+    runner-up holds most of the rest (`p_b ≥ ½ (1 − p_a)`), so that the pair dominates `F`.
+    """
+    p_a = positions["p_top1"].to_numpy(dtype=float)
+    p_b = positions["p_top2"].to_numpy(dtype=float)
+    return (p_a + p_b >= pair_mass) & (p_b >= 0.5 * (1.0 - p_a))
+
+
+def rank_one_summary(positions: pd.DataFrame) -> dict[str, float]:
+    """Return the share of near-binary positions and, among them, the median and count of |cos(top eigvec, w_b − w_a)|."""
+    mask = near_binary(positions)
+    cosines = positions["cos_top_eig_pair"].to_numpy(dtype=float)[mask]
+    return dict(
+        share_near_binary=float(mask.mean()) if len(mask) else float("nan"),
+        n_near_binary=int(mask.sum()),
+        median_cos_near_binary=float(np.median(cosines)) if len(cosines) else float("nan"),
+    )
+
+
 def rank_one_regime(positions: pd.DataFrame, bins=PAIR_MASS_BINS) -> pd.DataFrame:
     """Return |cos(top eigenvector of F_k, w_b − w_a)| binned by the top-two mass `p_a + p_b`.
 
     As `p_a + p_b → 1` the pullback tends to `p_a p_b (w_a − w_b)(w_a − w_b)ᵀ` (SPEC §2), so the
-    cosine should tend to 1. Columns: pair_mass bin, n, median and 10th percentile of the cosine.
+    cosine should tend to 1. Columns: pair_mass bin, n, median and 10th percentile of the cosine,
+    and, the same on every row, `share_near_binary` and `median_cos_near_binary` over the whole
+    sample (`NEAR_BINARY_DEFINITION`).
     """
     pair_mass = positions["p_top1"] + positions["p_top2"]
     binned = pd.cut(pair_mass, bins=list(bins), include_lowest=True)
@@ -57,6 +88,11 @@ def rank_one_regime(positions: pd.DataFrame, bins=PAIR_MASS_BINS) -> pd.DataFram
         )
     ).reset_index(names="pair_mass")
     table["pair_mass"] = table["pair_mass"].astype(str)
+    summary = rank_one_summary(positions)
+    table["share_near_binary"] = summary["share_near_binary"]
+    # NaN (no near-binary position) would be refused by save_table; 0 reads as "no alignment shown".
+    table["median_cos_near_binary"] = np.nan_to_num(summary["median_cos_near_binary"], nan=0.0)
+    table["n_near_binary"] = summary["n_near_binary"]
     return table
 
 

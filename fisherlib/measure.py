@@ -129,7 +129,7 @@ class Sweep:
 def sweep_path(params, seed: int) -> Path:
     """Return where the sweep of `params` for `seed` is cached."""
     key = params.key(
-        "arch", "corpora", "render", "n_positions", "top_k", "max_context", "min_prefix", "pool_factor",
+        "arch", "revision", "corpora", "render", "n_positions", "top_k", "max_context", "min_prefix", "pool_factor",
         "n_docs", "dtype", "eps_grid", "divergence", "n_random", "n_control",
     )  # fmt: skip
     return params.cache_path / f"sweep-seed{seed}-{key}.parquet"

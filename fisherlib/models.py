@@ -422,14 +422,20 @@ def load_model(
     torch_dtype = _resolve_dtype(dtype, torch_device)
     model_id = resolve_model_id(arch)
     if model_id == TINY_MODEL_ID:
-        from fisherlib.tiny import ensure_tiny_model
+        from fisherlib.tiny import tiny_revision_folder
 
-        source = str(ensure_tiny_model())
+        # The embedded model's revisions are its saved checkpoints ("step<N>"), not hub commits.
+        source = str(tiny_revision_folder(revision))
     else:
         source = model_id
     is_local = Path(source).is_dir()
     if is_local:
         _check_model_folder(Path(source))
+        if revision and model_id != TINY_MODEL_ID:
+            raise FisherlibError(
+                f"{source} is a local folder, which has no revisions (got revision={revision!r}); "
+                "point MODEL at the folder of that checkpoint instead."
+            )
     hub_revision = None if is_local else revision
 
     with _load_errors_explained(model_id, hub_revision):
@@ -458,7 +464,7 @@ def load_model(
         tokenizer=tokenizer,
         arch=str(arch),
         model_id=model_id,
-        revision=None if is_local else _hub_commit_hash(model, model_id, revision),
+        revision=(revision or None) if model_id == TINY_MODEL_ID else None if is_local else _hub_commit_hash(model, model_id, revision),
         device=torch_device,
         dtype=torch_dtype,
         head=head,

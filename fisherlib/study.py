@@ -130,7 +130,9 @@ class StudyParams:
         """Return the run's name: `run_name`, else the registry name, else the model folder's or id's last part."""
         if self.run_name:
             return self.run_name
-        return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(self.arch.rstrip("/")).name) or "model"
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(self.arch.rstrip("/")).name) or "model"
+        # Another revision is another model: its tables must not overwrite the final model's.
+        return f"{name}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', self.revision)}" if self.revision else name
 
     @property
     def seed_list(self) -> list[int]:
@@ -261,19 +263,19 @@ def _describe(name: str, expected: type) -> str:
 
 # --- cached steps -------------------------------------------------------------------------------
 
-SAMPLE_KEYS = ("arch", "corpora", "render", "n_positions", "top_k", "max_context", "min_prefix", "pool_factor", "n_docs", "dtype")
+SAMPLE_KEYS = ("arch", "revision", "corpora", "render", "n_positions", "top_k", "max_context", "min_prefix", "pool_factor", "n_docs", "dtype")
 
 
 @functools.lru_cache(maxsize=2)
-def _load_model_cached(arch: str, device: str, dtype: str):
+def _load_model_cached(arch: str, revision: str, device: str, dtype: str):
     from .models import load_model
 
-    return load_model(arch, device=device or None, dtype=dtype or None)
+    return load_model(arch, device=device or None, dtype=dtype or None, revision=revision or None)
 
 
-def load_model_for(params: StudyParams):
-    """Return the `LoadedModel` of `params` (loaded once per process)."""
-    return _load_model_cached(params.arch, params.device, params.dtype)
+def load_model_for(params: StudyParams, revision: str | None = None):
+    """Return the `LoadedModel` of `params` (loaded once per process), at `revision` if given, else `params.revision`."""
+    return _load_model_cached(params.arch, params.revision if revision is None else revision, params.device, params.dtype)
 
 
 def sample_folder(params: StudyParams, seed: int) -> Path:
@@ -305,7 +307,7 @@ def load_head(params: StudyParams):
     """Return the LM head (`W`, `b`, float32) of `params`' model, cached beside the positions."""
     from .model_surgery import LMHead
 
-    path = params.cache_path / f"head-{params.key('arch', 'dtype')}.pt"
+    path = params.cache_path / f"head-{params.key('arch', 'revision', 'dtype')}.pt"
     if path.is_file():
         stored = torch.load(path, weights_only=True)
         return LMHead(weight=stored["weight"], bias=stored["bias"], module=None)

@@ -37,7 +37,7 @@ _FORMAT_VERSION = 2
 
 @dataclass(frozen=True)
 class TinyConfig:
-    """Architecture and training hyper-parameters of the tiny model (about 30-40 minutes on 2 CPU cores).
+    """Architecture and training hyper-parameters of the tiny model (about 35 minutes on one CPU core).
 
     The shipped weights (`models/tiny/`) were trained with these defaults by `make tiny-model`.
     """
@@ -51,7 +51,7 @@ class TinyConfig:
     intermediate_size: int = 1024
     context_length: int = 256
     batch_size: int = 16
-    steps: int = 3000
+    steps: int = 2000
     learning_rate: float = 2e-3
     min_learning_rate: float = 2e-4
     warmup_fraction: float = 0.03
@@ -65,6 +65,9 @@ class TinyConfig:
     first_checkpoint: int = 16
     # Every this many steps the training loss (mean since the last record) goes into training.json.
     log_every: int = 50
+    # One thread: CPU results are reproducible bit for bit only at a fixed thread count, and one
+    # thread does not stall when other work shares the cores (two threads did, 6x slower).
+    torch_threads: int = 1
 
 
 def checkpoint_steps(config: TinyConfig) -> list[int]:
@@ -81,6 +84,37 @@ SHIPPED_FOLDER = Path(__file__).resolve().parents[1] / "models" / "tiny"
 def shipped_tiny_model() -> Path | None:
     """Return the repository's shipped tiny model folder (`models/tiny`), or None when it is absent."""
     return SHIPPED_FOLDER if (SHIPPED_FOLDER / "training.json").is_file() else None
+
+
+def tiny_revisions(folder: Path | None = None) -> list[str]:
+    """Return the revisions of the tiny model in `folder` (default: `ensure_tiny_model()`), in training order.
+
+    Each is `"step<N>"`, N the number of updates; the last one is the final model itself.
+    """
+    record = _training_record(folder or ensure_tiny_model())
+    steps = [int(entry["step"]) for entry in record.get("checkpoints", [])] or [int(record["steps"])]
+    return [f"step{step}" for step in sorted(set(steps))]
+
+
+def tiny_revision_folder(revision: str | None = None, folder: Path | None = None) -> Path:
+    """Return the Hugging Face folder of the tiny model at `revision` ("step<N>"; empty or "main": the final model)."""
+    folder = folder or ensure_tiny_model()
+    if not revision or revision == "main":
+        return folder
+    record = _training_record(folder)
+    if revision == f"step{record['steps']}":
+        return folder
+    candidate = folder / "checkpoints" / revision
+    if not (candidate / "config.json").is_file():
+        raise FisherlibError(
+            f"the tiny model has no revision {revision!r}; its saved revisions are {tiny_revisions(folder)} "
+            f"(in {folder})."
+        )
+    return candidate
+
+
+def _training_record(folder: Path) -> dict:
+    return json.loads((Path(folder) / "training.json").read_text())
 
 
 def ensure_tiny_model(
@@ -170,9 +204,18 @@ def _remove_stale_temporaries(parent: Path, name: str, max_age_s: float = 24 * 3
 
 def _train_into(folder: Path, config: TinyConfig, seed: int, progress: bool) -> None:
     """Train tokenizer and model on the standard library's train split and save both into `folder`."""
+    started = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.torch_threads)
+    try:
+        _train_with_threads(folder, config, seed, progress, started)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_with_threads(folder: Path, config: TinyConfig, seed: int, progress: bool, started: float) -> None:
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    started = time.perf_counter()
     _seed_everything(seed)
     code_train, code_heldout = stdlib_split("code")
     docs_train, docs_heldout = stdlib_split("docs")
