@@ -11,12 +11,15 @@ TORCH ?= torch==2.13.0
 KERNEL := fisher-boundary
 
 ARCH ?= tiny
+# A model revision (hub branch/tag/commit, or tiny's step<N>) for `make reproduce`; REVISIONS lists those `make dynamics` walks.
+REVISION ?=
+REVISIONS ?=
 MODEL ?=
 CORPORA ?=
 SEEDS ?=
 # The local tier (MODEL=<folder>) is reported under RUN, by default the folder's name.
 RUN ?= $(notdir $(patsubst %/,%,$(MODEL)))
-RUN_NAME := $(if $(MODEL),$(RUN),$(ARCH))
+RUN_NAME := $(if $(MODEL),$(RUN),$(ARCH)$(if $(REVISION),-$(REVISION)))
 # Registry names have their own parameter file; a hub id uses pythia's (the study's settings), a folder local.yaml.
 PARAMS := $(if $(MODEL),params/local.yaml,$(if $(wildcard params/$(ARCH).yaml),params/$(ARCH).yaml,params/pythia.yaml))
 RUN_DIR := runs/$(RUN_NAME)
@@ -25,14 +28,18 @@ EXECUTED := $(patsubst notebooks/%,$(RUN_DIR)/%,$(NOTEBOOKS))
 PAPERMILL_ARGS := -k $(KERNEL) -f $(PARAMS) --cwd notebooks \
 	$(if $(MODEL),-p arch "$(abspath $(MODEL))" -p run_name "$(RUN_NAME)",-p arch "$(ARCH)") \
 	$(if $(CORPORA),-y "corpora: [$(foreach c,$(CORPORA),'$(c)',)]") \
-	$(if $(SEEDS),-y "seeds: [$(foreach s,$(SEEDS),$(s),)]")
+	$(if $(SEEDS),-y "seeds: [$(foreach s,$(SEEDS),$(s),)]") \
+	$(if $(REVISION),-p revision "$(REVISION)") \
+	$(if $(REVISIONS),-y "revisions: [$(foreach r,$(REVISIONS),'$(r)',)]")
 
-.PHONY: all venv test test-unit test-integration test-notebooks bench reproduce paper clean help
+.PHONY: all venv test test-unit test-integration test-notebooks bench reproduce dynamics tiny-model paper clean help
 all: help
 
 help:
 	@echo "make reproduce [ARCH=tiny|pythia|llama|qwen|<hub id>] [SEEDS='0 1 2 3']   run notebooks 01-07"
 	@echo "make reproduce MODEL=<hf folder> CORPORA='<file.jsonl> ...'            the local tier"
+	@echo "make dynamics [ARCH=tiny|pythia REVISIONS='step1000 step8000 ...']       notebook 10 over training checkpoints"
+	@echo "make tiny-model   retrain the shipped embedded model models/tiny from scratch (~40 min, one core)"
 	@echo "make paper        assemble results/summary.md across the architectures run so far"
 	@echo "make test         unit + integration + notebook tests (creates .venv)"
 	@echo "make test-unit | test-integration | test-notebooks | bench"
@@ -75,6 +82,15 @@ $(RUN_DIR)/%.ipynb: notebooks/%.ipynb $(PARAMS) $(STAMP)
 $(RUN_DIR)/02_fisher_geometry.ipynb $(RUN_DIR)/03_direction_sweep.ipynb: $(RUN_DIR)/01_sample_positions.ipynb
 $(RUN_DIR)/04_closed_form_exactness.ipynb $(RUN_DIR)/05_direction_classes.ipynb \
 $(RUN_DIR)/06_isotonic_calibration.ipynb $(RUN_DIR)/07_entropy_stratification.ipynb: $(RUN_DIR)/03_direction_sweep.ipynb
+
+# Notebook 10 reruns every time (REVISIONS may have changed); each revision's measurements are cached, so only new ones cost.
+dynamics: $(RUN_DIR)/01_sample_positions.ipynb
+	@rm -f $(RUN_DIR)/10_training_dynamics.ipynb
+	$(MAKE) --no-print-directory $(RUN_DIR)/10_training_dynamics.ipynb
+	@echo "executed notebook: $(RUN_DIR)/10_training_dynamics.ipynb  tables: results/$(RUN_NAME)/dynamics_*  figures: figures/$(RUN_NAME)/"
+
+tiny-model: $(STAMP)
+	$(PY) -m fisherlib.cli tiny --train --output models/tiny
 
 paper: $(STAMP)
 	$(PY) -m fisherlib.cli paper

@@ -24,9 +24,13 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def _tiny(args: argparse.Namespace) -> None:
-    from .tiny import ensure_tiny_model
+    from .tiny import ensure_tiny_model, train_tiny_model
 
-    print(ensure_tiny_model(seed=args.seed))
+    if args.train:
+        # The recipe of the shipped weights (`models/tiny`), from scratch: make tiny-model.
+        print(train_tiny_model(args.output, seed=args.seed))
+    else:
+        print(ensure_tiny_model(seed=args.seed))
 
 
 def _paper(args: argparse.Namespace) -> None:
@@ -51,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     sample.set_defaults(run=_sample)
     tiny = commands.add_parser("tiny", help="train (or find) the embedded default model and print its folder")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--train", action="store_true", help="train from scratch (about 40 minutes on one core) instead of finding a copy")
+    tiny.add_argument("--output", default="models/tiny", help="where --train writes the model (default: models/tiny)")
     tiny.set_defaults(run=_tiny)
     paper = commands.add_parser("paper", help="assemble results/summary.md from every run so far")
     paper.set_defaults(run=_paper)

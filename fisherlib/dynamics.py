@@ -1,0 +1,526 @@
+"""The study across training checkpoints (notebook 10): the same contexts measured under every revision.
+
+The positions are drawn once, by the final model's rank-stratified sample (notebook 01), so that
+what changes between checkpoints comes from training, not from sampling. At each revision the
+residual `h` is recomputed at the same context and target index, and the per-position statistics
+and the direction sweep are measured under that revision's own head.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .errors import FisherlibError
+from .geometry import rank_one_summary
+from .measure import measure_boundaries
+from .sampling import position_statistics
+
+logger = logging.getLogger("fisherlib")
+
+# Columns of the final model's sample that identify a position; everything else is re-measured.
+_IDENTITY_COLUMNS = ["position", "domain", "doc_id", "index", "token", "next_token", "stratum"]
+_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+# The direction classes whose boundaries a closed form predicts (controls have uᵀF_k u = 0 by construction).
+PREDICTED_CLASSES = ("eigvec", "structured", "tangent", "random")
+
+
+@dataclass
+class RevisionMeasurement:
+    """One revision's positions (one row each, `[P]`) and long-form measurements (`[P · D · E]` rows)."""
+
+    revision: str
+    step: int | None
+    positions: pd.DataFrame
+    measurements: pd.DataFrame
+
+
+def revision_step(revision: str) -> int | None:
+    """Return N of a `"step<N>"` revision (Pythia's and tiny's naming), else None."""
+    match = re.fullmatch(r"step(\d+)", revision)
+    return int(match.group(1)) if match else None
+
+
+def dynamics_revisions(params) -> list[str]:
+    """Return the revisions to walk, in training order: `params.revisions`, else every saved checkpoint of tiny."""
+    if params.revisions:
+        revisions = list(params.revisions)
+    elif params.arch == "tiny":
+        from .tiny import tiny_revisions
+
+        revisions = tiny_revisions()
+    else:
+        raise FisherlibError(
+            f"no revisions given for {params.arch!r}: pass them, e.g. "
+            'make dynamics ARCH=pythia REVISIONS="step1000 step8000 step143000"'
+        )
+    steps = [revision_step(revision) for revision in revisions]
+    if all(step is not None for step in steps):
+        revisions = [revision for _, revision in sorted(zip(steps, revisions))]
+    return revisions
+
+
+def training_record(params) -> dict | None:
+    """Return tiny's `training.json` (held-out loss per checkpoint) for the embedded default, else None."""
+    if params.arch != "tiny":
+        return None
+    import json
+
+    from .tiny import ensure_tiny_model
+
+    return json.loads((ensure_tiny_model() / "training.json").read_text())
+
+
+def capture_contexts(model, context_ids: list[torch.Tensor], batch_size: int = 16, progress: bool = False) -> torch.Tensor:
+    """Return `h [P, d]` float32: the post-final-norm residual at the last token of each context.
+
+    `context_ids` holds one 1-D token-id tensor per position, its context through the target token.
+    Contexts are batched by length (right padding, attention mask) so that padding stays small.
+    """
+    if not context_ids:
+        raise FisherlibError("no contexts given")
+    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    order = sorted(range(len(context_ids)), key=lambda i: len(context_ids[i]))
+    h = torch.empty(len(context_ids), model.head.hidden_size, dtype=torch.float32)
+    for start in tqdm(range(0, len(order), batch_size), desc="capturing h", unit="batch", disable=not progress):
+        chunk = order[start : start + batch_size]
+        length = max(len(context_ids[i]) for i in chunk)
+        input_ids = torch.full((len(chunk), length), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(chunk), length), dtype=torch.long)
+        for row, i in enumerate(chunk):
+            ids = torch.as_tensor(context_ids[i], dtype=torch.long)
+            input_ids[row, : len(ids)] = ids
+            attention_mask[row, : len(ids)] = 1
+        cols = [len(context_ids[i]) - 1 for i in chunk]
+        h[chunk] = model.capture(input_ids, attention_mask, list(range(len(chunk))), cols).float().cpu()
+    return h
+
+
+def _check_same_tokenizer(model, reference) -> None:
+    """Refuse a revision whose vocabulary differs from the final model's: the contexts would mean other text."""
+    if model.tokenizer.get_vocab() != reference.tokenizer.get_vocab():
+        raise FisherlibError(
+            f"revision {model.revision!r} of {model.model_id} has another tokenizer than the final model, so the "
+            "same token ids are other text; training dynamics need one tokenizer across checkpoints."
+        )
+
+
+def measure_revision(params, sample, revision: str, seed: int, reference_model=None, progress: bool = True) -> RevisionMeasurement:
+    """Measure the final model's sampled positions under `revision`, cached per revision.
+
+    Positions: the identity columns of `sample.table`, `final_stratum` (the final model's
+    effective-rank quintile) and the statistics of `position_statistics` under this revision.
+    Measurements: `measure_boundaries` at `params.small_eps` and `params.large_eps` (the two ε the
+    dynamics tables use), the same directions recipe and seed as notebook 03.
+    """
+    from .study import load_model_for
+
+    path = _cache_folder(params, revision, seed)
+    if (path / "measurements.parquet").is_file():
+        logger.info("revision %s loaded from cache %s", revision, path)
+        return RevisionMeasurement(
+            revision, revision_step(revision), pd.read_parquet(path / "positions.parquet"),
+            pd.read_parquet(path / "measurements.parquet"),
+        )  # fmt: skip
+    model = load_model_for(params, revision=revision)
+    if reference_model is not None:
+        _check_same_tokenizer(model, reference_model)
+    context_ids = getattr(sample, "context_ids", None)
+    if not context_ids:
+        raise FisherlibError("the sample holds no context_ids: rerun notebook 01 so that the cached sample is rebuilt")
+    h = capture_contexts(model, context_ids, params.batch_size, progress=progress)
+    W, b = model.head.weight, model.head.bias
+    stats = position_statistics(W, b, h, params.top_k)
+    positions = sample.table[_IDENTITY_COLUMNS].rename(columns={"stratum": "final_stratum"}).copy()
+    for name, values in stats.items():
+        if name not in ("topk_ids", "topk_probs"):
+            positions[name] = values.numpy()
+    positions.insert(0, "revision", revision)
+    positions.insert(1, "seed", seed)
+    eps_grid = sorted({params.small_eps, params.large_eps})
+    measurements = measure_boundaries(
+        W, b, h, eps_grid, top_k=params.top_k, n_random=params.n_random, n_control=params.n_control, seed=seed,
+        divergence=params.divergence, position_ids=positions["position"].to_numpy(), progress=progress,
+    )  # fmt: skip
+    measurements.insert(0, "revision", revision)
+    _write_atomically(path, positions, measurements)
+    return RevisionMeasurement(revision, revision_step(revision), positions, measurements)
+
+
+def _cache_folder(params, revision: str, seed: int) -> Path:
+    from .study import SAMPLE_KEYS
+
+    key = params.key(*SAMPLE_KEYS, "small_eps", "large_eps", "divergence", "n_random", "n_control")
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", revision)
+    return params.cache_path / f"dynamics-{safe}-seed{seed}-{key}"
+
+
+def _write_atomically(folder: Path, positions: pd.DataFrame, measurements: pd.DataFrame) -> None:
+    """Write both tables into a sibling temporary folder and rename it into place (a rerun resumes here)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    positions.to_parquet(staging / "positions.parquet", index=False)
+    measurements.to_parquet(staging / "measurements.parquet", index=False)
+    try:
+        os.replace(staging, folder)
+    except OSError:  # another process wrote the same revision first: its copy is identical
+        for leftover in staging.iterdir():
+            leftover.unlink()
+        staging.rmdir()
+
+
+# --- tables across revisions ----------------------------------------------------------------------
+
+
+def _revision_columns(result: RevisionMeasurement) -> dict[str, object]:
+    return {"revision": result.revision, "step": result.step if result.step is not None else -1}
+
+
+def checkpoint_table(results: list[RevisionMeasurement], training_record: dict | None = None) -> pd.DataFrame:
+    """Return one row per revision: revision, step, n_positions and, for tiny, the held-out loss at that step."""
+    losses = {int(entry["step"]): entry["heldout_loss"] for entry in (training_record or {}).get("checkpoints", [])}
+    rows = []
+    for result in results:
+        row = _revision_columns(result) | {"n_positions": len(result.positions)}
+        if losses:
+            row["heldout_loss"] = losses.get(result.step, float("nan"))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return table.dropna(axis=1, how="all")
+
+
+def distribution_table(results: list[RevisionMeasurement], statistics=("entropy", "eff_rank")) -> pd.DataFrame:
+    """Return per revision and statistic the 10/25/50/75/90th percentiles over positions."""
+    rows = []
+    for result in results:
+        for statistic in statistics:
+            values = result.positions[statistic].to_numpy(float)
+            quantiles = np.quantile(values, _QUANTILES)
+            rows.append(
+                _revision_columns(result)
+                | {"statistic": statistic}
+                | {f"q{round(100 * q):02d}": float(v) for q, v in zip(_QUANTILES, quantiles)}
+            )
+    return pd.DataFrame(rows)
+
+
+def rank_one_table(results: list[RevisionMeasurement]) -> pd.DataFrame:
+    """Return per revision the share of near-binary positions and their median |cos(top eigvec, w_b − w_a)|."""
+    rows = []
+    for result in results:
+        summary = rank_one_summary(result.positions)
+        summary["median_cos_near_binary"] = np.nan_to_num(summary["median_cos_near_binary"], nan=0.0)
+        rows.append(_revision_columns(result) | summary)
+    return pd.DataFrame(rows)
+
+
+def exactness_table(results: list[RevisionMeasurement], eps: float, n_boot: int = 1000) -> pd.DataFrame:
+    """Table 1 per revision: median ρ on the top eigenvector at `eps`, with F_k (`rho`) and with the full F (`rho_full`)."""
+    from .analysis import top_eigvec_exactness
+
+    rows = []
+    for result in results:
+        for column, curvature in (("rho", "F_k"), ("rho_full", "F")):
+            table = top_eigvec_exactness(result.measurements, eps, by_seed=False, column=column, n_boot=n_boot)
+            row = table.iloc[0]
+            rows.append(
+                _revision_columns(result)
+                | {
+                    "curvature": curvature,
+                    "eps": float(eps),
+                    "median_rho": float(row[f"median_{column}"]),
+                    "ci_lo": float(row["ci_lo"]),
+                    "ci_hi": float(row["ci_hi"]),
+                    "n": int(row["n"]),
+                    "n_censored": int(row["n_censored"]),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def class_table(results: list[RevisionMeasurement], eps: float, n_boot: int = 200) -> pd.DataFrame:
+    """Table 2 per revision: median ρ per direction class at `eps`, with F_k and with F."""
+    from .analysis import median_rho_by_class
+
+    frames = []
+    for result in results:
+        with_topk = median_rho_by_class(result.measurements, eps, column="rho", n_boot=n_boot)
+        with_full = median_rho_by_class(result.measurements, eps, column="rho_full", n_boot=n_boot)
+        frame = pd.DataFrame(
+            {
+                "revision": result.revision,
+                "step": _revision_columns(result)["step"],
+                "cls": with_topk["cls"],
+                "eps": float(eps),
+                "median_rho": with_topk["median_rho"].to_numpy(),
+                "median_rho_full": with_full["median_rho_full"].to_numpy(),
+            }
+        )
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def quartic_with_fallback(measurements: pd.DataFrame) -> np.ndarray:
+    """Return the quartic Taylor root `t_cumulant`, or `t_pred_full` where the quartic has no positive root."""
+    quartic = measurements["t_cumulant"].to_numpy(float)
+    return np.where(np.isfinite(quartic), quartic, measurements["t_pred_full"].to_numpy(float))
+
+
+def predictor_table(results: list[RevisionMeasurement], eps: float) -> pd.DataFrame:
+    """Return per revision how often each predictor lands within 50% of `t_emp` at `eps`.
+
+    All predicted classes pooled (eigvec, structured, tangent, random), every row with a finite
+    boundary in the denominator: a predictor that gives no finite answer counts as a miss.
+    Predictors: `closed form (F_k)` (the study's t_pred), `closed form (F)`, `quartic` (with
+    fallback to the F closed form where it has no positive root).
+    """
+    from .analysis import WITHIN_TOLERANCE
+
+    rows = []
+    for result in results:
+        at = result.measurements[np.isclose(result.measurements["eps"], eps) & result.measurements["cls"].isin(PREDICTED_CLASSES)]
+        t_emp = at["t_emp"].to_numpy(float)
+        usable = np.isfinite(t_emp) & (t_emp > 0)
+        predictors = {
+            "closed form (F_k)": at["t_pred"].to_numpy(float),
+            "closed form (F)": at["t_pred_full"].to_numpy(float),
+            "quartic": quartic_with_fallback(at),
+        }
+        for name, t in predictors.items():
+            with np.errstate(invalid="ignore", divide="ignore"):
+                error = np.abs(t[usable] / t_emp[usable] - 1)
+            error = np.where(np.isfinite(error), error, np.inf)
+            rows.append(
+                _revision_columns(result)
+                | {
+                    "predictor": name,
+                    "eps": float(eps),
+                    "within_50": float(np.mean(error <= WITHIN_TOLERANCE)) if error.size else 0.0,
+                    "median_abs_rel_error": float(np.median(error)) if error.size else 0.0,
+                    "n": int(usable.sum()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def stratifier_table(results: list[RevisionMeasurement], eps: float) -> pd.DataFrame:
+    """Return per revision each stratifier's within-cell variance of log ρ (top eigenvector at `eps`) relative to the best."""
+    from .analysis import TOP_EIGVEC, stratifier_variance
+
+    frames = []
+    for result in results:
+        variance = stratifier_variance(result.measurements, result.positions, eps, cls=TOP_EIGVEC)
+        frame = variance[["stratifier", "ratio_to_best", "explained", "robust_ratio_to_best"]].copy()
+        frame.insert(0, "revision", result.revision)
+        frame.insert(1, "step", _revision_columns(result)["step"])
+        frame.insert(3, "eps", float(eps))
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def dynamics_tables(results: list[RevisionMeasurement], params, training_record: dict | None = None) -> dict[str, pd.DataFrame]:
+    """Return every table of notebook 10, keyed by the name it is saved under (`dynamics_<name>`)."""
+    return {
+        "dynamics_checkpoints": checkpoint_table(results, training_record),
+        "dynamics_distributions": distribution_table(results),
+        "dynamics_rank_one": rank_one_table(results),
+        "dynamics_table1": exactness_table(results, params.small_eps),
+        "dynamics_table2": class_table(results, params.large_eps),
+        "dynamics_predictors": predictor_table(results, params.large_eps),
+        "dynamics_stratifiers": stratifier_table(results, params.small_eps),
+    }
+
+
+# --- figures and computed findings ----------------------------------------------------------------
+
+EXACT_BAND = (0.97, 1.10)  # the embedded-default target for Table 1, used to say from when ρ is near 1
+
+
+def _x(table: pd.DataFrame) -> np.ndarray:
+    """Training step, or the revision's ordinal where revisions have no step number."""
+    steps = table["step"].to_numpy()
+    return steps if (steps > 0).all() else np.arange(1, len(steps) + 1)
+
+
+def _step_axis(ax, table: pd.DataFrame) -> None:
+    if (table["step"].to_numpy() > 0).all():
+        ax.set_xscale("log")
+        ax.set_xlabel("training step (log scale)")
+    else:
+        ax.set_xticks(np.arange(1, len(table) + 1), table["revision"], rotation=45, ha="right")
+        ax.set_xlabel("revision")
+
+
+def _plain_log_y(ax) -> None:
+    """Log y axis with plain numbers (2, 3, 5) rather than 2 × 10⁰."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter() if ax.get_ylim()[1] / ax.get_ylim()[0] > 20 else ScalarFormatter())
+
+
+def _band(ax, table: pd.DataFrame, statistic: str, label: str, color) -> None:
+    part = table[table["statistic"] == statistic]
+    x = _x(part)
+    ax.plot(x, part["q50"], marker="o", color=color, label=f"{label} median")
+    ax.fill_between(x, part["q25"], part["q75"], color=color, alpha=0.25, label="25-75th percentile")
+    ax.fill_between(x, part["q10"], part["q90"], color=color, alpha=0.1, label="10-90th percentile")
+
+
+def plot_dynamics(tables: dict[str, pd.DataFrame]):
+    """Return the overview figure: six panels against training step (log axis)."""
+    import matplotlib.pyplot as plt
+
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7.5), constrained_layout=True)
+    checkpoints = tables["dynamics_checkpoints"]
+    ax = axes[0, 0]
+    if "heldout_loss" in checkpoints:
+        ax.plot(_x(checkpoints), checkpoints["heldout_loss"], marker="o", color=colors[0])
+        ax.set_ylabel("held-out loss (nats / token)")
+        ax.set_title("(a) held-out loss")
+    else:
+        ax.text(0.5, 0.5, "no held-out loss recorded\nfor these revisions", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title("(a) held-out loss")
+    _step_axis(ax, checkpoints)
+
+    distributions = tables["dynamics_distributions"]
+    for ax, statistic, label, color, title in (
+        (axes[0, 1], "entropy", "entropy (nats)", colors[1], "(b) entropy of p"),
+        (axes[0, 2], "eff_rank", "effective Fisher rank", colors[2], "(c) effective rank of F_k"),
+    ):
+        _band(ax, distributions, statistic, label.split(" (")[0], color)
+        ax.set_ylabel(label)
+        ax.set_title(title)
+        ax.legend(fontsize=8, loc="best")
+        _step_axis(ax, distributions[distributions["statistic"] == statistic])
+    _plain_log_y(axes[0, 2])
+
+    rank_one = tables["dynamics_rank_one"]
+    ax = axes[1, 0]
+    ax.plot(_x(rank_one), rank_one["share_near_binary"], marker="o", color=colors[3], label="share near-binary")
+    ax.plot(_x(rank_one), rank_one["median_cos_near_binary"], marker="s", color=colors[4],
+            label="median |cos(top eigvec, $w_b - w_a$)|\namong near-binary")  # fmt: skip
+    ax.set_ylim(0, 1.05)
+    ax.set_title("(d) the rank-1 regime")
+    ax.legend(fontsize=8, loc="best")
+    _step_axis(ax, rank_one)
+
+    table1 = tables["dynamics_table1"]
+    ax = axes[1, 1]
+    for color, (curvature, part) in zip((colors[0], colors[5]), table1.groupby("curvature", sort=False)):
+        x = _x(part)
+        ax.plot(x, part["median_rho"], marker="o", color=color, label=f"with {curvature}")
+        ax.fill_between(x, part["ci_lo"], part["ci_hi"], color=color, alpha=0.2)
+    ax.axhline(1.0, color="0.3", lw=0.8, ls="--")
+    ax.set_ylabel(r"median $\rho$ (95% CI)")
+    ax.set_title(rf"(e) Table 1: top eigenvector, $\varepsilon$ = {table1['eps'].iloc[0]:g}")
+    ax.legend(fontsize=8, loc="best")
+    _step_axis(ax, table1)
+
+    predictors = tables["dynamics_predictors"]
+    ax = axes[1, 2]
+    for color, (name, part) in zip(colors[6:] + colors, predictors.groupby("predictor", sort=False)):
+        ax.plot(_x(part), 100 * part["within_50"], marker="o", color=color, label=name)
+    ax.set_ylim(0, 102)
+    ax.set_ylabel(r"% of boundaries within 50% of $t_{emp}$")
+    ax.set_title(rf"(f) predictors at $\varepsilon$ = {predictors['eps'].iloc[0]:g}")
+    ax.legend(fontsize=8, loc="best")
+    _step_axis(ax, predictors)
+    return fig
+
+
+def plot_dynamics_classes(tables: dict[str, pd.DataFrame]):
+    """Return Table 2 per class (with F_k and with F) and the stratifier ratios against training step."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), constrained_layout=True)
+    table2 = tables["dynamics_table2"]
+    table2 = table2[table2["cls"] != "control"]  # ρ ≈ 0 by construction
+    for ax, column, title in ((axes[0], "median_rho", "with $F_k$"), (axes[1], "median_rho_full", "with $F$")):
+        for cls, part in table2.groupby("cls", sort=False):
+            ax.plot(_x(part), part[column], marker="o", label=cls)
+        ax.axhline(1.0, color="0.3", lw=0.8, ls="--")
+        ax.set_ylabel(r"median $\rho$")
+        ax.set_title(rf"Table 2 {title}, $\varepsilon$ = {table2['eps'].iloc[0]:g}")
+        _step_axis(ax, part)
+    axes[0].legend(fontsize=8, loc="best")
+    stratifiers = tables["dynamics_stratifiers"]
+    ax = axes[2]
+    for name, part in stratifiers.groupby("stratifier", sort=False):
+        ax.plot(_x(part), part["ratio_to_best"], marker="o", label=name)
+    _plain_log_y(ax)
+    ax.set_ylabel("within-cell variance of log ρ / best")
+    ax.set_title(rf"stratifiers (top eigenvector, $\varepsilon$ = {stratifiers['eps'].iloc[0]:g})")
+    ax.legend(fontsize=8, loc="best")
+    _step_axis(ax, part)
+    return fig
+
+
+def _first_last(table: pd.DataFrame, column: str, **where) -> tuple[float, float]:
+    for key, value in where.items():
+        table = table[table[key] == value]
+    return float(table[column].iloc[0]), float(table[column].iloc[-1])
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.0f}%"
+
+
+def dynamics_findings(tables: dict[str, pd.DataFrame]) -> str:
+    """Return the notebook's findings as Markdown, every number read from `tables`."""
+    checkpoints = tables["dynamics_checkpoints"]
+    first, last = checkpoints["revision"].iloc[0], checkpoints["revision"].iloc[-1]
+    lines = [f"**Across {len(checkpoints)} revisions, from `{first}` to `{last}`** (the same {checkpoints['n_positions'].iloc[-1]} positions at each):", ""]
+    if "heldout_loss" in checkpoints:
+        a, b = _first_last(checkpoints, "heldout_loss")
+        lines.append(f"- held-out loss went from {a:.2f} to {b:.2f} nats per token;")
+    distributions = tables["dynamics_distributions"]
+    a, b = _first_last(distributions, "q50", statistic="entropy")
+    c, d = _first_last(distributions, "q50", statistic="eff_rank")
+    lines.append(f"- the median entropy of p went from {a:.2f} to {b:.2f} nats, the median effective Fisher rank from {c:.1f} to {d:.1f};")
+    rank_one = tables["dynamics_rank_one"]
+    a, b = _first_last(rank_one, "share_near_binary")
+    n_last = int(rank_one["n_near_binary"].iloc[-1])
+    cos_last = float(rank_one["median_cos_near_binary"].iloc[-1])
+    alignment = f"their median |cos(top eigenvector, w_b − w_a)| is {cos_last:.3f}" if n_last else "none is near-binary"
+    lines.append(f"- near-binary positions went from {_percent(a)} to {_percent(b)} of the sample ({n_last} at `{last}`; {alignment});")
+    table1 = tables["dynamics_table1"]
+    eps = table1["eps"].iloc[0]
+    a, b = _first_last(table1, "median_rho", curvature="F_k")
+    c, d = _first_last(table1, "median_rho", curvature="F")
+    topk = table1[table1["curvature"] == "F_k"]
+    inside = (topk["median_rho"] >= EXACT_BAND[0]) & (topk["median_rho"] <= EXACT_BAND[1])
+    settled = [rev for i, rev in enumerate(topk["revision"]) if inside.iloc[i:].all()]
+    since = f"inside [{EXACT_BAND[0]}, {EXACT_BAND[1]}] from `{settled[0]}` on" if settled else f"not inside [{EXACT_BAND[0]}, {EXACT_BAND[1]}] at the last revision"
+    lines.append(f"- Table 1 (top eigenvector, ε = {eps:g}): median ρ with F_k went from {a:.3f} to {b:.3f} ({since}); with the full F from {c:.3f} to {d:.3f};")
+    predictors = tables["dynamics_predictors"]
+    eps_large = predictors["eps"].iloc[0]
+    a, b = _first_last(predictors, "within_50", predictor="closed form (F_k)")
+    c, d = _first_last(predictors, "within_50", predictor="quartic")
+    pivot = predictors.pivot(index="revision", columns="predictor", values="within_50")
+    quartic_wins = int((pivot["quartic"] > pivot["closed form (F_k)"]).sum())
+    lines.append(
+        f"- at ε = {eps_large:g}, the closed form lands within 50% of the exact boundary for {_percent(a)} → {_percent(b)} of "
+        f"directions, the quartic (with fallback) for {_percent(c)} → {_percent(d)}; the quartic is ahead at {quartic_wins} of {len(pivot)} revisions;"
+    )
+    stratifiers = tables["dynamics_stratifiers"]
+    best = stratifiers.loc[stratifiers.groupby("revision", sort=False)["ratio_to_best"].idxmin()]
+    best_first, best_last = best["stratifier"].iloc[0], best["stratifier"].iloc[-1]
+    last_rows = stratifiers[stratifiers["revision"] == last].set_index("stratifier")
+    spread = ", ".join(f"{name} {ratio:.2f}×" for name, ratio in last_rows["ratio_to_best"].items())
+    lines.append(
+        f"- the best stratifier of log ρ (top eigenvector, ε = {stratifiers['eps'].iloc[0]:g}) is {best_first} at `{first}` "
+        f"and {best_last} at `{last}` (ratios to the best at `{last}`: {spread})."
+    )
+    return "\n".join(lines)
