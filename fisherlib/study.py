@@ -278,9 +278,36 @@ def load_model_for(params: StudyParams, revision: str | None = None):
     return _load_model_cached(params.arch, params.revision if revision is None else revision, params.device, params.dtype)
 
 
+def model_card(params: StudyParams, model) -> pd.DataFrame:
+    """Return the run's model card (one row): the model, its revision and head, and for tiny its training record.
+
+    For the embedded default, `heldout_loss` is the mean next-token loss (nats per token) on the
+    held-out split of the standard library at the loaded revision, as `training.json` records it.
+    """
+    row = dict(
+        run=params.name, model_id=model.model_id, revision=model.revision or "(final / local folder)",
+        device=str(model.device), dtype=str(model.dtype).removeprefix("torch."), vocab=model.head.vocab_size,
+        width=model.head.hidden_size, head_bias=model.head.bias is not None,
+        logits_check_max_abs_error=model.logits_check_error,
+    )  # fmt: skip
+    if params.arch == "tiny":
+        from .tiny import ensure_tiny_model
+
+        record = json.loads((ensure_tiny_model() / "training.json").read_text())
+        step = int(model.revision.removeprefix("step")) if model.revision else int(record["steps"])
+        at_step = {int(entry["step"]): entry for entry in record.get("checkpoints", [])}
+        row["n_layers"] = int(record["config"]["num_layers"])
+        row["n_parameters"] = int(record["n_parameters"])
+        row["training_step"] = step
+        row["heldout_loss"] = float(at_step[step]["heldout_loss"]) if step in at_step else float(record["heldout_loss"])
+    return pd.DataFrame([row])
+
+
 def sample_folder(params: StudyParams, seed: int) -> Path:
-    """Return where the positions of `params` for `seed` are cached."""
-    return params.cache_path / f"positions-seed{seed}-{params.key(*SAMPLE_KEYS)}"
+    """Return where the positions of `params` for `seed` are cached (the sampler's version in the name)."""
+    from .sampling import SAMPLER_VERSION
+
+    return params.cache_path / f"positions-seed{seed}-{params.key(*SAMPLE_KEYS)}-v{SAMPLER_VERSION}"
 
 
 def load_sample(params: StudyParams, seed: int, progress: bool = True):

@@ -143,7 +143,7 @@ def ensure_tiny_model(
         )
     if steps is None:
         logger.warning(
-            "the shipped tiny model (%s) is missing, so it is trained now: about 30-40 minutes on 2 CPU cores",
+            "the shipped tiny model (%s) is missing, so it is trained now: about 40 minutes on one CPU core",
             SHIPPED_FOLDER,
         )
     return train_tiny_model(final, config, seed, progress, replace=False)

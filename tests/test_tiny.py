@@ -101,3 +101,76 @@ def test_same_seed_gives_identical_weights(trained: Path, tmp_path: Path):
     assert first.keys() == second.keys()
     for name in first:
         assert torch.equal(first[name], second[name]), name
+
+
+def test_checkpoint_schedule_is_log_spaced_and_excludes_the_last_step():
+    config = tiny.TinyConfig()
+    steps = tiny.checkpoint_steps(config)
+    assert len(steps) == config.n_checkpoints and steps[0] == config.first_checkpoint
+    assert steps == sorted(steps) and steps[-1] < config.steps
+    ratios = [b / a for a, b in zip(steps, steps[1:])]
+    assert max(ratios) / min(ratios) < 1.1  # equal ratios up to rounding
+    assert tiny.checkpoint_steps(tiny.TinyConfig(steps=8)) == []
+
+
+@pytest.fixture(scope="module")
+def with_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = tiny.TinyConfig(steps=12, first_checkpoint=2, n_checkpoints=3, eval_windows_per_domain=2, log_every=4)
+    return tiny.train_tiny_model(tmp_path_factory.mktemp("ckpt") / "tiny", config, progress=False)
+
+
+def test_checkpoints_are_saved_and_recorded(with_checkpoints: Path):
+    record = json.loads((with_checkpoints / "training.json").read_text())
+    assert [entry["step"] for entry in record["checkpoints"]] == [2, 4, 7, 12]
+    assert [entry["step"] for entry in record["loss_curve"]] == [4, 8, 12]
+    assert tiny.tiny_revisions(with_checkpoints) == ["step2", "step4", "step7", "step12"]
+    assert tiny.tiny_revision_folder("step12", with_checkpoints) == with_checkpoints
+    assert tiny.tiny_revision_folder("", with_checkpoints) == with_checkpoints
+    with pytest.raises(FisherlibError, match="saved revisions are"):
+        tiny.tiny_revision_folder("step5", with_checkpoints)
+
+
+def test_load_model_reads_a_checkpoint_revision(with_checkpoints: Path, monkeypatch: pytest.MonkeyPatch):
+    from safetensors.torch import load_file
+
+    from fisherlib.models import load_model
+
+    monkeypatch.setattr(tiny, "SHIPPED_FOLDER", with_checkpoints)
+    early = load_model("tiny", revision="step4", device="cpu")
+    final = load_model("tiny", device="cpu")
+    assert early.revision == "step4" and final.revision is None
+    stored = load_file(with_checkpoints / "checkpoints" / "step4" / "model.safetensors")
+    name = "embed_out.weight"
+    assert stored[name].dtype == torch.float16
+    torch.testing.assert_close(early.head.weight, stored[name].float())
+    assert not torch.equal(early.head.weight, final.head.weight)
+
+
+def test_a_local_folder_has_no_revisions(with_checkpoints: Path):
+    from fisherlib.models import load_model
+
+    with pytest.raises(FisherlibError, match="has no revisions"):
+        load_model(with_checkpoints, revision="step4")
+
+
+@pytest.mark.skipif(tiny.shipped_tiny_model() is None, reason="the shipped model models/tiny is absent")
+def test_shipped_model_predicts_held_out_text():
+    """A few hundred held-out tokens per domain: the shipped weights reach the recorded held-out loss."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fisherlib.corpora import stdlib_split
+
+    folder = tiny.shipped_tiny_model()
+    record = json.loads((folder / "training.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    losses = []
+    for kind in ("code", "docs"):
+        _, heldout = stdlib_split(kind)
+        text = "".join(document.text for document in heldout[:3])
+        ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :256]
+        with torch.no_grad():
+            losses.append(model(input_ids=ids, labels=ids).loss.item())
+    assert record["heldout_loss"] <= 3.0
+    # 512 tokens are a noisy estimate of the recorded loss; an untrained model would give ln 512 = 6.2.
+    assert sum(losses) / 2 < record["heldout_loss"] + 0.6
