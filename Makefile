@@ -32,7 +32,7 @@ PAPERMILL_ARGS := -k $(KERNEL) -f $(PARAMS) --cwd notebooks \
 	$(if $(REVISION),-p revision "$(REVISION)") \
 	$(if $(REVISIONS),-y "revisions: [$(foreach r,$(REVISIONS),'$(r)',)]")
 
-.PHONY: all venv test test-unit test-integration test-notebooks bench reproduce dynamics tiny-model paper clean help
+.PHONY: all venv test test-unit test-integration test-notebooks bench bench-real gpu-check reproduce dynamics tiny-model paper clean help
 all: help
 
 help:
@@ -43,6 +43,7 @@ help:
 	@echo "make paper        assemble results/summary.md across the architectures run so far"
 	@echo "make test         unit + integration + notebook tests (creates .venv)"
 	@echo "make test-unit | test-integration | test-notebooks | bench"
+	@echo "make bench-real | gpu-check   real-size head benchmark; GPU check (CPU dry run without CUDA)"
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -68,6 +69,14 @@ test-notebooks: $(STAMP)
 # BENCH_ARGS="--vocab 5000" for a quicker look; the default is the issue's V = 50 000 problem (~12 min on 2 cores).
 bench: $(STAMP)
 	$(PY) benchmarks/bench_boundary.py $(BENCH_ARGS)
+
+# The real tier's LM heads at full size (pythia-1b, Llama-3.2-1B, Qwen3-1.7B), 1-layer trunk: s/position and peak memory per stage.
+bench-real: $(STAMP)
+	$(PY) benchmarks/bench_real.py $(BENCH_REAL_ARGS)
+
+# For a session with a GPU (no venv needed: the device image's python3); without CUDA, a CPU dry run that says what it skipped.
+gpu-check:
+	PYTHONPATH=. $(if $(wildcard $(PY)),$(PY),python3) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 reproduce: $(EXECUTED)
 	@echo "executed notebooks: $(RUN_DIR)/  tables: results/$(RUN_NAME)/  figures: figures/$(RUN_NAME)/"

@@ -10,6 +10,7 @@ memory) and ends with the line `speedup <ratio>x max_rel_err <error>`.
 
     python benchmarks/bench_boundary.py                 # V=50000, d=512, 32 positions x 50 directions
     python benchmarks/bench_boundary.py --vocab 5000    # a quicker look
+    python benchmarks/bench_boundary.py --device cuda   # both methods and the reference on a GPU
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def study_baseline(W, h, U, eps, bisection_steps=50, chunk=512):
     E = len(eps)
     points_h = h[:, None, None, :].expand(P, D, E, d).reshape(-1, d)
     points_u = U[:, :, None, :].expand(P, D, E, d).reshape(-1, d)
-    target = torch.tensor(eps, dtype=torch.float32).repeat(P * D)
-    out = torch.empty(points_h.shape[0], dtype=torch.float32)
+    target = torch.tensor(eps, dtype=torch.float32, device=W.device).repeat(P * D)
+    out = torch.empty(points_h.shape[0], dtype=torch.float32, device=W.device)
     for start in range(0, points_h.shape[0], chunk):
         hh, uu, tgt = points_h[start : start + chunk], points_u[start : start + chunk], target[start : start + chunk]
         log_p = torch.log_softmax(hh @ W.T, -1)
@@ -56,8 +57,8 @@ def study_baseline(W, h, U, eps, bisection_steps=50, chunk=512):
             log_q = torch.log_softmax((hh + t[:, None] * uu) @ W.T, -1)
             return (p * (log_p - log_q)).sum(-1)
 
-        lo = torch.zeros(hh.shape[0])
-        hi = torch.full((hh.shape[0],), 0.01)
+        lo = torch.zeros(hh.shape[0], device=hh.device)
+        hi = torch.full((hh.shape[0],), 0.01, device=hh.device)
         for _ in range(60):  # doubling, all lines in step; lines already bracketed keep their hi
             below = kl(hi) < tgt
             if not below.any():
@@ -84,13 +85,13 @@ def reference(W, h, U, eps, steps=80):
     """Tight float64 reference: bisection (no Newton) on the exact form KL = log E_p[exp(t c)]."""
     W64 = W.double()
     P, D, _ = U.shape
-    out = torch.empty(P, D, len(eps), dtype=torch.float64)
+    out = torch.empty(P, D, len(eps), dtype=torch.float64, device=W.device)
     for i in range(P):
         log_p = torch.log_softmax(h[i].double() @ W64.T, -1)
         c = _centred_velocities(log_p.expand(D, -1), U[i].double() @ W64.T)
         for e, target in enumerate(eps):
-            lo = torch.zeros(D, dtype=torch.float64)
-            hi = torch.full((D,), 1e-3, dtype=torch.float64)
+            lo = torch.zeros(D, dtype=torch.float64, device=W.device)
+            hi = torch.full((D,), 1e-3, dtype=torch.float64, device=W.device)
 
             def kl(t):
                 return torch.logsumexp(log_p + t[:, None] * c, -1)
@@ -116,16 +117,27 @@ def _rss_kib(field: str) -> int:
 def _timed_child(name, args, repeats, queue):
     """Run one method `repeats` times in a fresh process; report times, result and peak memory."""
     torch.set_num_threads(args["threads"])
-    W, h, U = make_problem(args["vocab"], args["width"], args["positions"], args["directions"])
+    device = torch.device(args["device"])
+    W, h, U = (x.to(device) for x in make_problem(args["vocab"], args["width"], args["positions"], args["directions"]))
     method = {"baseline": study_baseline, "fisherlib": fisherlib_method}[name]
     before = _rss_kib("VmRSS")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before_gpu = torch.cuda.memory_allocated(device)
     times, result = [], None
     for _ in range(repeats):
         start = time.perf_counter()
         result = method(W, h, U, EPS)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
+    # Peak memory of the method: GPU allocations on CUDA, resident set on the CPU.
+    if device.type == "cuda":
+        peak_mib = (torch.cuda.max_memory_allocated(device) - before_gpu) / 2**20
+    else:
+        peak_mib = (_rss_kib("VmHWM") - before) / 1024
     # Send plain numbers: a shared-memory tensor would vanish with this process.
-    queue.put((times, result.numpy(), (_rss_kib("VmHWM") - before) / 1024))
+    queue.put((times, result.cpu().numpy(), peak_mib))
 
 
 def run_method(name, args, repeats):
@@ -146,16 +158,20 @@ def main() -> None:
     parser.add_argument("--directions", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where both methods and the reference run")
     args = vars(parser.parse_args())
     torch.set_num_threads(args["threads"])
+    device = torch.device(args["device"])
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available here")
     print(
         f"V={args['vocab']} d={args['width']} {args['positions']} positions x {args['directions']} directions "
-        f"x eps {EPS}; {args['threads']} threads; torch {torch.__version__}; median of {args['repeats']}",
+        f"x eps {EPS}; {args['threads']} threads; {device}; torch {torch.__version__}; median of {args['repeats']}",
         flush=True,
     )
-    W, h, U = make_problem(args["vocab"], args["width"], args["positions"], args["directions"])
+    W, h, U = (x.to(device) for x in make_problem(args["vocab"], args["width"], args["positions"], args["directions"]))
     t0 = time.perf_counter()
-    exact = reference(W, h, U, EPS)
+    exact = reference(W, h, U, EPS).cpu()
     print(f"reference (float64, 80-step bisection) computed in {time.perf_counter() - t0:.1f}s", flush=True)
 
     rows = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -28,6 +29,16 @@ class Document:
 
 RENDERS = ("plain", "chat")
 
+# How corpus text is cleaned and streamed; `corpus_options()` resolves them for a manifest.
+#   strip_calculator: drop GSM8K's calculator annotations `<<48/2=24>>` (True: they are a tool-use
+#       artefact of the data set that the models were not trained to read; the answer keeps its numbers).
+#   detokenize_wikitext: undo wikitext's ` @-@ `, ` @,@ `, ` @.@ ` (True: they are wikitext's own
+#       tokenisation, never in the text the models were trained on).
+#   stream_scan: hub corpora are streamed shard by shard in a seeded random order; from each shard the
+#       documents are a uniform sample (reservoir) of its first `stream_scan` × (its quota) documents, so a
+#       sample spreads over the whole stream instead of its first files (0: read every shard to its end).
+CORPUS_OPTION_DEFAULTS: dict[str, Any] = dict(strip_calculator=True, detokenize_wikitext=True, stream_scan=8)
+
 DEFAULT_CORPORA: dict[str, list[str]] = {
     "real": ["gsm8k", "codeparrot", "ultrachat", "wikitext"],
     "tiny": ["stdlib-code", "stdlib-docs"],
@@ -35,6 +46,10 @@ DEFAULT_CORPORA: dict[str, list[str]] = {
 
 # A title line of a wikitext article: " = Title = " with single `=`; sections are " = = Section = = ".
 _WIKI_TITLE = re.compile(r"^ = (?!=)(.*?[^=]) = $")
+_CALCULATOR_ANNOTATION = re.compile(r"<<[^<>]*>>")
+_WIKI_ESCAPES = ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."))
+# An empty reasoning block, as Qwen3's chat template writes before the last assistant turn.
+_EMPTY_THINK = re.compile(r"<think>\s*</think>\s*")
 _OFFLINE_VALUES = {"1", "true", "yes", "on"}
 _PATH_SYNTAX = (
     "a local file given as PATH or DOMAIN=PATH (.jsonl with `text`, `question`+`answer` or `messages` per line; "
@@ -58,6 +73,37 @@ def fixture_corpora(shared_dir: Path) -> list[str]:
     return [f"{domain}={root / relative}" for domain, relative in files.items()]
 
 
+def corpus_options(**overrides: Any) -> dict[str, Any]:
+    """Return the corpus options (`CORPUS_OPTION_DEFAULTS` with `overrides`), checked, for a manifest.
+
+    Raises:
+        CorpusError: an unknown option or a value of the wrong type.
+    """
+    unknown = sorted(set(overrides) - set(CORPUS_OPTION_DEFAULTS))
+    if unknown:
+        raise CorpusError(f"unknown corpus options {unknown}; known: {sorted(CORPUS_OPTION_DEFAULTS)}")
+    options = {**CORPUS_OPTION_DEFAULTS, **overrides}
+    for name in ("strip_calculator", "detokenize_wikitext"):
+        if not isinstance(options[name], bool):
+            raise CorpusError(f"{name} must be True or False, got {options[name]!r}")
+    scan = options["stream_scan"]
+    if isinstance(scan, bool) or not isinstance(scan, int) or scan < 0:
+        raise CorpusError(f"stream_scan must be an integer >= 0 (0: whole shards), got {scan!r}")
+    return options
+
+
+def strip_calculator_annotations(text: str) -> str:
+    """Return GSM8K text without its calculator annotations: `48/2 = <<48/2=24>>24` becomes `48/2 = 24`."""
+    return _CALCULATOR_ANNOTATION.sub("", text)
+
+
+def detokenize_wikitext(text: str) -> str:
+    """Return wikitext with its escaped separators undone: ` @-@ ` → `-`, ` @,@ ` → `,`, ` @.@ ` → `.`."""
+    for escaped, plain in _WIKI_ESCAPES:
+        text = text.replace(escaped, plain)
+    return text
+
+
 def load_corpus(
     name: str,
     n_docs: int,
@@ -65,7 +111,9 @@ def load_corpus(
     *,
     render: str = "plain",
     tokenizer: Any = None,
-    shuffle_buffer: int = 1000,
+    strip_calculator: bool = CORPUS_OPTION_DEFAULTS["strip_calculator"],
+    detokenize_wikitext: bool = CORPUS_OPTION_DEFAULTS["detokenize_wikitext"],
+    stream_scan: int = CORPUS_OPTION_DEFAULTS["stream_scan"],
 ) -> Iterator[Document]:
     """Yield `n_docs` documents of corpus `name` in an order fixed by `seed`.
 
@@ -73,14 +121,20 @@ def load_corpus(
     (stdlib-code, stdlib-docs), or a local file as `PATH` or `DOMAIN=PATH`. Names, files
     and the hub are checked now, so a bad corpus fails here rather than mid-iteration.
     `render` ("plain" or "chat") applies to dialogues only, so one setting serves all corpora.
+    `strip_calculator`, `detokenize_wikitext` and `stream_scan`: see `CORPUS_OPTION_DEFAULTS`; the
+    first applies to GSM8K and to every `question`+`answer` record, the second to hub wikitext and to
+    local text files in wikitext's format (" = Title = " lines).
     """
     if render not in RENDERS:
         raise CorpusError(f"render must be one of {RENDERS}, got {render!r}.")
-    if n_docs < 0:
-        raise CorpusError(f"n_docs must be >= 0, got {n_docs}.")
+    if isinstance(n_docs, bool) or not isinstance(n_docs, int) or n_docs < 0:
+        raise CorpusError(f"n_docs must be an integer >= 0, got {n_docs!r}.")
+    options = corpus_options(
+        strip_calculator=strip_calculator, detokenize_wikitext=detokenize_wikitext, stream_scan=stream_scan
+    )
 
     if name in _HUB_CORPORA:
-        return _load_hub(name, n_docs, seed, render, tokenizer, shuffle_buffer)
+        return _load_hub(name, n_docs, seed, render, tokenizer, options)
     if name in _EMBEDDED_CORPORA:
         _, heldout = stdlib_split(_EMBEDDED_CORPORA[name])
         return iter(_seeded_sample(heldout, n_docs, seed))
@@ -93,21 +147,49 @@ def load_corpus(
         )
     if not path.is_file():
         raise CorpusError(f"Corpus file not found: {str(path)!r} (from {name!r}). Check the path; {_PATH_SYNTAX}.")
-    documents = _read_local(path, domain or path.stem, render, tokenizer)
+    documents = _read_local(path, domain or path.stem, render, tokenizer, options)
     return iter(_seeded_sample(documents, n_docs, seed))
 
 
 def render_messages(messages: Sequence[dict[str, str]], render: str = "plain", tokenizer: Any = None) -> str:
-    """Render `[{"role", "content"}, ...]` as `User:`/`Assistant:` turns ("plain") or the tokenizer's chat template."""
+    """Render `[{"role", "content"}, ...]` as `User:`/`Assistant:` turns ("plain") or the tokenizer's chat template.
+
+    A chat rendering is tokenised later with the tokenizer's special tokens, so a BOS that the template
+    writes itself (Llama 3's `<|begin_of_text|>`) is removed when the tokenizer adds one anyway: the
+    context starts with one BOS, not two. Empty reasoning blocks (`<think>\n\n</think>\n\n`, which
+    Qwen3's template writes before the last assistant turn only) are removed, so every assistant turn
+    is rendered alike and no position is spent predicting template boilerplate.
+    """
     if render == "chat":
         _require_chat_template(tokenizer)
-        return tokenizer.apply_chat_template(list(messages), tokenize=False)
+        return _clean_chat(tokenizer.apply_chat_template(list(messages), tokenize=False), tokenizer)
     if render != "plain":
         raise CorpusError(f"render must be one of {RENDERS}, got {render!r}.")
     speakers = {"user": "User", "assistant": "Assistant", "system": "System"}
     return "".join(
         f"{speakers.get(message['role'], message['role'].capitalize())}: {message['content']}\n" for message in messages
     )
+
+
+def _tokenizer_adds_bos(tokenizer: Any) -> bool:
+    """Return whether encoding text with special tokens puts the tokenizer's BOS first."""
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    if bos_id is None or not callable(tokenizer):
+        return False
+    try:
+        ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    except Exception:  # noqa: BLE001 - a tokenizer that cannot encode adds nothing we can see
+        return False
+    return bool(ids) and ids[0] == bos_id
+
+
+def _clean_chat(text: str, tokenizer: Any) -> str:
+    """Drop a template-written BOS that tokenisation would double, and empty reasoning blocks."""
+    text = _EMPTY_THINK.sub("", text)
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and text.startswith(bos) and _tokenizer_adds_bos(tokenizer):
+        text = text[len(bos) :]
+    return text
 
 
 def stdlib_split(kind: str) -> tuple[list[Document], list[Document]]:
@@ -201,7 +283,7 @@ def _parse_local_spec(name: str) -> tuple[str | None, Path | None]:
     return (None, Path(name).expanduser()) if looks_like_path else (None, None)
 
 
-def _read_local(path: Path, domain: str, render: str, tokenizer: Any) -> list[Document]:
+def _read_local(path: Path, domain: str, render: str, tokenizer: Any, options: dict[str, Any]) -> list[Document]:
     try:
         # Text mode with universal newlines reads CRLF and LF files alike.
         with path.open(encoding="utf-8") as handle:
@@ -209,14 +291,19 @@ def _read_local(path: Path, domain: str, render: str, tokenizer: Any) -> list[Do
     except UnicodeDecodeError as error:
         raise CorpusError(f"Corpus file {str(path)!r} is not UTF-8 text ({error}).") from error
     if path.suffix == ".jsonl":
-        return _parse_jsonl(content, path, domain, render, tokenizer)
-    return [
-        Document(domain, doc_id or f"{path.stem}:{index}", text)
-        for index, (doc_id, text) in enumerate(split_text_documents(content))
-    ]
+        return _parse_jsonl(content, path, domain, render, tokenizer, options)
+    documents = []
+    for index, (doc_id, text) in enumerate(split_text_documents(content)):
+        # Titled articles are wikitext's format, and so are its escaped separators.
+        if doc_id is not None and options["detokenize_wikitext"]:
+            text = detokenize_wikitext(text)
+        documents.append(Document(domain, doc_id or f"{path.stem}:{index}", text))
+    return documents
 
 
-def _parse_jsonl(content: str, path: Path, domain: str, render: str, tokenizer: Any) -> list[Document]:
+def _parse_jsonl(
+    content: str, path: Path, domain: str, render: str, tokenizer: Any, options: dict[str, Any]
+) -> list[Document]:
     documents = []
     for line_number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
@@ -227,7 +314,7 @@ def _parse_jsonl(content: str, path: Path, domain: str, render: str, tokenizer: 
             raise CorpusError(f"{path}:{line_number} is not valid JSON ({error}).") from error
         if not isinstance(record, dict):
             raise CorpusError(f"{path}:{line_number} should be a JSON object, got {type(record).__name__}.")
-        text = _record_text(record, render, tokenizer)
+        text = _record_text(record, render, tokenizer, options)
         if text is None:
             raise CorpusError(
                 f"{path}:{line_number} has none of the fields `text`, `question`+`answer` or `messages` "
@@ -239,14 +326,14 @@ def _parse_jsonl(content: str, path: Path, domain: str, render: str, tokenizer: 
     return documents
 
 
-def _record_text(record: dict[str, Any], render: str, tokenizer: Any) -> str | None:
+def _record_text(record: dict[str, Any], render: str, tokenizer: Any, options: dict[str, Any]) -> str | None:
     """Pick a record's text: chat-rendered messages, else `text`, else question + answer, else plain messages."""
     if render == "chat" and "messages" in record:
         return render_messages(record["messages"], render, tokenizer)
     if "text" in record:
         return str(record["text"])
     if "question" in record and "answer" in record:
-        return f"{record['question']}\n{record['answer']}"
+        return _question_answer(record, options)
     if "messages" in record:
         return render_messages(record["messages"], "plain")
     return None
@@ -300,6 +387,12 @@ def _seeded_sample(documents: Sequence[Document], n_docs: int, seed: int) -> lis
     return shuffled[:n_docs]
 
 
+def _question_answer(record: dict[str, Any], options: dict[str, Any]) -> str:
+    """Return GSM8K's `question\nanswer`, without calculator annotations unless told to keep them."""
+    text = f"{record['question']}\n{record['answer']}"
+    return strip_calculator_annotations(text) if options["strip_calculator"] else text
+
+
 # --- Hugging Face hub ------------------------------------------------------------------------------
 
 
@@ -310,20 +403,19 @@ class _HubCorpus:
     split: str
     domain: str
     # None where rows are not documents by themselves (wikitext lines).
-    to_document: Callable[[dict[str, Any], str, Any], Document] | None = None
+    to_document: Callable[[dict[str, Any], str, Any, dict[str, Any]], Document] | None = None
 
 
-def _gsm8k_document(row: dict[str, Any], render: str, tokenizer: Any) -> Document:
-    text = f"{row['question']}\n{row['answer']}"
-    return Document("math", f"gsm8k:{_short_hash(row['question'])}", text)
+def _gsm8k_document(row: dict[str, Any], render: str, tokenizer: Any, options: dict[str, Any]) -> Document:
+    return Document("math", f"gsm8k:{_short_hash(row['question'])}", _question_answer(row, options))
 
 
-def _codeparrot_document(row: dict[str, Any], render: str, tokenizer: Any) -> Document:
+def _codeparrot_document(row: dict[str, Any], render: str, tokenizer: Any, options: dict[str, Any]) -> Document:
     doc_id = f"{row.get('repo_name', '?')}/{row.get('path', _short_hash(row['content']))}"
     return Document("code", doc_id, row["content"])
 
 
-def _ultrachat_document(row: dict[str, Any], render: str, tokenizer: Any) -> Document:
+def _ultrachat_document(row: dict[str, Any], render: str, tokenizer: Any, options: dict[str, Any]) -> Document:
     doc_id = str(row.get("prompt_id") or _short_hash(json.dumps(row["messages"])))
     return Document("dialogue", doc_id, render_messages(row["messages"], render, tokenizer))
 
@@ -347,7 +439,7 @@ def _hub_offline() -> bool:
 
 
 def _load_hub(
-    name: str, n_docs: int, seed: int, render: str, tokenizer: Any, shuffle_buffer: int
+    name: str, n_docs: int, seed: int, render: str, tokenizer: Any, options: dict[str, Any]
 ) -> Iterator[Document]:
     corpus = _HUB_CORPORA[name]
     if render == "chat" and corpus.domain == "dialogue":
@@ -365,35 +457,81 @@ def _load_hub(
         stream = datasets.load_dataset(corpus.path, corpus.config, split=corpus.split, streaming=True)
     except Exception as error:  # datasets wraps network failures in many exception types
         raise _hub_error(name, corpus, error) from error
-    if name == "wikitext":
-        # Shuffling lines would tear articles apart: group first, then shuffle whole articles.
-        articles = (
-            Document("wiki", title or f"wikitext:{_short_hash(text)}", text)
-            for title, text in group_wikitext_articles(row["text"] for row in stream)
-        )
-        documents = _buffer_shuffle(articles, shuffle_buffer, seed)
-    else:
-        shuffled = stream.shuffle(seed=seed, buffer_size=shuffle_buffer)
-        documents = (corpus.to_document(row, render, tokenizer) for row in shuffled)
-    return _take_from_hub(name, corpus, documents, n_docs)
+
+    def documents_of(rows: Iterable[dict[str, Any]]) -> Iterator[Document]:
+        if name == "wikitext":
+            # Rows are lines: group them into articles within the shard (never shuffle lines).
+            for title, text in group_wikitext_articles(row["text"] for row in rows):
+                if options["detokenize_wikitext"]:
+                    text = detokenize_wikitext(text)
+                yield Document("wiki", title or f"wikitext:{_short_hash(text)}", text)
+        else:
+            for row in rows:
+                yield corpus.to_document(row, render, tokenizer, options)
+
+    shards = [lambda shard=shard: documents_of(shard()) for shard in stream_shards(stream)]
+    return _take_from_hub(name, corpus, shards, n_docs, seed, options["stream_scan"])
 
 
-def _take_from_hub(name: str, corpus: _HubCorpus, documents: Iterator[Document], n_docs: int) -> Iterator[Document]:
-    if n_docs == 0:
-        return
-    taken = 0
-    try:
-        for document in documents:
+def stream_shards(stream: Any) -> list[Callable[[], Iterable[Any]]]:
+    """Return one opener per shard of a streamed data set (`datasets.IterableDataset.shard`), or one for all."""
+    n_shards = getattr(stream, "num_shards", None) or getattr(stream, "n_shards", None) or 1
+    if isinstance(n_shards, int) and n_shards > 1 and callable(getattr(stream, "shard", None)):
+        return [lambda index=index: stream.shard(num_shards=n_shards, index=index) for index in range(n_shards)]
+    return [lambda: stream]
+
+
+def sample_across_shards(
+    shards: Sequence[Callable[[], Iterable[Document]]], n_docs: int, seed: int, stream_scan: int
+) -> list[Document]:
+    """Return up to `n_docs` non-empty documents spread over `shards`, in an order fixed by `seed`.
+
+    Shards are visited in a seeded random order, each giving an equal share of what is still missing
+    (a shard that falls short passes its deficit on). Within a shard the share is a uniform sample
+    (reservoir) of its first `stream_scan` × share documents, or of all of them when `stream_scan` is 0.
+    So a sample of a large corpus (codeparrot-clean's many files, wikitext-103's 28 000 articles)
+    covers the whole stream rather than the first documents of its first file.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(shards)))
+    rng.shuffle(order)
+    chosen: list[Document] = []
+    for visited, index in enumerate(order):
+        share = math.ceil((n_docs - len(chosen)) / (len(order) - visited))
+        if share <= 0:
+            break
+        limit = stream_scan * share if stream_scan else None
+        reservoir: list[Document] = []
+        seen = 0
+        for document in shards[index]():
+            if limit is not None and seen >= limit:
+                break
             if not document.text.strip():
                 continue
-            yield document
-            taken += 1
-            if taken >= n_docs:
-                return
+            seen += 1
+            if len(reservoir) < share:
+                reservoir.append(document)
+            else:
+                slot = rng.randrange(seen)
+                if slot < share:
+                    reservoir[slot] = document
+        chosen += reservoir
+    rng.shuffle(chosen)
+    return chosen[:n_docs]
+
+
+def _take_from_hub(
+    name: str, corpus: _HubCorpus, shards: list[Callable[[], Iterable[Document]]], n_docs: int, seed: int, stream_scan: int
+) -> Iterator[Document]:
+    if n_docs == 0:
+        return
+    try:
+        documents = sample_across_shards(shards, n_docs, seed, stream_scan)
     except CorpusError:
         raise
     except Exception as error:
         raise _hub_error(name, corpus, error) from error
+    yield from documents
 
 
 def _hub_error(name: str, corpus: _HubCorpus, error: Exception) -> CorpusError:
@@ -401,22 +539,6 @@ def _hub_error(name: str, corpus: _HubCorpus, error: Exception) -> CorpusError:
         f"Could not stream corpus {name!r} ({corpus.path}) from the Hugging Face hub "
         f"({type(error).__name__}: {error}). If the hub cannot be reached from this machine, {_HUB_ADVICE}"
     )
-
-
-def _buffer_shuffle(items: Iterable[Document], buffer_size: int, seed: int) -> Iterator[Document]:
-    """Shuffle a stream approximately with a fixed-size buffer, as `datasets.IterableDataset.shuffle` does."""
-    rng = random.Random(seed)
-    buffer_size = max(1, buffer_size)
-    buffer: list[Document] = []
-    for item in items:
-        if len(buffer) < buffer_size:
-            buffer.append(item)
-            continue
-        index = rng.randrange(buffer_size)
-        yield buffer[index]
-        buffer[index] = item
-    rng.shuffle(buffer)
-    yield from buffer
 
 
 def _require_chat_template(tokenizer: Any) -> None:

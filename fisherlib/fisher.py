@@ -2,11 +2,17 @@
 
 Shapes: `P` positions, `D` directions per position, `E` thresholds ε, `V` vocabulary, `d` model width,
 `k` the top-k truncation.
+
+Every public function accepts inputs that require grad (a model's `W`) and returns tensors without a
+graph. No function makes a float64 copy of the whole of `W`: rows are gathered first, or `W` is read
+in chunks of rows.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import numbers
 
 import torch
 
@@ -14,16 +20,55 @@ import torch
 _EIGEN_FLOOR = 64 * torch.finfo(torch.float64).eps
 # |a_K| below this fraction of max |a| counts as orthogonal to W_K (float32 W gives ~1e-7; rounding ~1e-16).
 _ORTHOGONAL_TOL = 1e-10
+# Rows of W converted to float64 at a time where a whole-vocabulary product is needed.
+_ROW_CHUNK = 8192
 
 
+def _no_grad(fn):
+    """Run `fn` without autograd, so inputs that require grad (model weights) are accepted."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _check_matrix(name: str, x, ndim: tuple[int, ...]) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() not in ndim or not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor of {' or '.join(map(str, ndim))} dimensions, got {x.dtype} {tuple(x.shape)}")
+
+
+def _check_top_k(top_k) -> None:
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+
+
+@_no_grad
 def entropy(p: torch.Tensor) -> torch.Tensor:
     """Shannon entropy in nats of distributions `p [..., V]`, with 0·log 0 = 0."""
     p = p.double()
     return -torch.xlogy(p, p).sum(-1)
 
 
-def top_k_distribution(p: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return the `top_k` largest probabilities `[P, k]` (descending) and their token ids `[P, k]`."""
+@_no_grad
+def top_k_distribution(
+    p: torch.Tensor, top_k: int, n_tokens: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the `top_k` largest probabilities `[P, k]` (descending) and their token ids `[P, k]`.
+
+    `n_tokens`: rank only rows `[0, n_tokens)`, the tokenizer's tokens, never the rows that pad a
+    vocabulary for speed (`LMHead.n_tokens`); their probabilities stay in `p`, so a top-k mass is not
+    renormalised either way.
+    """
+    _check_top_k(top_k)
+    if n_tokens is not None and n_tokens < p.shape[-1]:
+        if n_tokens < 1:
+            raise ValueError(f"n_tokens must be positive, got {n_tokens}")
+        p = p[..., :n_tokens]
     top_k = min(int(top_k), p.shape[-1])
     probs, ids = torch.topk(p, top_k, dim=-1, sorted=True)
     return probs, ids
@@ -37,38 +82,53 @@ def _covariance_weights(p_k: torch.Tensor, renormalize: bool) -> torch.Tensor:
     return torch.diag_embed(p_k) - p_k[..., :, None] * p_k[..., None, :]
 
 
+@_no_grad
 def fisher_pullback(
     W: torch.Tensor,
     p: torch.Tensor,
     top_k: int | None = None,
     renormalize: bool = False,
     dtype: torch.dtype = torch.float64,
+    n_tokens: int | None = None,
 ) -> torch.Tensor:
     """Return the Fisher pullback `F [P, d, d]` of `p [P, V]` through the unembedding `W [V, d]`.
 
     `top_k=None` gives the full `F = Wᵀ diag(p) W − (Wᵀp)(Wᵀp)ᵀ`; otherwise the study's truncation
     `F_k = W_Kᵀ (diag p_K − p_K p_Kᵀ) W_K` over the `top_k` most probable tokens. The full matrix is
-    accumulated one position at a time so no `[P, V, d]` array is ever formed.
+    accumulated over chunks of `_ROW_CHUNK` rows of `W`, so neither a `dtype` copy of `W` nor a
+    `[d, V]` temporary is formed; its cost is `O(V d²)` per position, the GEMM itself. `n_tokens`:
+    the top k are taken among the first `n_tokens` rows only (see `top_k_distribution`).
     """
+    _check_matrix("W", W, (2,))
+    _check_matrix("p", p, (1, 2))
     if p.dim() == 1:
         p = p[None]
-    W64 = W.to(dtype)
+    if p.shape[-1] != W.shape[0]:
+        raise ValueError(f"p has {p.shape[-1]} probabilities per position but W has {W.shape[0]} rows")
     if top_k is not None:
-        p_k, ids = top_k_distribution(p, top_k)
-        W_k = W64[ids]  # [P, k, d]: k is small, so this gather is cheap
+        p_k, ids = top_k_distribution(p, top_k, n_tokens)
+        W_k = W[ids].to(dtype)  # [P, k, d]: gather first, so only k rows per position are converted
         C = _covariance_weights(p_k, renormalize).to(dtype)
         return W_k.transpose(-1, -2) @ C @ W_k
     if renormalize:
         raise ValueError("renormalize only applies to a top-k truncation; pass top_k")
-    out = torch.empty(p.shape[0], W.shape[1], W.shape[1], dtype=dtype, device=W.device)
-    for i, p_i in enumerate(p.to(dtype)):
-        mean_row = p_i @ W64  # Wᵀp, [d]
-        out[i] = (W64.T * p_i) @ W64 - torch.outer(mean_row, mean_row)
+    P, (V, d) = p.shape[0], W.shape
+    out = torch.zeros(P, d, d, dtype=dtype, device=W.device)
+    mean_rows = torch.zeros(P, d, dtype=dtype, device=W.device)
+    p = p.to(device=W.device, dtype=dtype)
+    for start in range(0, V, _ROW_CHUNK):
+        W_c = W[start : start + _ROW_CHUNK].to(dtype)  # [c, d]
+        p_c = p[:, start : start + _ROW_CHUNK]  # [P, c]
+        mean_rows += p_c @ W_c
+        for i in range(P):
+            out[i].addmm_(W_c.T * p_c[i], W_c)
+    out -= mean_rows[:, :, None] * mean_rows[:, None, :]
     return out
 
 
+@_no_grad
 def fisher_eigh(
-    W: torch.Tensor, p: torch.Tensor, top_k: int, renormalize: bool = False
+    W: torch.Tensor, p: torch.Tensor, top_k: int, renormalize: bool = False, n_tokens: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return the eigenpairs of `F_k`: eigenvalues `[P, k]` (descending) and eigenvectors `[P, d, k]`.
 
@@ -77,10 +137,14 @@ def fisher_eigh(
     are float64; columns of the eigenvector matrix whose eigenvalue is (numerically) zero are arbitrary
     unit vectors orthogonal to the others.
     """
+    _check_matrix("W", W, (2,))
+    _check_matrix("p", p, (1, 2))
     if p.dim() == 1:
         p = p[None]
-    p_k, ids = top_k_distribution(p, top_k)
-    W_k = W.double()[ids]  # [P, k, d]
+    if p.shape[-1] != W.shape[0]:
+        raise ValueError(f"p has {p.shape[-1]} probabilities per position but W has {W.shape[0]} rows")
+    p_k, ids = top_k_distribution(p, top_k, n_tokens)
+    W_k = W[ids].double()  # [P, k, d]: gathered before the conversion, never a float64 copy of W
     C = _covariance_weights(p_k, renormalize)
     c_vals, c_vecs = torch.linalg.eigh(C)
     C_half = c_vecs @ torch.diag_embed(c_vals.clamp_min(0).sqrt()) @ c_vecs.transpose(-1, -2)
@@ -102,6 +166,7 @@ def fisher_eigh(
     return eigvals, vecs
 
 
+@_no_grad
 def effective_rank(eigvals: torch.Tensor, kind: str = "entropy") -> torch.Tensor:
     """Return the effective rank of spectra `eigvals [..., n]`: `exp(H(λ/Σλ))` or `(Σλ)²/Σλ²`.
 
@@ -120,46 +185,75 @@ def effective_rank(eigvals: torch.Tensor, kind: str = "entropy") -> torch.Tensor
     return torch.where(total > 0, rank, torch.zeros_like(rank))
 
 
+def _check_velocities(p: torch.Tensor, A: torch.Tensor) -> None:
+    _check_matrix("p", p, (2,))
+    _check_matrix("A", A, (3,))
+    if A.shape[0] != p.shape[0] or A.shape[2] != p.shape[1]:
+        raise ValueError(f"A [P, D, V] {tuple(A.shape)} does not match p [P, V] {tuple(p.shape)}")
+
+
 def _weighted_moments(p: torch.Tensor, A: torch.Tensor, order: int) -> list[torch.Tensor]:
-    """Return the central moments μ₂…μ_order of `a` under `p`, each `[P, D]` float64."""
+    """Return the central moments μ₂…μ_order of `a` under `p`, each `[P, D]` float64.
+
+    The centring is the corrected two-pass one (see boundary._centred_velocities), so near-deterministic
+    `p` (p_top1 ≈ 1 − 1e-11) keeps its tiny variance to full relative precision.
+    """
     p64 = p.double()[:, None, :]
     A64 = A.double()
-    mean = (p64 * A64).sum(-1, keepdim=True)
-    centred = A64 - mean
+    centred = A64 - (p64 * A64).sum(-1, keepdim=True)
+    centred -= (p64 * centred).sum(-1, keepdim=True)
     return [(p64 * centred**n).sum(-1) for n in range(2, order + 1)]
 
 
-def curvature(p: torch.Tensor, A: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
+@_no_grad
+def curvature(p: torch.Tensor, A: torch.Tensor, top_k: int | None = None, n_tokens: int | None = None) -> torch.Tensor:
     """Return `uᵀFu = Var_p[a]` `[P, D]` (float64) from `p [P, V]` and velocities `A = W u` `[P, D, V]`.
 
     With `top_k`, return the study's truncated `uᵀF_k u = Σ_K p a² − (Σ_K p a)²` over the `top_k` most
     probable tokens (p_K not renormalised); `curvature_topk` does the same from pre-gathered columns.
     """
+    _check_velocities(p, A)
     if top_k is None:
         return _weighted_moments(p, A, 2)[0]
-    p_k, ids = top_k_distribution(p, top_k)
+    p_k, ids = top_k_distribution(p, top_k, n_tokens)
     A_k = torch.gather(A, -1, ids[:, None, :].expand(-1, A.shape[1], -1))
-    curv = curvature_topk(p_k, A_k)
+    # The mass outside the top k, summed from its own (small) terms rather than as 1 − Σ_K p.
+    tail = p.double().scatter(-1, ids, 0.0).sum(-1)
+    curv = curvature_topk(p_k, A_k, tail_mass=tail)
     # A direction orthogonal to every row of W_K (a control) has a_K = 0 up to rounding; call that exactly
     # zero curvature, so that t_pred is inf rather than ~1e15.
     negligible = A_k.abs().amax(-1) <= _ORTHOGONAL_TOL * A.abs().amax(-1)
     return torch.where(negligible, torch.zeros_like(curv), curv)
 
 
-def curvature_topk(p_k: torch.Tensor, A_k: torch.Tensor) -> torch.Tensor:
-    """Return `uᵀF_k u` `[P, D]` from top-k probabilities `[P, k]` and the matching velocities `[P, D, k]`."""
+@_no_grad
+def curvature_topk(p_k: torch.Tensor, A_k: torch.Tensor, tail_mass: torch.Tensor | None = None) -> torch.Tensor:
+    """Return `uᵀF_k u` `[P, D]` from top-k probabilities `[P, k]` and the matching velocities `[P, D, k]`.
+
+    Computed as `Σ_K p (a − μ)² + m (1 − m) μ²` (m = Σ_K p, μ = Σ_K p a / m), which equals
+    `Σ_K p a² − (Σ_K p a)²` but is a sum of non-negative terms: the textbook difference loses all
+    digits when p_top1 ≈ 1. `tail_mass [P]` is `1 − m` summed from the probabilities outside the top k
+    (more accurate than `1 − m` when m ≈ 1); by default `1 − m`.
+    """
+    _check_matrix("p_k", p_k, (2,))
+    _check_matrix("A_k", A_k, (3,))
     p64 = p_k.double()[:, None, :]
     A64 = A_k.double()
-    first = (p64 * A64).sum(-1)
-    second = (p64 * A64**2).sum(-1)
-    # Σ_K p a² − (Σ_K p a)² ≥ 0 since Σ_K p ≤ 1; clamp the rounding below zero.
-    return (second - first**2).clamp_min(0)
+    mass = p64.sum(-1)
+    safe_mass = torch.where(mass > 0, mass, torch.ones_like(mass))
+    mu = (p64 * A64).sum(-1) / safe_mass
+    mu = mu + (p64 * (A64 - mu[..., None])).sum(-1) / safe_mass  # corrected two-pass mean
+    spread = (p64 * (A64 - mu[..., None]) ** 2).sum(-1)
+    tail = (1 - mass).clamp_min(0) if tail_mass is None else tail_mass.double().to(mass.device)[:, None].expand_as(mass)
+    return spread + mass * tail * mu**2
 
 
+@_no_grad
 def cumulants(p: torch.Tensor, A: torch.Tensor, order: int = 4) -> torch.Tensor:
     """Return the cumulants `κ₂…κ_order` of `a` under `p` as `[P, D, order − 1]` float64 (order ≤ 4)."""
     if not 2 <= order <= 4:
         raise ValueError("cumulants are implemented for order 2, 3 or 4")
+    _check_velocities(p, A)
     moments = _weighted_moments(p, A, order)
     kappas = moments[:2]
     if order == 4:
@@ -167,6 +261,7 @@ def cumulants(p: torch.Tensor, A: torch.Tensor, order: int = 4) -> torch.Tensor:
     return torch.stack(kappas[: order - 1], -1)
 
 
+@_no_grad
 def predicted_boundary(curv: torch.Tensor, eps) -> torch.Tensor:
     """Return the closed form `t_pred = sqrt(2ε / uᵀFu)` `[P, D, E]` (float64; `inf` where curvature is 0)."""
     curv = curv.double()
@@ -177,35 +272,61 @@ def predicted_boundary(curv: torch.Tensor, eps) -> torch.Tensor:
     return torch.where(positive[..., None], t, torch.full_like(t, math.inf))
 
 
-def cumulant_boundary(kappas: torch.Tensor, eps, n_bisect: int = 80) -> torch.Tensor:
+@_no_grad
+def cumulant_boundary(kappas: torch.Tensor, eps, n_bisect: int = 100) -> torch.Tensor:
     """Return the smallest `t > 0` solving `κ₂t²/2 + κ₃t³/6 + κ₄t⁴/24 = ε` `[P, D, E]`.
 
     `kappas [P, D, 3]` from `cumulants`. The quartic is the fourth-order Taylor series of the forward
-    KL; it is a sharper predictor than `t_pred` at moderate ε. Where it has no positive root below
-    100·t_pred (negative skew and kurtosis bend it down), the result is `inf`.
+    KL; it is a sharper predictor than `t_pred` at moderate ε. Where it has no positive root (negative
+    skew and kurtosis bend it down before it reaches ε), or where κ₂ = 0, the result is `inf`.
+
+    In units of `t_pred = sqrt(2ε/κ₂)` the equation is `f(s) = y s⁴ + x s³ + s² − 1 = 0` with
+    `x = κ₃t_pred/(3κ₂)`, `y = κ₄t_pred²/(12κ₂)`. `f(0) = −1` and `f′(s) = s(4ys² + 3xs + 2)` vanishes at
+    most twice for s > 0, so f is monotone between those critical points: the smallest root lies in the
+    first monotone piece whose right end has `f ≥ 0`, where a geometric bisection finds it. The pieces
+    are bounded by Cauchy's bounds on the roots, so no root is missed however narrow or far it is.
     """
     k2, k3, k4 = (kappas[..., i, None].double() for i in range(3))
     t_pred = predicted_boundary(kappas[..., 0], eps)
-    eps_t = torch.as_tensor(eps, dtype=torch.float64, device=kappas.device).reshape(-1)
-
-    def residual(t):
-        return k2 * t**2 / 2 + k3 * t**3 / 6 + k4 * t**4 / 24 - eps_t
-
     finite = torch.isfinite(t_pred)
     base = torch.where(finite, t_pred, torch.ones_like(t_pred))
-    # Scan a geometric grid (a trailing axis) for the first sign change, then bisect inside it.
-    grid = torch.logspace(-2, 2, 129, dtype=torch.float64, device=kappas.device)
-    ts = base[..., None] * grid
-    values = residual(ts.movedim(-1, 0)).movedim(0, -1)
-    crossed = values >= 0
+    safe_k2 = torch.where(k2 > 0, k2, torch.ones_like(k2))
+    x = k3 * base / (3 * safe_k2)
+    y = k4 * base**2 / (12 * safe_k2)
+
+    def f(s):
+        return ((y * s + x) * s + 1) * s * s - 1
+
+    # Cauchy's bounds: every root has lower <= |s| <= upper.
+    big = torch.maximum(torch.maximum(x.abs(), y.abs()), torch.ones_like(x))
+    lower = 0.5 / (1 + big)
+    upper = torch.where(
+        y != 0, 1 + torch.maximum(x.abs(), torch.ones_like(x)) / y.abs().clamp_min(1e-300),
+        torch.where(x != 0, 1 + 1 / x.abs().clamp_min(1e-300), torch.full_like(x, 2.0)),
+    )
+    upper = 2 * upper.clamp_max(1e300)
+    # Positive critical points: roots of 4y s² + 3x s + 2 = 0 (at most two), clamped into [lower, upper].
+    disc = 9 * x**2 - 32 * y
+    sqrt_disc = torch.sqrt(disc.clamp_min(0))
+    safe_y = torch.where(y != 0, y, torch.ones_like(y))
+    quadratic = torch.stack([(-3 * x - sqrt_disc) / (8 * safe_y), (-3 * x + sqrt_disc) / (8 * safe_y)], -1)
+    linear = torch.where(x < 0, -2 / (3 * torch.where(x != 0, x, torch.ones_like(x))), torch.full_like(x, -1.0))
+    critical = torch.where(
+        (y != 0)[..., None], torch.where((disc >= 0)[..., None], quadratic, torch.full_like(quadratic, -1.0)),
+        torch.stack([linear, torch.full_like(linear, -1.0)], -1),
+    )
+    critical = torch.where(torch.isfinite(critical), critical, torch.full_like(critical, -1.0))
+    critical = torch.minimum(torch.maximum(critical, lower[..., None]), upper[..., None])
+    ends = torch.cat([lower[..., None], critical.sort(-1).values, upper[..., None]], -1)  # [..., 4]
+    crossed = f(ends[..., 1:].movedim(-1, 0)).movedim(0, -1) >= 0  # right end of each piece
     has_root = crossed.any(-1) & finite
-    first = crossed.to(torch.int64).argmax(-1)
-    hi = torch.gather(ts, -1, first[..., None])[..., 0]
-    lo = torch.where(first > 0, torch.gather(ts, -1, (first - 1).clamp_min(0)[..., None])[..., 0], 0.0)
+    piece = crossed.to(torch.int64).argmax(-1)
+    lo = torch.gather(ends, -1, piece[..., None])[..., 0]
+    hi = torch.gather(ends, -1, (piece + 1)[..., None])[..., 0]
     for _ in range(n_bisect):
-        mid = (lo + hi) / 2
-        above = residual(mid) >= 0
+        mid = torch.sqrt(lo * hi)
+        above = f(mid) >= 0
         hi = torch.where(above, mid, hi)
         lo = torch.where(above, lo, mid)
-    t = (lo + hi) / 2
+    t = base * (lo + hi) / 2
     return torch.where(has_root, t, torch.full_like(t, math.inf))

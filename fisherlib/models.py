@@ -25,6 +25,7 @@ from fisherlib.errors import (
 from fisherlib.model_surgery import (
     LMHead,
     capture_final_residual,
+    check_causal,
     check_head_reproduces_logits,
     find_lm_head,
     logits_from_residual,
@@ -61,6 +62,10 @@ _DTYPE_NAMES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "fp16": torch.float16,
     "half": torch.float16,
+    # float64 runs on the CPU (the layer study's exactness tests); CUDA supports it too, slowly.
+    "float64": torch.float64,
+    "fp64": torch.float64,
+    "double": torch.float64,
 }
 
 # Two strings of different lengths, so that the one-off logits check also covers right padding.
@@ -85,8 +90,12 @@ class LoadedModel:
         revision: the hub commit hash, or None for local folders.
         device: where the model runs.
         dtype: the model's dtype for the forward pass; everything returned is float32.
-        head: `W` [V, d] and `b` [V] of the LM head, float32.
+        head: `W` [V, d] and `b` [V] of the LM head, float32 (any linear logit scale folded in).
         logits_check_error: max |W h + b - logits| measured once at load.
+        causal_check_error: max relative change of `h` at a position when the text after it is cut,
+            measured once at load (0 for a causal model, up to kernel rounding).
+        device_map: the accelerate placement of the modules when loaded with `device_map`, else None;
+            `device` is then where the final norm (and the LM head) live, where `h` is taken.
     """
 
     model: Any = field(repr=False)
@@ -98,6 +107,8 @@ class LoadedModel:
     dtype: torch.dtype
     head: LMHead = field(repr=False)
     logits_check_error: float
+    causal_check_error: float = 0.0
+    device_map: dict[str, Any] | None = field(default=None, repr=False)
 
     def capture(
         self,
@@ -144,12 +155,38 @@ class LoadedModel:
         """Return `z = W h + b` [N, V] float32 for `h` [N, d]."""
         return logits_from_residual(h, self.head)
 
+    def card(self) -> dict[str, Any]:
+        """Return the model card: what was loaded, how, and the checks made at load (for manifests and tables)."""
+        return dict(
+            arch=self.arch,
+            model_id=self.model_id,
+            revision=self.revision,
+            device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."),
+            vocab=self.head.vocab_size,
+            tokens=self.head.n_tokens if self.head.n_tokens is not None else self.head.vocab_size,
+            padding_rows=self.head.padding_rows,
+            width=self.head.hidden_size,
+            head_bias=self.head.bias is not None,
+            logit_scale=self.head.logit_scale,
+            logit_scale_source=self.head.logit_scale_source,
+            logits_check_max_abs_error=self.logits_check_error,
+            causal_check_max_rel_error=self.causal_check_error,
+            device_map=None if self.device_map is None else sorted({str(v) for v in self.device_map.values()}),
+        )
+
+
+# How the allocators say it: CUDA ("CUDA out of memory"), MPS ("MPS backend out of memory"), the CPU
+# ("DefaultCPUAllocator: can't allocate memory: you tried to allocate ... Error code 12 (Cannot allocate memory)").
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
+
 
 def _is_out_of_memory(error: BaseException) -> bool:
     """Return whether `error` means an accelerator (or the host) ran out of memory."""
-    if isinstance(error, torch.cuda.OutOfMemoryError):
+    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
-    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    message = str(error).lower()
+    return isinstance(error, RuntimeError) and any(text in message for text in _OOM_MESSAGES)
 
 
 def run_with_oom_backoff(fn: Callable[[list[T]], R], items: Sequence[T], batch_size: int) -> list[R]:
@@ -180,7 +217,7 @@ def run_with_oom_backoff(fn: Callable[[list[T]], R], items: Sequence[T], batch_s
             torch.cuda.empty_cache()
         if len(chunk) == 1:
             raise FisherlibError(
-                "Out of GPU memory even with batch 1: lower max_context, use dtype='bfloat16' "
+                "Out of memory even with batch 1: lower max_context, use dtype='bfloat16' "
                 "(or 'float16'), or a smaller model."
             )
         batch_size = len(chunk) // 2
@@ -402,22 +439,91 @@ def _check_logits_once(model: Any, tokenizer: Any, head: LMHead) -> float:
     return check_head_reproduces_logits(model, head, batch["input_ids"], batch["attention_mask"])
 
 
+def _check_causal_once(model: Any, tokenizer: Any) -> float:
+    """Return the max relative change of h when the text after a position is cut (raises if h sees later tokens)."""
+    ids = tokenizer(_CHECK_TEXTS[0], return_tensors="pt")["input_ids"][0]
+    return check_causal(model, ids)
+
+
+def _resolve_max_memory(max_memory: Any) -> dict[int | str, str | int] | None:
+    """Return accelerate's `max_memory` dict: GPU keys (0, "0", "cuda:0") become ints; "cpu", "disk" stay."""
+    if max_memory is None:
+        return None
+    if not isinstance(max_memory, dict) or not max_memory:
+        raise ParameterError(
+            f"max_memory must be a dict such as {{0: '70GiB', 'cpu': '120GiB'}} (GPU index or 'cpu' to a size), "
+            f"got {max_memory!r}."
+        )
+    resolved: dict[int | str, str | int] = {}
+    for key, value in max_memory.items():
+        name = str(key).strip().lower().removeprefix("cuda:")
+        if name.isdigit():
+            resolved[int(name)] = value
+        elif name in ("cpu", "disk", "mps"):
+            resolved[name] = value
+        else:
+            raise ParameterError(f"max_memory key {key!r} is neither a GPU index nor 'cpu' or 'disk'.")
+        size_ok = (isinstance(value, int) and value > 0) or (
+            isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*([KMGT]i?B)?\s*", value, re.IGNORECASE)
+        )
+        if not size_ok:
+            raise ParameterError(f"max_memory[{key!r}] = {value!r} is not a size such as '70GiB', '500MB' or bytes.")
+    return resolved
+
+
+def _head_device(model: Any) -> torch.device:
+    """Return where the LM head runs: the device of its weight (with accelerate, its execution device)."""
+    module = model.get_output_embeddings()
+    hook = getattr(module, "_hf_hook", None)
+    execution_device = getattr(hook, "execution_device", None)
+    if execution_device is not None:
+        return torch.device(execution_device if not isinstance(execution_device, int) else f"cuda:{execution_device}")
+    return module.weight.device
+
+
 def load_model(
     arch: str | os.PathLike,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     revision: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[int | str, str | int] | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> LoadedModel:
     """Load a causal LM by registry name (`pythia`, `llama`, `qwen`, `tiny`), local folder or hub id.
 
-    Checks once that `W h + b` reproduces the model's logits (spec §1) and logs the error.
+    Checks once that `W h + b` reproduces the model's logits (spec §1), with any linear logit scale of
+    the config folded into `W` and `b`, and that `h` at a position does not change when the text after
+    it is cut (a causal model); logs both errors.
+
+    A model larger than one GPU loads with `device_map="auto"` (accelerate), optionally bounded by
+    `max_memory` (e.g. `{0: "70GiB", "cpu": "200GiB"}`), with modules past it offloaded to
+    `offload_folder` on disk (never the LM head); `device` must then be left out, and `h` is taken
+    wherever the final norm lives (`LoadedModel.device`, the LM head's device).
 
     Raises:
         UnknownArchitectureError, HubUnreachableError, GatedModelError, NotACausalLMError,
         MissingWeightsError: with a message saying what to do.
+        ParameterError: `device` and `device_map` both given, `max_memory` without `device_map`,
+            `device_map` without the accelerate package.
+        FisherlibError: the logits or the causality check fails.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    if device_map is not None and device is not None:
+        raise ParameterError("give device or device_map, not both (device_map places the modules itself).")
+    if (max_memory is not None or offload_folder is not None) and device_map is None:
+        raise ParameterError("max_memory and offload_folder only apply with device_map (e.g. device_map='auto').")
+    if isinstance(device_map, str) and device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
+        raise ParameterError(
+            f"device_map={device_map!r}: use 'auto', 'balanced', 'balanced_low_0', 'sequential' or a dict."
+        )
+    if device_map is not None:
+        try:
+            import accelerate  # noqa: F401 - transformers needs it for device_map
+        except ImportError:
+            raise ParameterError("device_map needs the accelerate package: pip install accelerate") from None
+    memory = _resolve_max_memory(max_memory)
     torch_device = _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype, torch_device)
     model_id = resolve_model_id(arch)
@@ -442,21 +548,34 @@ def load_model(
         config = AutoConfig.from_pretrained(source, revision=hub_revision)
         _check_causal_lm_config(config, model_id)
         tokenizer = _load_tokenizer(source, hub_revision)
-        model = AutoModelForCausalLM.from_pretrained(source, revision=hub_revision, dtype=torch_dtype)
-    model.to(torch_device)
+        placement = {} if device_map is None else dict(device_map=device_map, max_memory=memory)
+        if offload_folder is not None:
+            placement["offload_folder"] = str(offload_folder)
+        model = AutoModelForCausalLM.from_pretrained(source, revision=hub_revision, dtype=torch_dtype, **placement)
+    if device_map is None:
+        model.to(torch_device)
+    else:
+        torch_device = _head_device(model)
     model.eval()
     if getattr(model.generation_config, "pad_token_id", None) is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 
     head = find_lm_head(model)
+    head.n_tokens = min(len(tokenizer), head.vocab_size)
+    if head.logit_scale_source:
+        logger.info("%s: folded the logit scale %s into W and b (factor %.6g)", model_id, head.logit_scale_source, head.logit_scale)
     error = _check_logits_once(model, tokenizer, head)
+    causal_error = _check_causal_once(model, tokenizer)
     logger.info(
-        "%s: W h + b reproduces the model's logits to %.2g (max abs error, %s on %s); V=%d, d=%d",
+        "%s: W h + b reproduces the model's logits to %.2g (max abs error, %s on %s), h is causal to %.2g; "
+        "V=%d (%d padding rows), d=%d",
         model_id,
         error,
         str(torch_dtype).removeprefix("torch."),
         torch_device,
+        causal_error,
         head.vocab_size,
+        head.padding_rows,
         head.hidden_size,
     )
     return LoadedModel(
@@ -469,4 +588,6 @@ def load_model(
         dtype=torch_dtype,
         head=head,
         logits_check_error=error,
+        causal_check_error=causal_error,
+        device_map=None if device_map is None else (getattr(model, "hf_device_map", None) or {"": str(torch_device)}),
     )

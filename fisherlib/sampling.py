@@ -28,14 +28,16 @@ import torch
 from tqdm.auto import tqdm
 
 from .corpora import Document, load_corpus
+from .corpora import corpus_options as resolve_corpus_options
 from .errors import FisherlibError
 from .fisher import effective_rank, entropy, fisher_eigh, top_k_distribution
 
 logger = logging.getLogger("fisherlib")
 
 N_STRATA = 5
-SAMPLER_VERSION = 1  # bump when a change alters what a cached sample holds
+SAMPLER_VERSION = 2  # bump when a change alters what a cached sample holds (2: context_ids)
 _LOGIT_CHUNK = 256  # positions whose [chunk, V] logits are alive at once
+_ROW_CHUNK = 16384  # rows of W converted to float64 at a time (never a float64 copy of the whole of W)
 
 
 @dataclass
@@ -50,6 +52,8 @@ class PositionSample:
         topk_ids: `[P, k]` token ids of the `k` most probable tokens (descending).
         topk_probs: `[P, k]` float32 their probabilities.
         params: the resolved sampling parameters.
+        context_ids: one 1-D int64 tensor per position, its context through the target token
+            (`index + 1` tokens); None for a sample cached before they were recorded.
         manifest: package versions, model id and revision, device, dtype, git commit, timings.
     """
 
@@ -59,6 +63,7 @@ class PositionSample:
     topk_probs: torch.Tensor
     params: dict[str, Any] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
+    context_ids: list[torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.table)
@@ -70,7 +75,12 @@ class PositionSample:
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
             self.table.to_parquet(staging / "positions.parquet", index=False)
-            torch.save({"h": self.h.cpu(), "topk_ids": self.topk_ids.cpu(), "topk_probs": self.topk_probs.cpu()}, staging / "tensors.pt")
+            tensors = {"h": self.h.cpu(), "topk_ids": self.topk_ids.cpu(), "topk_probs": self.topk_probs.cpu()}
+            if self.context_ids is not None:
+                # One flat tensor and the lengths: a list of tensors would pickle one object per position.
+                tensors["context_flat"] = torch.cat([c.reshape(-1).long().cpu() for c in self.context_ids])
+                tensors["context_lengths"] = torch.tensor([len(c) for c in self.context_ids], dtype=torch.long)
+            torch.save(tensors, staging / "tensors.pt")
             (staging / "params.json").write_text(json.dumps(self.params, indent=2, sort_keys=True) + "\n")
             (staging / "manifest.json").write_text(json.dumps(self.manifest, indent=2, sort_keys=True, default=str) + "\n")
             if folder.exists():  # another run finished first: keep its copy
@@ -87,6 +97,9 @@ class PositionSample:
         """Read a sample written by `save`."""
         folder = Path(folder)
         tensors = torch.load(folder / "tensors.pt", weights_only=True)
+        context_ids = None
+        if "context_flat" in tensors:
+            context_ids = list(torch.split(tensors["context_flat"], tensors["context_lengths"].tolist()))
         return cls(
             table=pd.read_parquet(folder / "positions.parquet"),
             h=tensors["h"],
@@ -94,6 +107,7 @@ class PositionSample:
             topk_probs=tensors["topk_probs"],
             params=json.loads((folder / "params.json").read_text()),
             manifest=json.loads((folder / "manifest.json").read_text()),
+            context_ids=context_ids,
         )
 
 
@@ -116,15 +130,19 @@ def sample_positions(
     render: str = "plain",
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    corpus_options: dict[str, Any] | None = None,
 ) -> PositionSample:
     """Return `n_positions` rank-stratified positions of `model` (a `LoadedModel`) over `corpora`.
 
     Equal shares per domain; within each domain, equal shares per effective-rank quintile of the
     candidate pool. With `cache_dir`, the sample is stored under `cache_dir/positions-<key>/` and the
-    same parameters load it back; other parameters make a new entry.
+    same parameters load it back; other parameters make a new entry. `corpus_options` override
+    `corpora.CORPUS_OPTION_DEFAULTS` (GSM8K calculator annotations, wikitext escapes, stream spread);
+    the resolved options, defaults included, are recorded in the parameters and the manifest.
     """
     if not corpora:
         raise FisherlibError("no corpora given: name at least one (e.g. stdlib-code, or a .jsonl file)")
+    options = resolve_corpus_options(**(corpus_options or {}))
     params = dict(
         model_id=model.model_id,
         revision=model.revision,
@@ -138,6 +156,7 @@ def sample_positions(
         pool_factor=int(pool_factor),
         n_docs=int(n_docs),
         render=render,
+        corpus_options=options,
         sampler_version=SAMPLER_VERSION,
     )
     folder = None
@@ -148,7 +167,7 @@ def sample_positions(
             return PositionSample.load(folder)
 
     rng = np.random.default_rng(seed)
-    documents = _documents_by_domain(model, corpora, n_positions, pool_factor, n_docs, seed, render)
+    documents = _documents_by_domain(model, corpora, n_positions, pool_factor, n_docs, seed, render, options)
     domains = sorted(documents)
     per_domain = _split_evenly(n_positions, len(domains))
     candidates = []
@@ -164,7 +183,8 @@ def sample_positions(
         topk_ids=pool["topk_ids"][chosen],
         topk_probs=pool["topk_probs"][chosen],
         params=params,
-        manifest=_manifest(model, pool_size=len(pool["table"]), strata_edges=pool["edges"]),
+        manifest=_manifest(model, pool_size=len(pool["table"]), strata_edges=pool["edges"], corpus_options=options),
+        context_ids=[pool["context_ids"][i] for i in chosen],
     )
     if folder is not None:
         sample.save(folder)
@@ -178,13 +198,13 @@ def _split_evenly(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
-def _documents_by_domain(model, corpora, n_positions, pool_factor, n_docs, seed, render) -> dict[str, list[Document]]:
+def _documents_by_domain(model, corpora, n_positions, pool_factor, n_docs, seed, render, options=None) -> dict[str, list[Document]]:
     """Read each corpus; group documents by their domain."""
     per_corpus = math.ceil(pool_factor * n_positions / len(corpora))
     wanted = n_docs or per_corpus  # one candidate per document where the corpus is large enough
     by_domain: dict[str, list[Document]] = {}
     for name in corpora:
-        docs = list(load_corpus(name, wanted, seed, render=render, tokenizer=model.tokenizer))
+        docs = list(load_corpus(name, wanted, seed, render=render, tokenizer=model.tokenizer, **(options or {})))
         if not docs:
             raise FisherlibError(f"corpus {name!r} gave no documents")
         for doc in docs:
@@ -230,18 +250,24 @@ def _measure_candidates(model, candidates, top_k, batch_size, progress) -> dict[
     by_doc: dict[tuple[str, str], list[int]] = {}
     for i, cand in enumerate(candidates):
         by_doc.setdefault((cand["doc"].domain, cand["doc"].doc_id), []).append(i)
-    groups = list(by_doc.values())
+    # A context runs only up to its last candidate (causal attention: later tokens cannot change h), and
+    # contexts of similar needed length share a batch, longest first (an out-of-memory error comes early):
+    # the trunk then runs ~1.05x the tokens it needs, not ~2x as with batches cut at their longest context.
+    def needed(group: list[int]) -> int:
+        return max(candidates[i]["index"] for i in group) + 1
+
+    groups = sorted(by_doc.values(), key=needed, reverse=True)
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     h = torch.empty(len(candidates), model.head.hidden_size, dtype=torch.float32)
     bar = tqdm(total=len(candidates), desc="capturing h", unit="pos", disable=not progress)
     for start in range(0, len(groups), batch_size):
         batch = groups[start : start + batch_size]
-        length = max(len(candidates[g[0]]["ids"]) for g in batch)
+        length = max(needed(g) for g in batch)
         input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), length), dtype=torch.long)
         rows, cols, order = [], [], []
         for row, group in enumerate(batch):
-            ids = candidates[group[0]]["ids"]
+            ids = candidates[group[0]]["ids"][: needed(group)]
             input_ids[row, : len(ids)] = torch.tensor(ids)
             attention_mask[row, : len(ids)] = 1
             for i in group:
@@ -252,7 +278,9 @@ def _measure_candidates(model, candidates, top_k, batch_size, progress) -> dict[
         bar.update(len(order))
     bar.close()
 
-    stats = position_statistics(model.head.weight, model.head.bias, h, top_k, progress=progress)
+    stats = position_statistics(
+        model.head.weight, model.head.bias, h, top_k, progress=progress, n_tokens=getattr(model.head, "n_tokens", None)
+    )
     table = pd.DataFrame(
         dict(
             domain=[c["doc"].domain for c in candidates],
@@ -267,30 +295,45 @@ def _measure_candidates(model, candidates, top_k, batch_size, progress) -> dict[
             table[name] = values.numpy()
     edges = np.quantile(table["eff_rank"].to_numpy(), np.linspace(0, 1, N_STRATA + 1)[1:-1])
     table["stratum"] = np.searchsorted(edges, table["eff_rank"].to_numpy(), side="right").astype(np.int64)
-    return dict(table=table, h=h, topk_ids=stats["topk_ids"], topk_probs=stats["topk_probs"], edges=edges.tolist())
+    context_ids = [torch.tensor(c["ids"][: c["index"] + 1], dtype=torch.long) for c in candidates]
+    return dict(
+        table=table, h=h, topk_ids=stats["topk_ids"], topk_probs=stats["topk_probs"], edges=edges.tolist(),
+        context_ids=context_ids,
+    )  # fmt: skip
 
 
-def position_statistics(W, b, h, top_k, progress=False) -> dict[str, torch.Tensor]:
+def position_statistics(W, b, h, top_k, progress=False, n_tokens=None) -> dict[str, torch.Tensor]:
     """Return per-position statistics of `p = softmax(W h + b)` and of `F_k` for `h [P, d]`.
 
     Keys: entropy, max_prob, topk_mass, eff_rank, participation, trace_fk, trace_f, top1, top2, p_top1,
     p_top2, h_norm, cos_top_eig_pair (each `[P]`), topk_ids `[P, k]`, topk_probs `[P, k]` (float32).
-    Logits live `_LOGIT_CHUNK` positions at a time; everything is computed in float64 on W's device.
+    Logits live `_LOGIT_CHUNK` positions at a time; everything is computed in float64 on W's device, with
+    `W` read in chunks of rows (no float64 copy of the whole of `W`). `n_tokens` (`LMHead.n_tokens`):
+    the top-k, top1 and top2 are tokens of the tokenizer, never rows that only pad the vocabulary; the
+    padding rows' probability stays in `p` (entropy, trace F, top-k mass are of the model's softmax).
     """
     device = W.device
-    W64 = W.double()
-    row_norms = (W64 * W64).sum(-1)  # ‖w_v‖², for trace F = Σ p‖w‖² − ‖Wᵀp‖²
+    V = W.shape[0]
+    row_chunks = [(start, min(start + _ROW_CHUNK, V)) for start in range(0, V, _ROW_CHUNK)]
+    # ‖w_v‖², for trace F = Σ p‖w‖² − ‖Wᵀp‖²
+    row_norms = torch.cat([W[a:c].double().pow(2).sum(-1) for a, c in row_chunks])
+    b64 = None if b is None else b.to(device).double()
     out: dict[str, list[torch.Tensor]] = {}
     for start in tqdm(range(0, h.shape[0], _LOGIT_CHUNK), desc="Fisher spectra", disable=not progress):
         h_chunk = h[start : start + _LOGIT_CHUNK].to(device).double()
-        z = h_chunk @ W64.T
-        if b is not None:
-            z = z + b.double()
+        z = torch.empty(h_chunk.shape[0], V, dtype=torch.float64, device=device)
+        for a, c in row_chunks:
+            torch.matmul(h_chunk, W[a:c].double().T, out=z[:, a:c])
+        if b64 is not None:
+            z += b64
         p = torch.softmax(z, -1)
-        probs, ids = top_k_distribution(p, top_k)
-        eigvals, eigvecs = fisher_eigh(W, p, top_k)
-        pair = torch.nn.functional.normalize(W64[ids[:, 1]] - W64[ids[:, 0]], dim=-1)
-        mean_row = p @ W64
+        del z
+        probs, ids = top_k_distribution(p, top_k, n_tokens)
+        eigvals, eigvecs = fisher_eigh(W, p, top_k, n_tokens=n_tokens)
+        pair = torch.nn.functional.normalize(W[ids[:, 1]].double() - W[ids[:, 0]].double(), dim=-1)
+        mean_row = torch.zeros(h_chunk.shape[0], W.shape[1], dtype=torch.float64, device=device)
+        for a, c in row_chunks:
+            mean_row += p[:, a:c] @ W[a:c].double()
         values = dict(
             entropy=entropy(p),
             max_prob=probs[:, 0],
@@ -367,6 +410,8 @@ def _manifest(model, **extra) -> dict[str, Any]:
         device=str(model.device),
         dtype=str(model.dtype),
         logits_check_error=model.logits_check_error,
+        # The load-time checks and the head: folded logit scale, padding rows, causality, placement.
+        model_card=model.card() if callable(getattr(model, "card", None)) else None,
         git_commit=_git_commit(),
         **extra,
     )

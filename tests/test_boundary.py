@@ -184,3 +184,38 @@ def test_cuda_gives_the_cpu_answer():
     cpu = fl.empirical_boundary(z, A, EPS)
     gpu = fl.empirical_boundary(z.cuda(), A.cuda(), EPS)
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-9, atol=0)
+
+
+def test_inputs_that_require_grad_are_accepted():
+    """A = W @ u straight from a model's weight carries autograd; out= arithmetic used to refuse it."""
+    z, A, *_ = _lines(P=2, D=3, dtype=torch.float32)
+    z, A = z.requires_grad_(), A.requires_grad_()
+    t = fl.empirical_boundary(z, A, [0.1, 1.0])
+    reference = fl.empirical_boundary(z.detach(), A.detach(), [0.1, 1.0])
+    assert not t.requires_grad and torch.equal(t, reference)
+    assert not fl.kl_along_line(z, A, torch.tensor([0.5])).requires_grad
+    assert not reverse_kl_bound(z, A).requires_grad
+
+
+def test_automatic_memory_budget_gives_the_same_answer():
+    from fisherlib.boundary import resolve_memory_budget
+
+    z, A, *_ = _lines(P=3, D=5)
+    budget = resolve_memory_budget("cpu")
+    assert 64 << 20 <= budget <= 16 << 30
+    assert resolve_memory_budget("cpu", 12345) == 12345
+    with pytest.raises(ValueError, match="positive number of bytes"):
+        resolve_memory_budget("cpu", 0)
+    torch.testing.assert_close(fl.empirical_boundary(z, A, EPS), fl.empirical_boundary(z, A, EPS, memory_budget=50_000))
+
+
+def test_mismatched_shapes_are_refused():
+    z, A, *_ = _lines(P=2, D=3)
+    with pytest.raises(ValueError, match=r"does not match z"):
+        fl.empirical_boundary(z[:, :-1], A, EPS)
+    with pytest.raises(ValueError, match="3 dimensions"):
+        fl.empirical_boundary(z, A[0], EPS)
+    with pytest.raises(ValueError, match="t_max must be positive"):
+        fl.empirical_boundary(z, A, EPS, t_max=0)
+    with pytest.raises(ValueError, match=r"t must be \[E\]"):
+        fl.kl_along_line(z, A, torch.ones(5, 3, 2))

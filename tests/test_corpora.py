@@ -298,3 +298,114 @@ def test_hub_connection_error_gives_advice(monkeypatch: pytest.MonkeyPatch):
     with pytest.raises(CorpusError, match="hub cannot be reached") as error:
         load_corpus("gsm8k", 5)
     assert "CORPORA=" in str(error.value) and "Couldn't reach" in str(error.value)
+
+
+# ---------------------------------------------------------------- issue 9: faithful corpora
+
+
+def test_gsm8k_calculator_annotations_are_stripped_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    record = {"question": "Natalia sold 48 clips.", "answer": "She sold 48/2 = <<48/2=24>>24 clips.\n#### 24"}
+    path = write_jsonl(tmp_path / "math.jsonl", [record])
+    (document,) = load_corpus(str(path), 5)
+    assert document.text == "Natalia sold 48 clips.\nShe sold 48/2 = 24 clips.\n#### 24"
+    (kept,) = load_corpus(str(path), 5, strip_calculator=False)
+    assert "<<48/2=24>>" in kept.text
+    fake_datasets(monkeypatch, [record])
+    (hub,) = load_corpus("gsm8k", 5)
+    assert hub.text == document.text
+
+
+def test_wikitext_escapes_are_undone_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    text = " = An Article = \n \n A well @-@ known 1 @,@ 000 @.@ 5 km road .\n"
+    path = tmp_path / "wiki.txt"
+    path.write_text(text)
+    (document,) = load_corpus(str(path), 5)
+    assert "A well-known 1,000.5 km road ." in document.text
+    (raw,) = load_corpus(str(path), 5, detokenize_wikitext=False)
+    assert " @-@ " in raw.text
+    fake_datasets(monkeypatch, [{"text": line + "\n"} for line in text.split("\n")[:-1]])
+    (hub,) = load_corpus("wikitext", 5)
+    assert "A well-known 1,000.5 km road ." in hub.text
+
+
+class BosChatTokenizer(FakeTokenizer):
+    """A tokenizer whose chat template writes BOS itself (Llama 3) and ends with an empty think block (Qwen3)."""
+
+    bos_token, bos_token_id = "<|begin_of_text|>", 7
+
+    def __init__(self, adds_bos: bool):
+        super().__init__("{{ template }}")
+        self.adds_bos = adds_bos
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": ([self.bos_token_id] if self.adds_bos and add_special_tokens else []) + [11] * len(text)}
+
+    def apply_chat_template(self, messages, tokenize=False):
+        turns = []
+        for index, message in enumerate(messages):
+            think = "<think>\n\n</think>\n\n" if index == len(messages) - 1 and message["role"] == "assistant" else ""
+            turns.append(f"<|{message['role']}|>{think}{message['content']}<|end|>")
+        return self.bos_token + "".join(turns)
+
+
+def test_chat_render_has_one_bos_and_no_empty_think_block():
+    text = render_messages(CONVERSATION, "chat", BosChatTokenizer(adds_bos=True))
+    assert not text.startswith("<|begin_of_text|>")  # tokenisation adds it: one BOS, not two
+    assert "<think>" not in text and text.endswith("<|assistant|>4<|end|>")
+    kept = render_messages(CONVERSATION, "chat", BosChatTokenizer(adds_bos=False))
+    assert kept.startswith("<|begin_of_text|>")  # nothing else would put it there
+
+
+class ShardedStream(FakeStream):
+    """A streamed data set of several shards (files), as `datasets.IterableDataset` has."""
+
+    def __init__(self, shards: list[list[dict]]):
+        super().__init__([row for shard in shards for row in shard])
+        self.shards, self.num_shards, self.opened = shards, len(shards), []
+
+    def shard(self, num_shards: int, index: int) -> FakeStream:
+        assert num_shards == self.num_shards
+        self.opened.append(index)
+        return FakeStream(self.shards[index])
+
+
+def test_hub_sample_spreads_over_shards_and_positions(monkeypatch: pytest.MonkeyPatch):
+    shards = [[{"content": f"shard {s} file {i}", "repo_name": "r", "path": f"{s}/{i}.py"} for i in range(200)] for s in range(10)]
+    stream = ShardedStream(shards)
+    fake_datasets(monkeypatch, [])
+    import sys
+
+    monkeypatch.setattr(sys.modules["datasets"], "load_dataset", lambda *args, **kwargs: stream)
+    documents = list(load_corpus("codeparrot", 40, seed=1))
+    assert len(documents) == 40 and len({d.doc_id for d in documents}) == 40
+    shard_of = [int(d.text.split()[1]) for d in documents]
+    position = [int(d.text.split()[3]) for d in documents]
+    assert len(set(shard_of)) == 10  # every shard, 4 documents each
+    assert max(position) >= 8  # not just the first files of each shard
+    assert max(position) < 8 * 4  # within the scanned window: stream_scan x share
+    assert documents == list(load_corpus("codeparrot", 40, seed=1))
+    assert documents != list(load_corpus("codeparrot", 40, seed=2))
+    whole = list(load_corpus("codeparrot", 10, seed=0, stream_scan=0))
+    assert max(int(d.text.split()[3]) for d in whole) > 32  # stream_scan=0 reads each shard to its end
+
+
+def test_few_documents_from_many_shards_open_few_shards(monkeypatch: pytest.MonkeyPatch):
+    stream = ShardedStream([[{"question": f"q{s}-{i}", "answer": "a"} for i in range(5)] for s in range(50)])
+    fake_datasets(monkeypatch, [])
+    import sys
+
+    monkeypatch.setattr(sys.modules["datasets"], "load_dataset", lambda *args, **kwargs: stream)
+    assert len(list(load_corpus("gsm8k", 3, seed=0))) == 3
+    assert len(stream.opened) == 3  # one document from each of three random shards
+
+
+def test_corpus_options_are_checked():
+    from fisherlib.corpora import CORPUS_OPTION_DEFAULTS, corpus_options
+
+    assert corpus_options() == CORPUS_OPTION_DEFAULTS == dict(strip_calculator=True, detokenize_wikitext=True, stream_scan=8)
+    with pytest.raises(CorpusError, match="unknown corpus options"):
+        corpus_options(strip_html=True)
+    with pytest.raises(CorpusError, match="stream_scan"):
+        corpus_options(stream_scan=-1)
+    with pytest.raises(CorpusError, match="True or False"):
+        load_corpus("stdlib-code", 3, strip_calculator="yes")

@@ -144,3 +144,57 @@ def test_truncated_curvature_never_negative():
     assert (curv >= 0).all()
     # Σ_K p a² − (Σ_K p a)² with Σ_K p = 0.8 < 1: a constant a still has curvature 0.8 − 0.64.
     torch.testing.assert_close(curv[0, 0], torch.tensor(0.8 - 0.64, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------- issue 9: real sizes, padding rows, autograd
+
+
+def test_full_fisher_in_row_chunks_matches_the_dense_product(monkeypatch):
+    """W is read a few rows at a time (no float64 copy of W, no [d, V] temporary); the result is unchanged."""
+    import fisherlib.fisher
+
+    W, _, p = _problem(P=2, V=50)
+    dense = torch.stack([W.T @ torch.diag(p_i) @ W - torch.outer(W.T @ p_i, W.T @ p_i) for p_i in p])
+    monkeypatch.setattr(fisherlib.fisher, "_ROW_CHUNK", 7)
+    torch.testing.assert_close(fl.fisher_pullback(W.float(), p), dense, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fl.fisher_pullback(W, p), dense, rtol=1e-12, atol=1e-12)
+
+
+def test_padding_rows_are_never_among_the_top_k():
+    W, h, _ = _problem(P=3, V=40)
+    z = h @ W.T
+    z[:, 36:] += 50.0  # rows 36..39 pad the vocabulary, and (untrained) happen to win
+    p = torch.softmax(z, -1)
+    probs, ids = fl.top_k_distribution(p, 5, n_tokens=36)
+    assert (ids < 36).all() and torch.equal(probs, torch.gather(p, -1, ids))
+    assert (fl.top_k_distribution(p, 5)[1] >= 36).any()  # without n_tokens they would be picked
+    vals, _ = fisher_eigh(W, p, 5, n_tokens=36)
+    F_k = fl.fisher_pullback(W, p, top_k=5, n_tokens=36)
+    torch.testing.assert_close(vals, torch.linalg.eigvalsh(F_k).flip(-1)[:, :5], rtol=1e-8, atol=1e-10)
+
+
+def test_inputs_that_require_grad_are_accepted():
+    W, h, p = _problem(P=2)
+    W = W.float().requires_grad_()  # as a model's weight is
+    p = torch.softmax(h.float() @ W.T, -1)  # carries a graph
+    U = torch.nn.functional.normalize(torch.randn(2, 3, W.shape[1]), dim=-1)
+    A = U @ W.T
+    assert A.requires_grad
+    results = [
+        fl.fisher_pullback(W, p), fl.fisher_pullback(W, p, top_k=4), *fisher_eigh(W, p, 4), fl.curvature(p, A),
+        fl.curvature(p, A, top_k=4), fl.cumulants(p, A), fl.entropy(p), *fl.top_k_distribution(p, 3),
+        fl.predicted_boundary(fl.curvature(p, A), [0.1]),
+    ]  # fmt: skip
+    assert not any(result.requires_grad for result in results)
+
+
+def test_bad_inputs_raise_one_clear_error():
+    W, _, p = _problem(P=2)
+    with pytest.raises(ValueError, match="W has 40 rows"):
+        fl.fisher_pullback(W, p[:, :30])
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
+        fisher_eigh(W, p, 0)
+    with pytest.raises(ValueError, match=r"does not match p"):
+        fl.curvature(p, torch.zeros(2, 3, 39, dtype=torch.float64))
+    with pytest.raises(ValueError, match="floating-point"):
+        fl.curvature(p, torch.zeros(2, 3, 40, dtype=torch.long))

@@ -395,3 +395,171 @@ def test_folder_without_tokenizer(tmp_path: Path) -> None:
     make_model("gpt2_tied").save_pretrained(tmp_path)
     with pytest.raises(FisherlibError, match="no tokenizer files"):
         load_model(tmp_path, device="cpu")
+
+
+# ---------------------------------------------------------------- issue 9: logit scales, causality, device_map
+
+SCALED_CONFIGS = {
+    # Cohere: logits * logit_scale; Granite: logits / logits_scaling.
+    "cohere": lambda: transformers.CohereConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, logit_scale=0.3, bos_token_id=1, eos_token_id=1, pad_token_id=0,
+    ),
+    "granite": lambda: transformers.GraniteConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, logits_scaling=7.0,
+    ),
+}  # fmt: skip
+
+
+def _save(model: torch.nn.Module, folder: Path) -> Path:
+    torch.nn.init.normal_(model.get_output_embeddings().weight, std=1.0)
+    model.save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("kind,factor,source", [("cohere", 0.3, "logit_scale"), ("granite", 1 / 7, "logits_scaling")])
+def test_linear_logit_scale_is_folded_into_the_head(tmp_path: Path, kind: str, factor: float, source: str) -> None:
+    folder = _save(AutoModelForCausalLM.from_config(SCALED_CONFIGS[kind]()), tmp_path)
+    loaded = load_model(folder, device="cpu")
+    assert loaded.head.logit_scale == pytest.approx(factor, rel=1e-12)
+    assert source in loaded.head.logit_scale_source
+    card = loaded.card()
+    assert card["logit_scale"] == pytest.approx(factor) and source in card["logit_scale_source"]
+    assert loaded.logits_check_error < 1e-5
+    input_ids, attention_mask = make_batch()
+    h = loaded.capture(input_ids, attention_mask, ROWS, COLS)
+    expected = full_logits(loaded.model, input_ids, attention_mask)[ROWS, COLS]
+    torch.testing.assert_close(loaded.logits(h), expected, atol=1e-5, rtol=1e-5)
+    unscaled = loaded.model.get_output_embeddings().weight.detach()
+    torch.testing.assert_close(loaded.head.weight, unscaled * factor)
+
+
+def test_soft_capping_is_refused_naming_the_attribute(tmp_path: Path) -> None:
+    config = transformers.Gemma2Config(
+        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=64, final_logit_softcapping=30.0,
+    )  # fmt: skip
+    folder = _save(AutoModelForCausalLM.from_config(config), tmp_path)
+    with pytest.raises(NotACausalLMError, match="final_logit_softcapping = 30"):
+        load_model(folder, device="cpu")
+
+
+def test_an_unknown_linear_scale_is_named_in_the_logits_check() -> None:
+    model = make_model("gpt_neox")
+    head = find_lm_head(model)
+    halved = LMHead(weight=head.weight / 2, bias=None, module=head.module)
+    with pytest.raises(FisherlibError, match=r"logits are 2 × \(W h \+ b\)"):
+        check_head_reproduces_logits(model, halved, *make_batch())
+
+
+@pytest.mark.parametrize("kind", sorted(TINY_CONFIGS))
+def test_causal_models_pass_the_causality_check(kind: str) -> None:
+    from fisherlib.model_surgery import check_causal
+
+    assert check_causal(make_model(kind), torch.arange(2, 14)) < 1e-5
+
+
+def test_bidirectional_attention_fails_the_causality_check_at_load(tmp_path: Path) -> None:
+    config = transformers.Gemma3TextConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=64, use_bidirectional_attention=True,
+    )  # fmt: skip
+    folder = _save(AutoModelForCausalLM.from_config(config), tmp_path)
+    # The logits check alone passes: it compares h with the same pass's logits.
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert check_head_reproduces_logits(model, find_lm_head(model), *make_batch()) < 1e-4
+    with pytest.raises(FisherlibError, match="not causal.*use_bidirectional_attention = True"):
+        load_model(folder, device="cpu")
+
+
+def test_check_causal_rejects_bad_input() -> None:
+    from fisherlib.model_surgery import check_causal
+
+    model = make_model("gpt2_tied")
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        check_causal(model, torch.tensor([3]))
+    with pytest.raises(ValueError, match="positions must lie"):
+        check_causal(model, torch.arange(2, 8), positions=[9])
+
+
+def test_load_model_records_padding_rows_and_causality(saved_model_dir: Path) -> None:
+    loaded = load_model(saved_model_dir, device="cpu")
+    assert loaded.head.n_tokens == len(make_tokenizer()) and loaded.head.padding_rows == VOCAB - len(make_tokenizer())
+    assert 0 <= loaded.causal_check_error < 1e-5
+    card = loaded.card()
+    assert card["tokens"] + card["padding_rows"] == card["vocab"] == VOCAB and card["dtype"] == "float32"
+
+
+def test_device_map_auto_on_cpu_gives_the_same_h(saved_model_dir: Path) -> None:
+    pytest.importorskip("accelerate")
+    plain = load_model(saved_model_dir, device="cpu")
+    mapped = load_model(saved_model_dir, device_map="auto", max_memory={"cpu": "2GiB"})
+    assert mapped.device == torch.device("cpu") and mapped.card()["device_map"] == ["cpu"]
+    input_ids, attention_mask = make_batch()
+    torch.testing.assert_close(
+        mapped.capture(input_ids, attention_mask, ROWS, COLS), plain.capture(input_ids, attention_mask, ROWS, COLS)
+    )
+
+
+def test_device_map_with_a_layer_offloaded_to_disk(saved_model_dir: Path, tmp_path: Path) -> None:
+    """accelerate's hooks run the offloaded layer; h is still taken at the head's input, where the final norm lives."""
+    pytest.importorskip("accelerate")
+    device_map = {"model.embed_tokens": "cpu", "model.layers.0": "disk", "model.layers.1": "cpu", "model.norm": "cpu",
+                  "model.rotary_emb": "cpu", "lm_head": "cpu"}  # fmt: skip
+    mapped = load_model(saved_model_dir, device_map=device_map, offload_folder=tmp_path)
+    assert mapped.card()["device_map"] == ["cpu", "disk"]
+    assert mapped.logits_check_error < 1e-4
+    plain = load_model(saved_model_dir, device="cpu")
+    input_ids, attention_mask = make_batch()
+    torch.testing.assert_close(
+        mapped.capture(input_ids, attention_mask, ROWS, COLS), plain.capture(input_ids, attention_mask, ROWS, COLS)
+    )
+
+
+def test_device_map_parameters_are_checked(saved_model_dir: Path) -> None:
+    from fisherlib.errors import ParameterError
+
+    with pytest.raises(ParameterError, match="not both"):
+        load_model(saved_model_dir, device="cpu", device_map="auto")
+    with pytest.raises(ParameterError, match="only apply with device_map"):
+        load_model(saved_model_dir, max_memory={"cpu": "1GiB"})
+    with pytest.raises(ParameterError, match="neither a GPU index"):
+        load_model(saved_model_dir, device_map="auto", max_memory={"gpu": "1GiB"})
+    with pytest.raises(ParameterError, match="not a size"):
+        load_model(saved_model_dir, device_map="auto", max_memory={0: "lots"})
+    with pytest.raises(ParameterError, match="device_map='everywhere'"):
+        load_model(saved_model_dir, device_map="everywhere")
+
+
+def test_head_on_the_meta_device_is_refused() -> None:
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(TINY_CONFIGS["llama_tied"]())
+    with pytest.raises(NotACausalLMError, match="offloaded"):
+        find_lm_head(model)
+
+
+def test_cpu_out_of_memory_triggers_the_backoff(caplog: pytest.LogCaptureFixture) -> None:
+    message = (
+        "[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: you tried to "
+        "allocate 9663676416 bytes. Error code 12 (Cannot allocate memory)"
+    )
+    seen: list[int] = []
+
+    def allocate(chunk: list[int]) -> int:
+        seen.append(len(chunk))
+        if len(chunk) > 2:
+            raise RuntimeError(message)
+        return len(chunk)
+
+    with caplog.at_level(logging.WARNING, logger="fisherlib"):
+        assert sum(run_with_oom_backoff(allocate, list(range(7)), batch_size=8)) == 7
+    assert seen[:3] == [7, 3, 1]
+
+    def python_oom(chunk: list[int]) -> int:
+        if len(chunk) > 1:
+            raise MemoryError()
+        return 1
+
+    assert sum(run_with_oom_backoff(python_oom, [1, 2, 3], batch_size=4)) == 3
