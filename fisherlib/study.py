@@ -284,12 +284,12 @@ def model_card(params: StudyParams, model) -> pd.DataFrame:
     For the embedded default, `heldout_loss` is the mean next-token loss (nats per token) on the
     held-out split of the standard library at the loaded revision, as `training.json` records it.
     """
-    row = dict(
-        run=params.name, model_id=model.model_id, revision=model.revision or "(final / local folder)",
-        device=str(model.device), dtype=str(model.dtype).removeprefix("torch."), vocab=model.head.vocab_size,
-        width=model.head.hidden_size, head_bias=model.head.bias is not None,
-        logits_check_max_abs_error=model.logits_check_error,
-    )  # fmt: skip
+    card = model.card() if callable(getattr(model, "card", None)) else {}
+    row = dict(run=params.name) | {
+        # A table holds no missing values: say what None means instead.
+        name: ("(final / local folder)" if name == "revision" else "none") if value is None else value
+        for name, value in card.items()
+    }
     if params.arch == "tiny":
         from .tiny import ensure_tiny_model
 
@@ -334,16 +334,24 @@ def load_head(params: StudyParams):
     """Return the LM head (`W`, `b`, float32) of `params`' model, cached beside the positions."""
     from .model_surgery import LMHead
 
-    path = params.cache_path / f"head-{params.key('arch', 'revision', 'dtype')}.pt"
+    path = params.cache_path / f"head-v2-{params.key('arch', 'revision', 'dtype')}.pt"
     if path.is_file():
         stored = torch.load(path, weights_only=True)
-        return LMHead(weight=stored["weight"], bias=stored["bias"], module=None)
+        return LMHead(
+            weight=stored["weight"], bias=stored["bias"], module=None, logit_scale=stored.get("logit_scale", 1.0),
+            logit_scale_source=stored.get("logit_scale_source"), n_tokens=stored.get("n_tokens"),
+        )  # fmt: skip
     head = load_model_for(params).head
     path.parent.mkdir(parents=True, exist_ok=True)
     # A unique temporary name: notebooks 02 and 03 may get here at once under `make -j`.
     handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(handle)
-    torch.save({"weight": head.weight.cpu(), "bias": None if head.bias is None else head.bias.cpu()}, partial)
+    stored = {
+        "weight": head.weight.cpu(), "bias": None if head.bias is None else head.bias.cpu(),
+        # Padding rows and a folded logit scale travel with W, so a cached head is the loaded one.
+        "logit_scale": head.logit_scale, "logit_scale_source": head.logit_scale_source, "n_tokens": head.n_tokens,
+    }  # fmt: skip
+    torch.save(stored, partial)
     os.replace(partial, path)
     return head
 
