@@ -361,12 +361,13 @@ def _step_axis(ax, table: pd.DataFrame) -> None:
 
 
 def _plain_log_y(ax) -> None:
-    """Log y axis with plain numbers (2, 3, 5) rather than 2 × 10⁰."""
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    """Log y axis labelled 1, 2, 5, 10, 20, … (plain numbers, no crowded minor labels)."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(ScalarFormatter())
-    ax.yaxis.set_minor_formatter(NullFormatter() if ax.get_ylim()[1] / ax.get_ylim()[0] > 20 else ScalarFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _band(ax, table: pd.DataFrame, statistic: str, label: str, color) -> None:
@@ -409,8 +410,10 @@ def plot_dynamics(tables: dict[str, pd.DataFrame]):
     rank_one = tables["dynamics_rank_one"]
     ax = axes[1, 0]
     ax.plot(_x(rank_one), rank_one["share_near_binary"], marker="o", color=colors[3], label="share near-binary")
-    ax.plot(_x(rank_one), rank_one["median_cos_near_binary"], marker="s", color=colors[4],
-            label="median |cos(top eigvec, $w_b - w_a$)|\namong near-binary")  # fmt: skip
+    # The cosine is drawn only where some position is near-binary (elsewhere it is undefined).
+    populated = rank_one[rank_one["n_near_binary"] > 0]
+    ax.plot(_x(rank_one)[rank_one["n_near_binary"].to_numpy() > 0], populated["median_cos_near_binary"], marker="s",
+            color=colors[4], label="median |cos(top eigvec, $w_b - w_a$)|\namong near-binary")  # fmt: skip
     ax.set_ylim(0, 1.05)
     ax.set_title("(d) the rank-1 regime")
     ax.legend(fontsize=8, loc="best")
