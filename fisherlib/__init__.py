@@ -36,6 +36,13 @@ _EXPORTS = {
     "sample_positions": "sampling",
     "PositionSample": "sampling",
     "measure_boundaries": "measure",
+    # the layer study (notebooks 08-09): the Fisher metric pulled back to the residual stream at any layer
+    "layer_residuals": "layers",
+    "layer_velocities": "layers",
+    "layer_boundary": "layers",
+    "layer_fisher_eigh": "layers",
+    "layer_curvature": "layers",
+    "Prefilled": "layer_engine",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -44,6 +51,13 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 _SUBMODULES = {
     "analysis", "boundary", "corpora", "directions", "errors", "fisher", "geometry", "measure", "model_surgery",
     "models", "paper", "plots", "reference", "sampling", "study", "tiny",
+    # the study's steps (notebooks 04-07), their shared statistics, the claims ledger and the computed findings
+    "stats", "exactness", "direction_classes", "calibration", "stratifiers", "stable_regions", "claims",
+    "claim_rules", "findings",
+    # the layer study (notebooks 08-09)
+    "layers", "layer_engine", "layer_study", "layer_plots", "plateaus",
+    # training dynamics (notebook 10)
+    "dynamics", "dynamics_report",
 }
 
 

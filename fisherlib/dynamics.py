@@ -223,14 +223,22 @@ def rank_one_table(results: list[RevisionMeasurement]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def exactness_table(results: list[RevisionMeasurement], eps: float, n_boot: int = 1000) -> pd.DataFrame:
-    """Table 1 per revision: median ρ on the top eigenvector at `eps`, with F_k (`rho`) and with the full F (`rho_full`)."""
-    from .analysis import top_eigvec_exactness
+def exactness_table(
+    results: list[RevisionMeasurement], eps: float, n_boot: int = 1000, unit: str = "document"
+) -> pd.DataFrame:
+    """Table 1 per revision: median ρ on the top eigenvector at `eps`, with F_k (`rho`) and with the full F (`rho_full`).
+
+    The 95% CI is a bootstrap of the median that resamples whole clusters of `unit` (`position` or
+    `document`), named in the `resampled` column.
+    """
+    from .exactness import top_eigvec_exactness
+    from .stats import attach_documents
 
     rows = []
     for result in results:
+        measurements = attach_documents(result.measurements, result.positions)
         for column, curvature in (("rho", "F_k"), ("rho_full", "F")):
-            table = top_eigvec_exactness(result.measurements, eps, by_seed=False, column=column, n_boot=n_boot)
+            table = top_eigvec_exactness(measurements, eps, by_seed=False, column=column, n_boot=n_boot, unit=unit)
             row = table.iloc[0]
             rows.append(
                 _revision_columns(result)
@@ -240,6 +248,7 @@ def exactness_table(results: list[RevisionMeasurement], eps: float, n_boot: int 
                     "median_rho": float(row[f"median_{column}"]),
                     "ci_lo": float(row["ci_lo"]),
                     "ci_hi": float(row["ci_hi"]),
+                    "resampled": unit,
                     "n": int(row["n"]),
                     "n_censored": int(row["n_censored"]),
                 }
@@ -249,7 +258,7 @@ def exactness_table(results: list[RevisionMeasurement], eps: float, n_boot: int 
 
 def class_table(results: list[RevisionMeasurement], eps: float, n_boot: int = 200) -> pd.DataFrame:
     """Table 2 per revision: median ρ per direction class at `eps`, with F_k and with F."""
-    from .analysis import median_rho_by_class
+    from .direction_classes import median_rho_by_class
 
     frames = []
     for result in results:
@@ -269,12 +278,6 @@ def class_table(results: list[RevisionMeasurement], eps: float, n_boot: int = 20
     return pd.concat(frames, ignore_index=True)
 
 
-def quartic_with_fallback(measurements: pd.DataFrame) -> np.ndarray:
-    """Return the quartic Taylor root `t_cumulant`, or `t_pred_full` where the quartic has no positive root."""
-    quartic = measurements["t_cumulant"].to_numpy(float)
-    return np.where(np.isfinite(quartic), quartic, measurements["t_pred_full"].to_numpy(float))
-
-
 def predictor_table(results: list[RevisionMeasurement], eps: float) -> pd.DataFrame:
     """Return per revision how often each predictor lands within 50% of `t_emp` at `eps`.
 
@@ -283,7 +286,8 @@ def predictor_table(results: list[RevisionMeasurement], eps: float) -> pd.DataFr
     Predictors: `closed form (F_k)` (the study's t_pred), `closed form (F)`, `quartic` (with
     fallback to the F closed form where it has no positive root).
     """
-    from .analysis import WITHIN_TOLERANCE
+    from .exactness import quartic_with_fallback
+    from .stats import WITHIN_TOLERANCE
 
     rows = []
     for result in results:
@@ -293,7 +297,7 @@ def predictor_table(results: list[RevisionMeasurement], eps: float) -> pd.DataFr
         predictors = {
             "closed form (F_k)": at["t_pred"].to_numpy(float),
             "closed form (F)": at["t_pred_full"].to_numpy(float),
-            "quartic": quartic_with_fallback(at),
+            "quartic": quartic_with_fallback(at)[0],
         }
         for name, t in predictors.items():
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -314,7 +318,8 @@ def predictor_table(results: list[RevisionMeasurement], eps: float) -> pd.DataFr
 
 def stratifier_table(results: list[RevisionMeasurement], eps: float) -> pd.DataFrame:
     """Return per revision each stratifier's within-cell variance of log ρ (top eigenvector at `eps`) relative to the best."""
-    from .analysis import TOP_EIGVEC, stratifier_variance
+    from .stats import TOP_EIGVEC
+    from .stratifiers import stratifier_variance
 
     frames = []
     for result in results:
@@ -333,197 +338,8 @@ def dynamics_tables(results: list[RevisionMeasurement], params, training_record:
         "dynamics_checkpoints": checkpoint_table(results, training_record),
         "dynamics_distributions": distribution_table(results),
         "dynamics_rank_one": rank_one_table(results),
-        "dynamics_table1": exactness_table(results, params.small_eps),
+        "dynamics_table1": exactness_table(results, params.small_eps, unit=params.resample_unit),
         "dynamics_table2": class_table(results, params.large_eps),
         "dynamics_predictors": predictor_table(results, params.large_eps),
         "dynamics_stratifiers": stratifier_table(results, params.small_eps),
     }
-
-
-# --- figures and computed findings ----------------------------------------------------------------
-
-EXACT_BAND = (0.97, 1.10)  # the embedded-default target for Table 1, used to say from when ρ is near 1
-
-
-def _x(table: pd.DataFrame) -> np.ndarray:
-    """Training step, or the revision's ordinal where revisions have no step number."""
-    steps = table["step"].to_numpy()
-    return steps if (steps > 0).all() else np.arange(1, len(steps) + 1)
-
-
-def _step_axis(ax, table: pd.DataFrame) -> None:
-    if (table["step"].to_numpy() > 0).all():
-        ax.set_xscale("log")
-        ax.set_xlabel("training step (log scale)")
-    else:
-        ax.set_xticks(np.arange(1, len(table) + 1), table["revision"], rotation=45, ha="right")
-        ax.set_xlabel("revision")
-
-
-def _plain_log_y(ax) -> None:
-    """Log y axis labelled 1, 2, 5, 10, 20, … (plain numbers, no crowded minor labels)."""
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
-
-    ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(ScalarFormatter())
-    ax.yaxis.set_minor_formatter(NullFormatter())
-
-
-def _band(ax, table: pd.DataFrame, statistic: str, label: str, color) -> None:
-    part = table[table["statistic"] == statistic]
-    x = _x(part)
-    ax.plot(x, part["q50"], marker="o", color=color, label=f"{label} median")
-    ax.fill_between(x, part["q25"], part["q75"], color=color, alpha=0.25, label="25-75th percentile")
-    ax.fill_between(x, part["q10"], part["q90"], color=color, alpha=0.1, label="10-90th percentile")
-
-
-def plot_dynamics(tables: dict[str, pd.DataFrame]):
-    """Return the overview figure: six panels against training step (log axis)."""
-    import matplotlib.pyplot as plt
-
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7.5), constrained_layout=True)
-    checkpoints = tables["dynamics_checkpoints"]
-    ax = axes[0, 0]
-    if "heldout_loss" in checkpoints:
-        ax.plot(_x(checkpoints), checkpoints["heldout_loss"], marker="o", color=colors[0])
-        ax.set_ylabel("held-out loss (nats / token)")
-        ax.set_title("(a) held-out loss")
-    else:
-        ax.text(0.5, 0.5, "no held-out loss recorded\nfor these revisions", ha="center", va="center", transform=ax.transAxes)
-        ax.set_title("(a) held-out loss")
-    _step_axis(ax, checkpoints)
-
-    distributions = tables["dynamics_distributions"]
-    for ax, statistic, label, color, title in (
-        (axes[0, 1], "entropy", "entropy (nats)", colors[1], "(b) entropy of p"),
-        (axes[0, 2], "eff_rank", "effective Fisher rank", colors[2], "(c) effective rank of F_k"),
-    ):
-        _band(ax, distributions, statistic, label.split(" (")[0], color)
-        ax.set_ylabel(label)
-        ax.set_title(title)
-        ax.legend(fontsize=8, loc="best")
-        _step_axis(ax, distributions[distributions["statistic"] == statistic])
-    _plain_log_y(axes[0, 2])
-
-    rank_one = tables["dynamics_rank_one"]
-    ax = axes[1, 0]
-    ax.plot(_x(rank_one), rank_one["share_near_binary"], marker="o", color=colors[3], label="share near-binary")
-    # The cosine is drawn only where some position is near-binary (elsewhere it is undefined).
-    populated = rank_one[rank_one["n_near_binary"] > 0]
-    ax.plot(_x(rank_one)[rank_one["n_near_binary"].to_numpy() > 0], populated["median_cos_near_binary"], marker="s",
-            color=colors[4], label="median |cos(top eigvec, $w_b - w_a$)|\namong near-binary")  # fmt: skip
-    ax.set_ylim(0, 1.05)
-    ax.set_title("(d) the rank-1 regime")
-    ax.legend(fontsize=8, loc="best")
-    _step_axis(ax, rank_one)
-
-    table1 = tables["dynamics_table1"]
-    ax = axes[1, 1]
-    for color, (curvature, part) in zip((colors[0], colors[5]), table1.groupby("curvature", sort=False)):
-        x = _x(part)
-        ax.plot(x, part["median_rho"], marker="o", color=color, label=f"with {curvature}")
-        ax.fill_between(x, part["ci_lo"], part["ci_hi"], color=color, alpha=0.2)
-    ax.axhline(1.0, color="0.3", lw=0.8, ls="--")
-    ax.set_ylabel(r"median $\rho$ (95% CI)")
-    ax.set_title(rf"(e) Table 1: top eigenvector, $\varepsilon$ = {table1['eps'].iloc[0]:g}")
-    ax.legend(fontsize=8, loc="best")
-    _step_axis(ax, table1)
-
-    predictors = tables["dynamics_predictors"]
-    ax = axes[1, 2]
-    for color, (name, part) in zip(colors[6:] + colors, predictors.groupby("predictor", sort=False)):
-        ax.plot(_x(part), 100 * part["within_50"], marker="o", color=color, label=name)
-    ax.set_ylim(0, 102)
-    ax.set_ylabel(r"% of boundaries within 50% of $t_{emp}$")
-    ax.set_title(rf"(f) predictors at $\varepsilon$ = {predictors['eps'].iloc[0]:g}")
-    ax.legend(fontsize=8, loc="best")
-    _step_axis(ax, predictors)
-    return fig
-
-
-def plot_dynamics_classes(tables: dict[str, pd.DataFrame]):
-    """Return Table 2 per class (with F_k and with F) and the stratifier ratios against training step."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), constrained_layout=True)
-    table2 = tables["dynamics_table2"]
-    table2 = table2[table2["cls"] != "control"]  # ρ ≈ 0 by construction
-    for ax, column, title in ((axes[0], "median_rho", "with $F_k$"), (axes[1], "median_rho_full", "with $F$")):
-        for cls, part in table2.groupby("cls", sort=False):
-            ax.plot(_x(part), part[column], marker="o", label=cls)
-        ax.axhline(1.0, color="0.3", lw=0.8, ls="--")
-        ax.set_ylabel(r"median $\rho$")
-        ax.set_title(rf"Table 2 {title}, $\varepsilon$ = {table2['eps'].iloc[0]:g}")
-        _step_axis(ax, part)
-    axes[0].legend(fontsize=8, loc="best")
-    stratifiers = tables["dynamics_stratifiers"]
-    ax = axes[2]
-    for name, part in stratifiers.groupby("stratifier", sort=False):
-        ax.plot(_x(part), part["ratio_to_best"], marker="o", label=name)
-    _plain_log_y(ax)
-    ax.set_ylabel("within-cell variance of log ρ / best")
-    ax.set_title(rf"stratifiers (top eigenvector, $\varepsilon$ = {stratifiers['eps'].iloc[0]:g})")
-    ax.legend(fontsize=8, loc="best")
-    _step_axis(ax, part)
-    return fig
-
-
-def _first_last(table: pd.DataFrame, column: str, **where) -> tuple[float, float]:
-    for key, value in where.items():
-        table = table[table[key] == value]
-    return float(table[column].iloc[0]), float(table[column].iloc[-1])
-
-
-def _percent(value: float) -> str:
-    return f"{100 * value:.0f}%"
-
-
-def dynamics_findings(tables: dict[str, pd.DataFrame]) -> str:
-    """Return the notebook's findings as Markdown, every number read from `tables`."""
-    checkpoints = tables["dynamics_checkpoints"]
-    first, last = checkpoints["revision"].iloc[0], checkpoints["revision"].iloc[-1]
-    lines = [f"**Across {len(checkpoints)} revisions, from `{first}` to `{last}`** (the same {checkpoints['n_positions'].iloc[-1]} positions at each):", ""]
-    if "heldout_loss" in checkpoints:
-        a, b = _first_last(checkpoints, "heldout_loss")
-        lines.append(f"- held-out loss went from {a:.2f} to {b:.2f} nats per token;")
-    distributions = tables["dynamics_distributions"]
-    a, b = _first_last(distributions, "q50", statistic="entropy")
-    c, d = _first_last(distributions, "q50", statistic="eff_rank")
-    lines.append(f"- the median entropy of p went from {a:.2f} to {b:.2f} nats, the median effective Fisher rank from {c:.1f} to {d:.1f};")
-    rank_one = tables["dynamics_rank_one"]
-    a, b = _first_last(rank_one, "share_near_binary")
-    n_last = int(rank_one["n_near_binary"].iloc[-1])
-    cos_last = float(rank_one["median_cos_near_binary"].iloc[-1])
-    alignment = f"their median |cos(top eigenvector, w_b − w_a)| is {cos_last:.3f}" if n_last else "none is near-binary"
-    lines.append(f"- near-binary positions went from {_percent(a)} to {_percent(b)} of the sample ({n_last} at `{last}`; {alignment});")
-    table1 = tables["dynamics_table1"]
-    eps = table1["eps"].iloc[0]
-    a, b = _first_last(table1, "median_rho", curvature="F_k")
-    c, d = _first_last(table1, "median_rho", curvature="F")
-    topk = table1[table1["curvature"] == "F_k"]
-    inside = (topk["median_rho"] >= EXACT_BAND[0]) & (topk["median_rho"] <= EXACT_BAND[1])
-    settled = [rev for i, rev in enumerate(topk["revision"]) if inside.iloc[i:].all()]
-    since = f"inside [{EXACT_BAND[0]}, {EXACT_BAND[1]}] from `{settled[0]}` on" if settled else f"not inside [{EXACT_BAND[0]}, {EXACT_BAND[1]}] at the last revision"
-    lines.append(f"- Table 1 (top eigenvector, ε = {eps:g}): median ρ with F_k went from {a:.3f} to {b:.3f} ({since}); with the full F from {c:.3f} to {d:.3f};")
-    predictors = tables["dynamics_predictors"]
-    eps_large = predictors["eps"].iloc[0]
-    a, b = _first_last(predictors, "within_50", predictor="closed form (F_k)")
-    c, d = _first_last(predictors, "within_50", predictor="quartic")
-    pivot = predictors.pivot(index="revision", columns="predictor", values="within_50")
-    quartic_wins = int((pivot["quartic"] > pivot["closed form (F_k)"]).sum())
-    lines.append(
-        f"- at ε = {eps_large:g}, the closed form lands within 50% of the exact boundary for {_percent(a)} → {_percent(b)} of "
-        f"directions, the quartic (with fallback) for {_percent(c)} → {_percent(d)}; the quartic is ahead at {quartic_wins} of {len(pivot)} revisions;"
-    )
-    stratifiers = tables["dynamics_stratifiers"]
-    best = stratifiers.loc[stratifiers.groupby("revision", sort=False)["ratio_to_best"].idxmin()]
-    best_first, best_last = best["stratifier"].iloc[0], best["stratifier"].iloc[-1]
-    last_rows = stratifiers[stratifiers["revision"] == last].set_index("stratifier")
-    spread = ", ".join(f"{name} {ratio:.2f}×" for name, ratio in last_rows["ratio_to_best"].items())
-    lines.append(
-        f"- the best stratifier of log ρ (top eigenvector, ε = {stratifiers['eps'].iloc[0]:g}) is {best_first} at `{first}` "
-        f"and {best_last} at `{last}` (ratios to the best at `{last}`: {spread})."
-    )
-    return "\n".join(lines)

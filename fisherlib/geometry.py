@@ -218,10 +218,10 @@ def plot_spectra(spectra: pd.DataFrame):
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4))
     sns.lineplot(data=spectra, x="rank", y="share", hue="stratum", estimator="median", errorbar=("pi", 50), marker="o", palette="viridis", ax=ax)
     ax.set(yscale="log", xlabel="eigenvalue rank of F_k", ylabel="share of tr F_k (median, IQR band)", title="Spectra of the truncated Fisher pullback")
-    ax.legend(title="eff.-rank quintile")
+    ax.legend(title="eff.-rank\nquintile", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -232,8 +232,9 @@ def plot_rank_one(positions: pd.DataFrame):
     import seaborn as sns
 
     data = positions.assign(pair_mass=positions["p_top1"] + positions["p_top2"])
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4))
     sns.scatterplot(data=data, x="pair_mass", y="cos_top_eig_pair", hue="domain", s=14, alpha=0.7, ax=ax)
     ax.set(xlabel="top-two mass p_a + p_b", ylabel="|cos(top eigvec of F_k, w_b − w_a)|", title="The rank-1 regime", ylim=(0, 1.02))
+    ax.legend(title="domain", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     fig.tight_layout()
     return fig

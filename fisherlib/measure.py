@@ -189,42 +189,55 @@ def sweep_census(measurements: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([directions, censored], axis=1).reset_index(names="cls")
 
 
-def plot_kl_profiles(head, sample, params, classes=("eigvec", "structured", "random", "control")):
+def plot_kl_profiles(head, sample, params, classes=("eigvec", "structured", "random", "control"), quantiles=(0.1, 0.9)):
     """Return a figure: exact divergence and its quadratic approximation along one direction per class.
 
-    Two positions: the lowest- and the highest-entropy one of the sample.
+    Two positions: those whose entropy sits nearest the `quantiles` of the sample (a peaked and a flat
+    distribution; the extremes are often near-deterministic, where every curve is a wall). Each panel's
+    x range reaches 1.1 times the farthest point where an exact curve of the non-control classes
+    crosses the top of the plot (3 ε); the control direction, whose boundary can lie far beyond, says
+    in the legend where it crosses ε.
     """
     import matplotlib.pyplot as plt
 
+    from .boundary import empirical_boundary
     from .geometry import kl_profiles
 
     table = sample.table
-    chosen = [int(table["entropy"].idxmin()), int(table["entropy"].idxmax())]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, row in zip(axes, chosen):
+    entropy = table["entropy"].to_numpy(float)
+    chosen = list(dict.fromkeys(int(np.argmin(np.abs(entropy - np.quantile(entropy, q)))) for q in quantiles))
+    y_top = 3 * params.large_eps
+    fig, axes = plt.subplots(1, len(chosen), figsize=(5.6 * len(chosen), 5.0), sharey=True, squeeze=False)
+    for ax, row in zip(axes[0], chosen):
         h = sample.h[row].to(head.weight.device).double()
         z = h @ head.weight.double().T + (0 if head.bias is None else head.bias.double())
         p = torch.softmax(z, -1)[None]
         U, meta = direction_sweep(
             head.weight.double(), h[None], p, n_random=1, n_control=1 if params.top_k < h.shape[0] else 0,
-            seed=params.seed, top_k=params.top_k, position_ids=[int(table["position"][row])],
+            seed=params.seed, top_k=params.top_k, position_ids=[int(table["position"].iloc[row])],
         )  # fmt: skip
         picks = [int(meta.index[(meta["cls"] == c) & (meta["sign"] == 1)][0]) for c in classes if (meta["cls"] == c).any()]
-        curv = curvature(p, (U[0, picks] @ head.weight.double().T)[None])[0]
-        # Three times the median closed-form boundary: the control's near-zero curvature would stretch the axis.
-        t_max = float(3 * torch.sqrt(2 * params.large_eps / curv[curv > 0].median()))
-        profiles = kl_profiles(head.weight, head.bias, sample.h[row], U[0, picks], np.linspace(0, t_max, 200))
-        for j, direction in enumerate(picks):
+        names = [str(meta["cls"][d]) for d in picks]
+        A = (U[0, picks] @ head.weight.double().T)[None]
+        reach = empirical_boundary(z[None], A, [params.large_eps, y_top])[0].cpu().numpy()  # [D, 2]
+        predicted = np.array([name != "control" for name in names])
+        far = reach[predicted, 1] if predicted.any() else reach[:, 1]
+        t_max = 1.1 * float(np.max(far[np.isfinite(far)])) if np.isfinite(far).any() else 1.0
+        profiles = kl_profiles(head.weight, head.bias, sample.h[row], U[0, picks], np.linspace(0, t_max, 300))
+        for j, name in enumerate(names):
             line = profiles[profiles["direction"] == j]
-            color = f"C{j}"
-            ax.plot(line["t"], line["kl"], color=color, label=str(meta["cls"][direction]))
-            ax.plot(line["t"], line["quadratic"], color=color, linestyle="--")
+            label = name
+            if name == "control":
+                label += f" (reaches ε at t = {reach[j, 0]:.3g})"
+            ax.plot(line["t"], line["kl"], color=f"C{j}", label=label)
+            ax.plot(line["t"], line["quadratic"], color=f"C{j}", linestyle="--")
         ax.axhline(params.large_eps, color="grey", linewidth=1)
         ax.set(
-            ylim=(0, 3 * params.large_eps), xlabel="distance t along u [residual-stream units]",
-            title=f"position {int(table['position'][row])}, H(p) = {table['entropy'][row]:.2f} nats",
+            ylim=(0, y_top), xlim=(0, t_max), xlabel="distance t along u [residual-stream units]",
+            title=f"position {int(table['position'].iloc[row])}, H(p) = {entropy[row]:.2f} nats",
         )  # fmt: skip
-    axes[0].set_ylabel("KL(p ‖ q_t) [nats]")
-    axes[0].legend(title="solid: exact, dashed: ½t²uᵀFu")
+        ax.legend(title="solid: exact; dashed: ½t²uᵀFu", fontsize="small", title_fontsize="small", ncol=2,
+                  loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)  # fmt: skip
+    axes[0][0].set_ylabel("KL(p ‖ q_t) [nats]")
     fig.tight_layout()
     return fig

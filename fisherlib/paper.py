@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .reference import MODEL_NAMES, WRITE_UP, ACROSS_ARCHITECTURES
+from .claims import CLAIMS, LEDGER_COLUMNS, evaluate_claims, markdown_table, read_tables
+from .reference import ACROSS_ARCHITECTURES, MODEL_NAMES, WRITE_UP
 from .study import repo_root
 
 logger = logging.getLogger("fisherlib")
@@ -20,10 +21,14 @@ EXPECTED_TABLES = {
     "01_sample_positions": ["model_card", "sample_strata", "sample_summary"],
     "02_fisher_geometry": ["fisher_spectrum_by_stratum", "effective_rank_summary", "rank_one_regime", "topk_vs_full_fisher"],
     "03_direction_sweep": ["sweep_census", "boundary_check"],
-    "04_closed_form_exactness": ["table1_top_eigvec", "rho_by_eig_rank", "rho_by_eps", "rho_topk_vs_full"],
+    "04_closed_form_exactness": ["table1_top_eigvec", "rho_by_eig_rank", "rho_by_eps", "rho_topk_vs_full", "predictor_accuracy"],
     "05_direction_classes": ["table2_rho_by_class", "spearman_per_position", "spearman_summary"],
-    "06_isotonic_calibration": ["calibration_within50", "calibration_headline"],
-    "07_entropy_stratification": ["stratifier_variance"],
+    "06_isotonic_calibration": ["calibration_within50", "calibration_headline", "predictor_comparison"],
+    "07_entropy_stratification": ["stratifier_variance", "stable_region_axes", "claims"],
+    "08_layer_pullback": [
+        "layer_positions", "layer_table1", "layer_rho_by_eps", "layer_spearman", "layer_exactness_frontier", "layer_nonmonotone",
+    ],
+    "09_interpolation_plateaus": ["plateau_paths", "plateau_statistics", "plateau_jump_hits", "plateau_fisher_length"],
 }
 EXPECTED_FIGURES = {
     "01_sample_positions": ["sample_entropy_by_stratum"],
@@ -31,8 +36,10 @@ EXPECTED_FIGURES = {
     "03_direction_sweep": ["kl_profiles"],
     "04_closed_form_exactness": ["rho_by_eig_rank", "rho_by_eps", "rho_topk_vs_full"],
     "05_direction_classes": ["rho_by_class", "spearman_histogram"],
-    "06_isotonic_calibration": ["calibration_within50_vs_eps", "calibration_curve"],
+    "06_isotonic_calibration": ["calibration_within50_vs_eps", "calibration_curve", "predictor_comparison"],
     "07_entropy_stratification": ["stratifier_variance", "stable_regions"],
+    "08_layer_pullback": ["layer_table1", "layer_rho_by_eps", "layer_spearman", "layer_exactness_frontier"],
+    "09_interpolation_plateaus": ["plateau_reometry", "plateau_examples", "plateau_jump_hits"],
 }
 WRITE_UP_ARCHS = ("qwen", "llama", "pythia")
 
@@ -106,11 +113,16 @@ def calibration(runs: dict[str, Path]) -> pd.DataFrame:
             }
         )
 
-    columns = _per_run(runs, "calibration_headline", headline)
+    def with_space(table: pd.DataFrame) -> pd.Series:
+        values = headline(table)
+        spaces = table["space"][table["method"] != "raw"] if "space" in table.columns else pd.Series(["log (older run)"])
+        return pd.concat([pd.Series({"calibration space": str(spaces.iloc[0])}), values])
+
+    columns = _per_run(runs, "calibration_headline", with_space)
     for arch in WRITE_UP_ARCHS:
         ref = WRITE_UP[arch]["calibration"]
         values = {"all: raw": f"{ref['raw']:.0%}", "all: calibrated_pooled": f"{ref['calibrated_pooled']:.0%}"}
-        columns[_write_up_header(arch)] = pd.Series(values)
+        columns[_write_up_header(arch)] = pd.Series({"calibration space": "linear", **values})
     low, high = ACROSS_ARCHITECTURES["per_class_random_within50"]
     frame = pd.DataFrame(columns)
     frame.loc["random: calibrated_per_class", [c for c in frame.columns if c.startswith("write-up")]] = f"{low:.0%}–{high:.0%}"
@@ -135,6 +147,38 @@ def stratifiers(runs: dict[str, Path]) -> pd.DataFrame:
     return frame.fillna("—")
 
 
+def predictors(runs: dict[str, Path]) -> pd.DataFrame:
+    """Fraction within 50% of t_emp at the large ε for every predictor on one denominator (all classes), per run."""
+    def pooled(table: pd.DataFrame) -> pd.Series:
+        eps = 1.0 if (table["eps"] == 1.0).any() else float(table["eps"].max())
+        rows = table[(table["cls"] == "all") & (table["eps"] == eps)]
+        return pd.Series({f"{r.predictor} (ε = {eps:g})": f"{r.within_50:.1%}" for r in rows.itertuples()})
+
+    frame = pd.DataFrame(_per_run(runs, "predictor_comparison", pooled))
+    return frame.fillna("—") if len(frame) else pd.DataFrame({"note": ["no run wrote predictor_comparison yet"]})
+
+
+def run_ledger(folder: Path) -> pd.DataFrame:
+    """Return a run's claims ledger: its `claims.csv`, else evaluated now from the tables it holds."""
+    ledger = _read(folder, "claims")
+    if ledger is not None and list(ledger.columns) == LEDGER_COLUMNS:
+        return ledger.fillna("")
+    return evaluate_claims(read_tables(folder))
+
+
+def claims_matrix(runs: dict[str, Path]) -> pd.DataFrame:
+    """The claims ledger across runs: one row per claim, the write-up's figures beside each run's verdict and figure."""
+    frame = pd.DataFrame(
+        {"claim": [c.id for c in CLAIMS], "write-up": [c.write_up_text(None) for c in CLAIMS]}
+    ).set_index("claim")
+    for run, folder in runs.items():
+        ledger = run_ledger(folder).set_index("claim")
+        frame[run] = [
+            f"**{ledger.loc[c.id, 'verdict']}**: {ledger.loc[c.id, 'ours']}" if c.id in ledger.index else "—" for c in CLAIMS
+        ]
+    return frame
+
+
 def find_runs(results_root: Path) -> dict[str, Path]:
     """Return every run folder under `results_root` that holds at least one study table."""
     return {
@@ -142,6 +186,19 @@ def find_runs(results_root: Path) -> dict[str, Path]:
         for folder in sorted(results_root.iterdir())
         if folder.is_dir() and any((folder / f"{name}.csv").is_file() for names in EXPECTED_TABLES.values() for name in names)
     } if results_root.is_dir() else {}
+
+
+def _dynamics_sections(runs: dict[str, Path]) -> list[str]:
+    """One section per run that ran notebook 10: its revisions against training step (`dynamics_summary`)."""
+    from .dynamics_report import dynamics_summary, read_dynamics_tables
+
+    sections = []
+    for run, folder in runs.items():
+        tables = read_dynamics_tables(folder)
+        if tables is not None:
+            title = f"Training dynamics — `{run}` (notebook 10: the final model's positions at every revision)"
+            sections.append(f"## {title}\n\n{markdown_table(dynamics_summary(tables), index=False)}\n")
+    return sections
 
 
 def write_summary(results_root: Path | None = None) -> Path:
@@ -159,10 +216,61 @@ def write_summary(results_root: Path | None = None) -> Path:
         ("Per-position Spearman of t_pred against t_emp (median [min, max] over positions)", spearman),
         ("Isotonic calibration — fraction of measurements within 50% of t_emp at ε = 1", calibration),
         ("Stratifiers — within-quintile variance of log ρ, relative to the best", stratifiers),
+        ("Every predictor on one denominator — fraction within 50% of t_emp, all classes", predictors),
+        ("Claims matrix — each claim's verdict per run (rules in `fisherlib.claims`, details in `results/<run>/claims.md`)",
+         claims_matrix),
     ):
-        sections.append(f"## {title}\n\n{builder(runs).to_markdown()}\n")
+        sections.append(f"## {title}\n\n{markdown_table(builder(runs), index=True)}\n")
+    sections += _dynamics_sections(runs)
     path = results_root / "summary.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(sections))
     logger.info("summary of %d run(s) written to %s", len(runs), path)
     return path
+
+
+def story(run_dir: Path | str) -> str:
+    """Return the README's story for one run, computed from its tables and claims ledger (Markdown).
+
+    `python -c "from fisherlib.paper import story; print(story('results/tiny'))"` after `make reproduce`.
+    Every number and verdict comes from `results/<run>/`: the model card, Table 1, the predictor
+    comparison and the ledger.
+    """
+    from .claims import verdict_counts
+
+    run_dir = Path(run_dir)
+    ledger = run_ledger(run_dir)
+    card = _read(run_dir, "model_card")
+    table1 = _read(run_dir, "table1_top_eigvec")
+    comparison = _read(run_dir, "predictor_comparison")
+    topk = _read(run_dir, "rho_topk_vs_full")
+    lines = [f"From `results/{run_dir.name}/`"]
+    if card is not None:
+        row = card.iloc[0]
+        lines[0] += f" (V = {int(row['vocab'])}, d = {int(row['width'])})"
+    lines[0] += f"; the claims ledger reads {verdict_counts(ledger)}."
+    if table1 is not None:
+        row = table1.iloc[-1]
+        unit = f"{row['resampled']}s" if "resampled" in table1.columns else "positions"
+        text = (f"Median ρ on the top eigenvector of F_k at ε = {row['eps']:g} is **{row['median_rho']:.3f}** "
+                f"[{row['ci_lo']:.3f}, {row['ci_hi']:.3f}] (bootstrap over {unit})")
+        if topk is not None:
+            at = topk[(topk["cls"] == "eigvec rank 1") & (topk["eps"] == row["eps"])]
+            if len(at):
+                text += f"; with the full F it is {at['median_rho_full'].iloc[0]:.3f}"
+        lines.append(text + ".")
+    if comparison is not None:
+        eps = 1.0 if (comparison["eps"] == 1.0).any() else float(comparison["eps"].max())
+        at = comparison[(comparison["cls"] == "all") & (comparison["eps"] == eps)].set_index("predictor")
+        calibrators = at[at.index.str.startswith("iso_")]["within_50"]
+        best = calibrators.idxmax()
+        quartic, raw = at.loc["t_quartic"], at.loc["t_pred"]
+        text = (f"At ε = {eps:g}, on the same {int(quartic['n'])} measurements, the fraction within 50% of t_emp is "
+                f"{raw['within_50']:.1%} for the raw closed form, {calibrators.max():.1%} for the best cross-validated "
+                f"isotonic calibrator ({best}) and **{quartic['within_50']:.1%}** for the quartic Taylor root "
+                f"(which fell back to t_pred with the full F on {int(quartic['n_fallback'])} rows without a root)")
+        text += (": an uncalibrated closed form beats a fitted calibrator." if quartic["within_50"] > calibrators.max()
+                 else ": the calibrator stays ahead of the closed forms.")
+        lines.append(text)
+    table = markdown_table(ledger[["claim", "verdict", "ours"]])
+    return "\n\n".join([" ".join(lines), table])

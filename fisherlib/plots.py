@@ -1,4 +1,5 @@
-"""Figures of the study: each function takes a table from `fisherlib.analysis` and returns a Figure.
+"""Figures of the study: each function takes a table from a step module (`exactness`, `direction_classes`,
+`calibration`, `stratifiers`, `stable_regions`) and returns a Figure.
 
 Units on every axis: ε in nats; boundary distances `t` in residual-stream units (the L2 length of the
 step `t u` added to the post-final-norm residual `h`, with `‖u‖ = 1`); ρ is dimensionless (1 where the
@@ -7,7 +8,6 @@ quadratic form is exact). Nothing here computes a statistic: the tables do.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -16,7 +16,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .analysis import ALL_PREDICTED, PREDICTED_CLASSES, TABLE2_GROUPS, TOP_EIGVEC, WITHIN_TOLERANCE, PlaneSlice
+from .calibration import PREDICTOR_LABELS
+from .stable_regions import PlaneSlice
+from .stats import ALL_PREDICTED, PREDICTED_CLASSES, TABLE2_GROUPS, TOP_EIGVEC, WITHIN_TOLERANCE, at_eps, group_mask, select_group
 
 EPS_LABEL = r"threshold $\varepsilon$ (nats)"
 T_PRED_LABEL = r"predicted boundary $t_\mathrm{pred}=\sqrt{2\varepsilon/u^\top F_k u}$ (residual-stream units)"
@@ -74,7 +76,7 @@ def plot_rho_by_eig_rank(by_rank: pd.DataFrame, column: str = "median_rho", titl
     eps = by_rank["eps"].iloc[0] if len(by_rank) else float("nan")
     ax.set_title(title or rf"$\rho$ by eigenvector rank at $\varepsilon$ = {eps:g} nats")
     ax.set_xticks(by_rank["eig_rank"])
-    ax.legend(frameon=False)
+    ax.legend(frameon=False, loc="best")
     return fig
 
 
@@ -100,7 +102,7 @@ def plot_rho_by_eps(by_eps: pd.DataFrame, column: str = "median_rho", title: str
     ax.set_ylabel(RHO_LABEL)
     left_out = " (control left out: ρ ≈ 0 by construction)" if log_y and "control" in set(by_eps["cls"]) else ""
     ax.set_title(title or r"$\rho$ against $\varepsilon$ by direction class" + left_out, fontsize="medium")
-    ax.legend(frameon=False, fontsize="small", ncol=2)
+    ax.legend(frameon=False, fontsize="small", ncol=2, loc="best")
     return fig
 
 
@@ -129,22 +131,27 @@ def plot_rho_topk_vs_full(table: pd.DataFrame, title: str = "") -> Figure:
         Line2D([], [], color="0.3", label=r"$\rho$ with $F_k$"),
         Line2D([], [], color="0.3", linestyle="--", label=r"$\rho_\mathrm{full}$ with $F$"),
     ]
-    left.legend(handles=left.get_legend_handles_labels()[0] + style, frameon=False, fontsize="small", ncol=2)
+    left.legend(handles=left.get_legend_handles_labels()[0] + style, frameon=False, fontsize="small", ncol=2, loc="best")
     right.set_ylim(0, 1)
-    share = r"$\frac{\mathrm{med}|\log r|}{\mathrm{med}|\log r| + \mathrm{med}|\log \rho_\mathrm{full}|}$"
-    right.set_ylabel("share of |log ρ| from truncating F\n" + share + r", $r = \frac{u^\top F_k u}{u^\top F u}$")
+    right.set_ylabel(r"truncation share of $|\log\rho|$")
+    right.set_title(
+        r"$\mathrm{med}|\log r| \,/\, (\mathrm{med}|\log r| + \mathrm{med}|\log \rho_\mathrm{full}|)$, "
+        r"$r = u^\top F_k u \,/\, u^\top F u$" + "\n(near 1: truncating F dominates)",
+        fontsize="small",
+    )
     fig.suptitle(title or r"Top-$k$ truncation against the Taylor expansion")
     fig.tight_layout()
     return fig
 
 
-def _symlog_ticks(linthresh: float, reach: float, per_side: int = 3) -> list[float]:
-    """Return 0 and at most `per_side` decades on each side, from about `linthresh` to `reach`."""
-    first = math.ceil(math.log10(linthresh))
-    last = max(first, math.floor(math.log10(reach)))
-    step = max(1, math.ceil((last - first + 1) / per_side))
-    decades = [10.0**k for k in range(first, last + 1, step)]
-    return [-d for d in reversed(decades)] + [0.0] + decades
+def _central_range(values: np.ndarray, coverage: float = 0.98, pad: float = 0.08) -> tuple[float, float]:
+    """Return the range holding the central `coverage` of `values`, padded by `pad` of its width on each side."""
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return -1.0, 1.0
+    lo, hi = np.quantile(values, [(1 - coverage) / 2, (1 + coverage) / 2])
+    width = max(hi - lo, 1e-12)
+    return float(lo - pad * width), float(hi + pad * width)
 
 
 def plot_cumulant_check(
@@ -152,56 +159,48 @@ def plot_cumulant_check(
 ) -> Figure:
     """Plot `ρ_full − 1` against the skewness term `κ₃t/(3κ₂)` and `ρ_full` against the quartic prediction.
 
-    `terms` from `analysis.cumulant_terms` (one ε); only `usable` rows are drawn, a seeded subsample
-    of at most `max_points`. Left (symmetric log axes, linear near 0): the leading-order law
-    `ρ − 1 ≈ −κ₃t/(3κ₂)` is the line of slope −1. Right: the quartic prediction
-    `ρ_theory = 1/(1 + κ₃t/(3κ₂) + κ₄t²/(12κ₂))` against the measured `ρ_full` (points with an
-    infinite prediction are left out of this panel).
+    `terms` from `exactness.cumulant_terms` (one ε); only `usable` rows are drawn, a seeded subsample
+    of at most `max_points`. Linear axes spanning the central 98% of the drawn values (the panel
+    titles count the points outside). Left: the leading-order law `ρ − 1 ≈ −κ₃t/(3κ₂)` is the line of
+    slope −1. Right: the quartic prediction `ρ_theory = 1/(1 + κ₃t/(3κ₂) + κ₄t²/(12κ₂))` against the
+    measured `ρ_full` (points with an infinite prediction are left out of this panel).
     """
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
-
     usable = terms[terms["usable"].to_numpy(bool) & terms["cls"].astype(str).isin(list(groups)).to_numpy()]
     if len(usable) > max_points:
         usable = usable.sample(max_points, random_state=seed)
     colors = _group_colors(list(groups))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8))
-    finite_theory = np.isfinite(usable["rho_theory"].to_numpy(float))
-    for group in groups:
-        in_group = (usable["cls"].astype(str) == group).to_numpy()
-        part = usable[in_group]
-        left.scatter(
-            part["skew_term"], part["rho_full"] - 1, s=5, alpha=0.4, color=colors[group], label=group, rasterized=True
-        )
-        shown = usable[in_group & finite_theory]
-        right.scatter(shown["rho_theory"], shown["rho_full"], s=5, alpha=0.4, color=colors[group], rasterized=True)
-    # Most points crowd near 0 while near-deterministic positions reach far out: a symmetric log scale
-    # (linear within ±linthresh, the same on both axes so that ρ − 1 = −x stays a straight line) shows both.
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5))
     skew = usable["skew_term"].to_numpy(float)
     deviation = usable["rho_full"].to_numpy(float) - 1
-    linthresh = max(float(np.quantile(np.abs(skew), 0.05)) if skew.size else 1e-3, 1e-8)
-    reach = max(float(np.quantile(np.abs(np.r_[skew, deviation]), 0.999)) * 1.2 if skew.size else 1.0, 10 * linthresh)
-    x = np.concatenate([-np.geomspace(reach, linthresh / 10, 200), np.geomspace(linthresh / 10, reach, 200)])
+    theory = usable["rho_theory"].to_numpy(float)
+    finite_theory = np.isfinite(theory)
+    x_lim, y_lim = _central_range(skew), _central_range(deviation)
+    both = np.r_[deviation[finite_theory] + 1, theory[finite_theory]]
+    r_lim = _central_range(both)
+    for group in groups:
+        in_group = (usable["cls"].astype(str) == group).to_numpy()
+        left.scatter(skew[in_group], deviation[in_group], s=5, alpha=0.35, color=colors[group], label=group, rasterized=True)
+        shown = in_group & finite_theory
+        right.scatter(theory[shown], deviation[shown] + 1, s=5, alpha=0.35, color=colors[group], rasterized=True)
+    x = np.linspace(*x_lim, 200)
     left.plot(x, -x, color="black", linewidth=1, label=r"leading order $\rho-1=-x$")
     resummed = np.where(1 + x > 0, 1 / np.where(1 + x > 0, 1 + x, 1) - 1, np.nan)
     left.plot(x, resummed, color="black", linestyle="--", linewidth=1, label=r"$1/(1+x) - 1$")
     left.axhline(0, color="0.6", linewidth=0.6)
     left.axvline(0, color="0.6", linewidth=0.6)
-    ticks = _symlog_ticks(linthresh, reach)
-    left.set_xscale("symlog", linthresh=linthresh, linscale=2)
-    left.set_yscale("symlog", linthresh=linthresh, linscale=2)
-    for axis in (left.xaxis, left.yaxis):
-        axis.set_major_locator(FixedLocator(ticks))
-        axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        axis.set_minor_locator(NullLocator())
-    left.set_xlim(-reach, reach)
-    left.set_ylim(-min(reach, 1.0), reach)
+    left.set_xlim(*x_lim)
+    left.set_ylim(*y_lim)
+    outside_left = int(np.sum((skew < x_lim[0]) | (skew > x_lim[1]) | (deviation < y_lim[0]) | (deviation > y_lim[1])))
+    left.set_title(f"sign law ({outside_left} of {skew.size} points outside the axes)", fontsize="medium")
     left.set_xlabel(r"skewness term $x = \kappa_3 t_\mathrm{pred,full} / (3\kappa_2)$")
     left.set_ylabel(r"$\rho_\mathrm{full} - 1$ (full $F$)")
-    both = np.r_[usable["rho_full"].to_numpy(float)[finite_theory], usable["rho_theory"].to_numpy(float)[finite_theory]]
-    r_lo, r_hi = np.quantile(both, [0.005, 0.995]) if both.size else (0.5, 2.0)
-    right.plot([r_lo, r_hi], [r_lo, r_hi], color="black", linewidth=1, linestyle=":", label="identity")
-    right.set_xlim(r_lo, r_hi)
-    right.set_ylim(r_lo, r_hi)
+    right.plot(r_lim, r_lim, color="black", linewidth=1, linestyle=":", label="identity")
+    right.set_xlim(*r_lim)
+    right.set_ylim(*r_lim)
+    measured = deviation[finite_theory] + 1
+    outside_right = int(np.sum((theory[finite_theory] < r_lim[0]) | (theory[finite_theory] > r_lim[1])
+                               | (measured < r_lim[0]) | (measured > r_lim[1])))  # fmt: skip
+    right.set_title(f"quartic correction ({outside_right} of {int(finite_theory.sum())} points outside)", fontsize="medium")
     right.set_xlabel(r"quartic prediction $1/(1 + \kappa_3 t/(3\kappa_2) + \kappa_4 t^2/(12\kappa_2))$")
     right.set_ylabel(r"measured $\rho_\mathrm{full}$")
     handles, labels = left.get_legend_handles_labels()
@@ -221,25 +220,58 @@ def plot_cumulant_check(
 def plot_predictor_accuracy(accuracy: pd.DataFrame, groups: Sequence[str] | None = None) -> Figure:
     """Plot the median relative error `|t/t_emp − 1|` of each closed form against ε (`predictor_accuracy`)."""
     groups = list(groups or dict.fromkeys(accuracy["cls"]))
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.4 * len(groups), 3.6), sharey=True, squeeze=False)
-    labels = {
-        "t_pred": r"$t_\mathrm{pred}$ ($F_k$)",
-        "t_pred_full": r"$t_\mathrm{pred}$ (full $F$)",
-        "t_cumulant": "quartic (cumulants)",
-    }
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.4 * len(groups), 3.9), sharey=True, squeeze=False)
     for ax, group in zip(axes[0], groups):
         part = accuracy[accuracy["cls"] == group]
         for predictor, series in part.groupby("predictor", sort=False):
             series = series.sort_values("eps")
             error = series["median_abs_rel_error"].clip(lower=1e-8)  # a log axis cannot show an exact 0
-            ax.plot(series["eps"], error, marker="o", label=labels.get(predictor, predictor))
+            style = {"marker": "o", **COMPARISON_STYLES.get(predictor, {})}
+            ax.plot(series["eps"], error, label=PREDICTOR_LABELS.get(predictor, predictor), **style)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(group)
         ax.set_xlabel(EPS_LABEL)
-    axes[0][0].set_ylabel(r"median $|t/t_\mathrm{emp} - 1|$")
-    axes[0][0].legend(frameon=False, fontsize="small")
-    fig.tight_layout()
+    axes[0][0].set_ylabel(r"median $|t/t_\mathrm{emp} - 1|$ (same rows for all)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, fontsize="small")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+COMPARISON_STYLES = {
+    "t_pred": dict(color="0.45", linestyle=":", marker="o"),
+    "t_pred_full": dict(color="0.2", linestyle="-.", marker="o"),
+    "t_quartic": dict(color="C2", linestyle="-", marker="D", linewidth=2),
+    "iso_pooled_linear": dict(color="C0", linestyle="-", marker="s"),
+    "iso_per_class_linear": dict(color="C1", linestyle="-", marker="^"),
+    "iso_pooled_log": dict(color="C0", linestyle="--", marker="s", markerfacecolor="none"),
+    "iso_per_class_log": dict(color="C1", linestyle="--", marker="^", markerfacecolor="none"),
+}
+
+
+def plot_predictor_comparison(comparison: pd.DataFrame, groups: Sequence[str] | None = None) -> Figure:
+    """Plot the fraction within 50% of `t_emp` against ε for every predictor, one panel per group.
+
+    From `calibration.predictor_comparison`: the closed forms (grey), the quartic root with fallback
+    (red) and the out-of-fold isotonic calibrators (solid: linear space, dashed: log space), all on the
+    same rows of each panel.
+    """
+    groups = list(groups or dict.fromkeys(comparison["cls"]))
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.3 * len(groups), 3.9), sharey=True, squeeze=False)
+    for ax, group in zip(axes[0], groups):
+        part = comparison[comparison["cls"] == group]
+        for predictor, series in part.groupby("predictor", sort=False):
+            series = series.sort_values("eps")
+            ax.plot(series["eps"], series["within_50"], label=PREDICTOR_LABELS.get(predictor, predictor),
+                    **COMPARISON_STYLES.get(predictor, {}))  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel(EPS_LABEL)
+        ax.set_title("all four classes" if group == ALL_PREDICTED else group)
+    axes[0][0].set_ylabel(rf"fraction with $|t/t_\mathrm{{emp}} - 1| \leq {WITHIN_TOLERANCE:g}$")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, frameon=False, fontsize="small")
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     return fig
 
 
@@ -252,8 +284,6 @@ def plot_rho_by_class(
 
     Censored measurements and ρ = 0 cannot sit on a log axis: they are left out and counted in the labels.
     """
-    from .analysis import at_eps, select_group
-
     at = at_eps(measurements, eps)
     data, labels = [], []
     for group in groups:
@@ -293,7 +323,7 @@ def plot_spearman_histogram(
     eps = part["eps"].iloc[0] if len(part) else float("nan")
     title = rf"Per-position rank agreement at $\varepsilon$ = {eps:g} nats ({undefined} undefined left out)"
     ax.set_title(title, fontsize="medium")
-    ax.legend(frameon=False, fontsize="small")
+    ax.legend(frameon=False, fontsize="small", loc="best")
     return fig
 
 
@@ -301,23 +331,43 @@ def plot_calibration_within50(calibration: pd.DataFrame, groups: Sequence[str] |
     """Plot the fraction within 50% of `t_emp` against ε: raw, pooled and per-class isotonic calibration.
 
     From `calibrate_isotonic_cv`; one panel per class, the first for the four classes together.
+    Colour: the method; line style: the calibration space (solid linear, dashed log).
     """
     groups = list(groups or [ALL_PREDICTED, *[c for c in PREDICTED_CLASSES if c in set(calibration["cls"])]])
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.3 * len(groups), 3.8), sharey=True, squeeze=False)
+    spaces = calibration["space"] if "space" in calibration.columns else pd.Series("log", index=calibration.index)
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.3 * len(groups), 3.9), sharey=True, squeeze=False)
     for ax, group in zip(axes[0], groups):
         part = calibration[calibration["cls"] == group]
-        for method, series in part.groupby("method", sort=False):
+        for (method, space), series in part.groupby([part["method"], spaces[part.index]], sort=False):
             series = series.sort_values("eps")
-            ax.plot(series["eps"], series["within_50"], label=method.replace("_", " "), **METHOD_STYLES.get(method, {}))
+            style = dict(METHOD_STYLES.get(method, {}))
+            if space == "log":
+                style.update(linestyle="--", markerfacecolor="none")
+            elif space == "linear":
+                style.update(linestyle="-")
+            label = method.replace("_", " ") + ("" if space == "none" else f" ({space})")
+            ax.plot(series["eps"], series["within_50"], label=label, **style)
         ax.set_xscale("log")
-        ax.set_ylim(0, 1.02)
+        ax.set_ylim(max(0.0, np.floor((calibration["within_50"].min() - 0.02) * 10) / 10), 1.01)
         ax.set_xlabel(EPS_LABEL)
         ax.set_title("all four classes (pooled)" if group == ALL_PREDICTED else group)
+    unit = calibration["resampled"].iloc[0] if "resampled" in calibration.columns and len(calibration) else "position"
     within = rf"fraction with $|t/t_\mathrm{{emp}} - 1| \leq {WITHIN_TOLERANCE:g}$"
-    axes[0][0].set_ylabel(within + "\n(5-fold CV grouped by position)")
-    axes[0][0].legend(frameon=False, fontsize="small")
-    fig.tight_layout()
+    axes[0][0].set_ylabel(within + f"\n(5-fold CV grouped by {unit})")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, fontsize="small")
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     return fig
+
+
+def _few_log_ticks(ax) -> None:
+    """Label a log axis pair with at most about four plain-number ticks each, so that labels never overlap."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(LogLocator(base=10, numticks=4))
+        axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.set_minor_formatter(NullFormatter())
 
 
 def plot_calibration_curve(
@@ -332,13 +382,12 @@ def plot_calibration_curve(
     The grey band is where a prediction equal to `t_pred` is within 50% of `t_emp`
     (`t_pred/1.5 ≤ t_emp ≤ 2 t_pred`); points are a seeded subsample of at most `max_points` per panel.
     """
-    from .analysis import at_eps, group_mask
-
     eps = float(curve["eps"].iloc[0])
+    space = curve["space"].iloc[0] if "space" in curve.columns else "log"
     at = at_eps(measurements, eps)
     groups = list(groups or dict.fromkeys(curve["cls"]))
     colors = _group_colors(groups)
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.5 * len(groups), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 4.0), squeeze=False)
     for ax, group in zip(axes[0], groups):
         part = at[group_mask(at, group)]
         part = part[np.isfinite(part["t_pred"]) & np.isfinite(part["t_emp"]) & (part["t_pred"] > 0)]
@@ -346,7 +395,7 @@ def plot_calibration_curve(
             part = part.sample(max_points, random_state=seed)
         ax.scatter(part["t_pred"], part["t_emp"], s=4, alpha=0.3, color=colors[group], rasterized=True)
         fit = curve[curve["cls"] == group]
-        ax.plot(fit["t_pred"], fit["t_cal"], color="black", linewidth=1.5, label="isotonic fit")
+        ax.plot(fit["t_pred"], fit["t_cal"], color="black", linewidth=1.5, label=f"isotonic fit ({space} space)")
         if len(part):
             grid = np.geomspace(part["t_pred"].min(), part["t_pred"].max(), 50)
             ax.plot(grid, grid, color="0.3", linestyle="--", linewidth=1, label="identity")
@@ -354,29 +403,31 @@ def plot_calibration_curve(
             ax.fill_between(grid, *band, color="0.8", alpha=0.5, linewidth=0, label="raw within 50%")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        _few_log_ticks(ax)
         ax.set_title("all four classes" if group == ALL_PREDICTED else group)
         ax.set_xlabel(r"$t_\mathrm{pred}$ (residual-stream units)")
     axes[0][0].set_ylabel(T_EMP_LABEL)
-    axes[0][0].legend(frameon=False, fontsize="small")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, fontsize="small")
     fig.suptitle(
         rf"Isotonic calibration at $\varepsilon$ = {eps:g} nats (fit on all positions, for display)", fontsize="medium"
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 
 def plot_stratifier_variance(variance: pd.DataFrame) -> Figure:
     """Plot the within-cell spread of log ρ per stratifier, one column per selection (`stratifier_variance`).
 
-    Top row: the pooled within-quintile variance (dashed: the total variance, what a useless stratifier
-    leaves); bottom row: its robust counterpart (pooled squared scaled MAD). Bars are labelled with their
-    ratio to the best stratifier (green). The axis is logarithmic only when the bars span more than 10×,
-    so that small differences look small.
+    Top row: the pooled within-quintile variance (dashed line: the total variance, what a useless
+    stratifier leaves); bottom row: its robust counterpart (pooled squared scaled MAD). Each bar is
+    labelled inside with its ratio to the best stratifier (green). The axis is linear from 0 unless
+    the bars span more than 10×, then logarithmic; each panel's y label says which.
     """
     selections = list(dict.fromkeys(zip(variance["cls"], variance["eps"])))
-    fig, axes = plt.subplots(2, len(selections), figsize=(4.4 * len(selections), 6.6), squeeze=False)
-    rows = (("within_var", "ratio_to_best", "pooled within-quintile\nvariance of $\\log\\rho$"),
-            ("robust_within_var", "robust_ratio_to_best", "pooled within-quintile\n(1.48 MAD)$^2$ of $\\log\\rho$"))
+    fig, axes = plt.subplots(2, len(selections), figsize=(4.6 * len(selections), 6.8), squeeze=False)
+    rows = (("within_var", "ratio_to_best", "within-quintile variance\nof $\\log\\rho$"),
+            ("robust_within_var", "robust_ratio_to_best", "within-quintile (1.48 MAD)$^2$\nof $\\log\\rho$"))
     for col, (group, eps) in enumerate(selections):
         part = variance[(variance["cls"] == group) & (variance["eps"] == eps)]
         for row, (column, ratio_column, label) in enumerate(rows):
@@ -384,19 +435,19 @@ def plot_stratifier_variance(variance: pd.DataFrame) -> Figure:
             values = part[column].to_numpy(float)
             best = values == values.min()
             bars = ax.bar(part["stratifier"], values, color=["C2" if b else "C7" for b in best])
+            log_axis = values.min() > 0 and values.max() / values.min() > 10
             for bar, ratio in zip(bars, part[ratio_column]):
-                top = (bar.get_x() + bar.get_width() / 2, bar.get_height())
-                ax.annotate(f"×{ratio:.3g}", top, ha="center", va="bottom", fontsize="small")
+                middle = np.sqrt(bar.get_height() * values.min()) if log_axis else bar.get_height() / 2
+                ax.text(bar.get_x() + bar.get_width() / 2, middle, f"×{ratio:.2f}" if ratio < 10 else f"×{ratio:.3g}", ha="center", va="center",
+                        fontsize="small", color="white", fontweight="bold")  # fmt: skip
             if row == 0:
-                total = part["total_var"].iloc[0]
-                ax.axhline(total, color="black", linestyle="--", linewidth=0.8, label="total variance")
-                ax.legend(frameon=False, fontsize="small", loc="lower right")
-                ax.set_title(rf"{group}, $\varepsilon$ = {eps:g} nats", fontsize="medium")
-            if values.min() > 0 and values.max() / values.min() > 10:
+                ax.axhline(part["total_var"].iloc[0], color="black", linestyle="--", linewidth=0.8)
+                ax.set_title(rf"{group}, $\varepsilon$ = {eps:g} nats" + "\n(dashed: total variance)", fontsize="medium")
+            if log_axis:
                 ax.set_yscale("log")
             else:
-                ax.set_ylim(0, max(values.max(), part["total_var"].iloc[0] if row == 0 else 0) * 1.15)
-            ax.set_ylabel(label)
+                ax.set_ylim(0, max(values.max(), part["total_var"].iloc[0] if row == 0 else 0) * 1.12)
+            ax.set_ylabel(label + (" (log axis)" if log_axis else " (linear axis)"))
     fig.tight_layout()
     return fig
 
@@ -415,21 +466,25 @@ def plot_stratifier_cells(cells: pd.DataFrame) -> Figure:
         ax.set_xlabel("quantile bin of the stratifier (1 = lowest)")
         ax.set_ylabel(r"median $\rho$ in the bin")
         ax.set_title(rf"{group}, $\varepsilon$ = {eps:g} nats", fontsize="medium")
-        ax.legend(frameon=False, fontsize="small")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, fontsize="small")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 
-def plot_stable_regions(rows: Sequence[tuple[str, Sequence[PlaneSlice]]], show_topk: bool = True) -> Figure:
+def plot_stable_regions(
+    rows: Sequence[tuple[str, Sequence[PlaneSlice]]], show_topk: bool = True, max_aspect: float = 3.0
+) -> Figure:
     """Draw true-KL contours at each ε with the predicted Fisher ellipses over them, one row per position.
 
-    `rows`: (row title, slices from `analysis.stable_region_slices`). Solid contours: the exact
+    `rows`: (row title, slices from `stable_regions.stable_region_slices`). Solid contours: the exact
     `KL(p ‖ q) = ε`; dashed: `½ xᵀF₂x = ε` with the full F; dotted (with `show_topk`): the same with
-    the study's F_k. Axes in residual-stream units along each plane's two directions; the two axes
-    of a panel have different scales (a random direction reaches much farther than the top eigenvector).
+    the study's F_k. Axes in residual-stream units along each plane's two directions. A panel whose
+    two extents differ by at most `max_aspect`× is drawn at equal aspect (circles look round); one
+    that does not says in its y label how many times longer its y axis spans than its x axis.
     """
     n_rows, n_cols = len(rows), max(len(slices) for _, slices in rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(5.2 * n_cols, 4.4 * n_rows + 0.6), squeeze=False)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(5.4 * n_cols, 4.8 * n_rows + 0.6), squeeze=False)
     levels: list[float] = []
     has_topk = False
     for r, (row_title, slices) in enumerate(rows):
@@ -448,9 +503,16 @@ def plot_stable_regions(rows: Sequence[tuple[str, Sequence[PlaneSlice]]], show_t
             ax.plot([0], [0], marker="+", color="black")
             ax.set_xlim(plane.x[0], plane.x[-1])
             ax.set_ylim(plane.y[0], plane.y[-1])
+            ratio = (plane.y[-1] - plane.y[0]) / (plane.x[-1] - plane.x[0])
+            y_label = f"offset along {plane.y_label}"
+            if max(ratio, 1 / ratio) <= max_aspect:
+                ax.set_aspect("equal", adjustable="box")
+            else:
+                y_label += f"\n(y axis spans {ratio:.3g}× the x axis)"
             ax.set_xlabel(f"offset along {plane.x_label} (residual-stream units)")
-            ax.set_ylabel(f"offset along {plane.y_label}")
-            ax.set_title(f"{row_title}\n{plane.title}", fontsize="medium")
+            ax.set_ylabel(y_label)
+            closed = "" if getattr(plane, "closed", True) else "\n(largest contour leaves the grid)"
+            ax.set_title(f"{row_title}\n{plane.title}{closed}", fontsize="medium")
     handles = [Line2D([], [], color=f"C{i}", label=rf"$\varepsilon$ = {e:g} nats") for i, e in enumerate(levels)]
     handles += [
         Line2D([], [], color="0.3", label=r"true KL$(p\,\|\,q) = \varepsilon$"),

@@ -113,10 +113,14 @@ def _spearman(df: pd.DataFrame) -> list[str]:
 def _calibration(df: pd.DataFrame, ref: dict) -> list[str]:
     calibration = ref["calibration"]
     eps_target = ACROSS_ARCHITECTURES["calibration_eps"]
+    # The write-up fitted t_emp on t_pred directly (linear space): log-space rows have no counterpart.
+    spaces = df["space"].astype(str) if "space" in df.columns else pd.Series("linear", index=df.index)
     out = []
-    for eps, cls, method in zip(df["eps"].astype(float), df["cls"].astype(str), df["method"].astype(str)):
+    for eps, cls, method, space in zip(df["eps"].astype(float), df["cls"].astype(str), df["method"].astype(str), spaces):
         text = ""
-        if eps == eps_target and cls == "all" and method in ("raw", "calibrated_pooled"):
+        if space == "log":
+            pass
+        elif eps == eps_target and cls == "all" and method in ("raw", "calibrated_pooled"):
             text = f"{calibration[method]:.0%}"
         elif eps == eps_target and method == "calibrated_per_class" and cls in calibration["per_class"]:
             text = f"{calibration['per_class'][cls]:.0%}"

@@ -76,6 +76,14 @@ class StudyParams:
     resample_unit: str = "document"  # what bootstrap CIs and CV folds resample: "position" or "document"
     # --- notebook 08/09: the layer pullback ---
     layers: list = field(default_factory=list)  # empty: every block boundary 0..n_layers and "head"
+    layer_positions: int = 48  # positions measured at every layer (notebook 08); 0: all of them
+    layer_eig: int = 2  # top eigenvectors of G_ℓ per position, each with both signs
+    layer_per_class: int = 3  # random, residual-covariance and activation-difference directions per position
+    layer_rtol: float = 1e-4  # relative accuracy asked of t_emp at inner layers (float32 logits allow about 1e-4)
+    plateau_layer: int = 1  # where notebook 09 interpolates (the residual entering this block)
+    plateau_pairs: int = 64  # prompt pairs, each along the straight path and the arc
+    plateau_steps: int = 81  # grid points α in [0, 1]
+    plateau_jump: float = 4.0  # a grid step is a jump when its output change is at least this many times the path's median step
     # --- notebook 10: training dynamics ---
     revisions: list = field(default_factory=list)  # checkpoints to walk; empty: every saved checkpoint of tiny
 
@@ -118,6 +126,17 @@ class StudyParams:
                 problems.append(f"{name} must be positive")
         if self.min_prefix < 1 or self.min_prefix >= self.max_context:
             problems.append("min_prefix must be at least 1 and below max_context")
+        for name in ("layer_positions", "layer_eig", "layer_per_class", "plateau_layer", "plateau_pairs"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be at least 0")
+        if self.layer_eig + self.layer_per_class < 1:
+            problems.append("layer_eig and layer_per_class cannot both be 0 (no directions at all)")
+        if not 0 < self.layer_rtol < 0.1:
+            problems.append("layer_rtol must lie in (0, 0.1)")
+        if self.plateau_steps < 5:
+            problems.append("plateau_steps must be at least 5")
+        if self.plateau_jump <= 1:
+            problems.append("plateau_jump must exceed 1 (a jump is larger than the mean step)")
         if self.small_eps not in self.eps_grid or self.large_eps not in self.eps_grid:
             problems.append(f"small_eps={self.small_eps} and large_eps={self.large_eps} must be in eps_grid")
         if problems:

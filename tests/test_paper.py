@@ -36,3 +36,23 @@ def test_cli_paper_writes_the_summary(tmp_path, monkeypatch, capsys):
     assert main(["paper"]) == 0
     assert (tmp_path / "results" / "summary.md").is_file()
     assert "summary written" in capsys.readouterr().out
+
+
+def test_summary_has_the_claims_matrix_from_ledgers_or_tables(tmp_path):
+    from test_claims import passing_tables
+
+    from fisherlib.claims import CLAIMS, evaluate_claims
+
+    for run in ("written", "tables-only"):
+        (tmp_path / run).mkdir()
+        for name, table in passing_tables().items():
+            table.to_csv(tmp_path / run / f"{name}.csv", index=False)
+    ledger = evaluate_claims(passing_tables())
+    ledger.loc[ledger.claim == "top_eigvec_exact", "verdict"] = "partly"  # the written ledger is read, not recomputed
+    ledger.to_csv(tmp_path / "written" / "claims.csv", index=False)
+    text = write_summary(tmp_path).read_text()
+    assert "## Claims matrix" in text
+    row = next(line for line in text.splitlines() if line.startswith("| top_eigvec_exact"))
+    assert "**partly**" in row and "**reproduced**" in row and "Qwen3-1.7B: 1.002" in row
+    assert all(f"| {claim.id} " in text for claim in CLAIMS)
+    assert "## Every predictor on one denominator" in text and "t_quartic (ε = 1)" in text
