@@ -32,7 +32,7 @@ PAPERMILL_ARGS := -k $(KERNEL) -f $(PARAMS) --cwd notebooks \
 	$(if $(REVISION),-p revision "$(REVISION)") \
 	$(if $(REVISIONS),-y "revisions: [$(foreach r,$(REVISIONS),'$(r)',)]")
 
-.PHONY: all venv test test-unit test-integration test-notebooks bench bench-real gpu-check reproduce dynamics tiny-model paper clean help
+.PHONY: all venv test test-unit test-integration test-notebooks bench bench-real bench-layers gpu-check reproduce dynamics tiny-model paper clean help
 all: help
 
 help:
@@ -44,6 +44,7 @@ help:
 	@echo "make test         unit + integration + notebook tests (creates .venv)"
 	@echo "make test-unit | test-integration | test-notebooks | bench"
 	@echo "make bench-real | gpu-check   real-size head benchmark; GPU check (CPU dry run without CUDA)"
+	@echo "make bench-layers   layer_boundary against the naive full-context search (tiny, ~3 min)"
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -74,6 +75,10 @@ bench: $(STAMP)
 bench-real: $(STAMP)
 	$(PY) benchmarks/bench_real.py $(BENCH_REAL_ARGS)
 
+# layer_boundary against the naive method (full-context forward at every step, doubling then 50 bisections).
+bench-layers: $(STAMP)
+	$(PY) benchmarks/bench_layers.py $(BENCH_LAYERS_ARGS)
+
 # For a session with a GPU (no venv needed: the device image's python3); without CUDA, a CPU dry run that says what it skipped.
 gpu-check:
 	PYTHONPATH=. $(if $(wildcard $(PY)),$(PY),python3) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
@@ -89,6 +94,8 @@ $(RUN_DIR)/%.ipynb: notebooks/%.ipynb $(PARAMS) $(STAMP)
 	mv $@.partial $@
 
 $(RUN_DIR)/02_fisher_geometry.ipynb $(RUN_DIR)/03_direction_sweep.ipynb: $(RUN_DIR)/01_sample_positions.ipynb
+# 08 and 09 read notebook 01's sample only.
+$(RUN_DIR)/08_layer_pullback.ipynb $(RUN_DIR)/09_interpolation_plateaus.ipynb: $(RUN_DIR)/01_sample_positions.ipynb
 $(RUN_DIR)/04_closed_form_exactness.ipynb $(RUN_DIR)/05_direction_classes.ipynb \
 $(RUN_DIR)/06_isotonic_calibration.ipynb $(RUN_DIR)/07_entropy_stratification.ipynb: $(RUN_DIR)/03_direction_sweep.ipynb
 
