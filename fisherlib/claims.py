@@ -264,11 +264,13 @@ def needed_tables() -> list[str]:
 
 def read_tables(run_dir: Path) -> dict[str, pd.DataFrame]:
     """Return the tables of a run folder that the claims read (those written so far)."""
+    from .study import read_table_file
+
     tables = {}
     for name in needed_tables():
         path = Path(run_dir) / f"{name}.csv"
         if path.is_file():
-            tables[name] = pd.read_csv(path, comment="#")
+            tables[name] = read_table_file(path)
     return tables
 
 

@@ -199,10 +199,12 @@ def read_dynamics_tables(run_dir) -> dict[str, pd.DataFrame] | None:
     """Return a run's saved `dynamics_*` tables (notebook 10), or None when the run has none."""
     from pathlib import Path
 
+    from .study import read_table_file
+
     paths = {f"dynamics_{name}": Path(run_dir) / f"dynamics_{name}.csv" for name in DYNAMICS_TABLES}
     if not all(path.is_file() for path in paths.values()):
         return None
-    return {name: pd.read_csv(path, comment="#") for name, path in paths.items()}
+    return {name: read_table_file(path) for name, path in paths.items()}
 
 
 def dynamics_summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from .claims import CLAIMS, LEDGER_COLUMNS, evaluate_claims, markdown_table, read_tables
 from .reference import ACROSS_ARCHITECTURES, MODEL_NAMES, WRITE_UP
-from .study import repo_root
+from .study import read_table_file, repo_root
 
 logger = logging.getLogger("fisherlib")
 
@@ -46,7 +46,7 @@ WRITE_UP_ARCHS = ("qwen", "llama", "pythia")
 
 def _read(run_dir: Path, name: str) -> pd.DataFrame | None:
     path = run_dir / f"{name}.csv"
-    return pd.read_csv(path, comment="#") if path.is_file() else None
+    return read_table_file(path) if path.is_file() else None
 
 
 def _per_run(runs: dict[str, Path], name: str, to_series) -> dict[str, pd.Series]:

@@ -412,7 +412,17 @@ def save_table(df: pd.DataFrame, name: str, params: StudyParams, caption: str = 
 
 def read_table(name: str, params: StudyParams) -> pd.DataFrame:
     """Read back a table written by `save_table`."""
-    return pd.read_csv(params.results_dir / f"{name}.csv", comment="#")
+    return read_table_file(params.results_dir / f"{name}.csv")
+
+
+def read_table_file(path: Path | str) -> pd.DataFrame:
+    """Read a CSV written by `save_table`: its first line is the parameters comment.
+
+    Only that line is skipped (not `comment="#"`): a cell may hold a `#`, as stdlib-docs' `function#2`.
+    """
+    with open(path, encoding="utf-8") as handle:
+        first = handle.readline()
+    return pd.read_csv(path, skiprows=1 if first.startswith("#") else 0)
 
 
 def save_figure(fig, name: str, params: StudyParams) -> Path:

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from fisherlib import claims
+from fisherlib.study import read_table_file
 from fisherlib.claims import NOT_REPRODUCED, NOT_TESTABLE, PARTLY, REPRODUCED
 
 
@@ -166,7 +167,7 @@ def test_write_ledger_writes_csv_and_markdown(tmp_path):
     for name, table in passing_tables().items():
         table.to_csv(params.results_dir / f"{name}.csv", index=False)
     ledger = claims.write_ledger(params)
-    written = pd.read_csv(params.results_dir / "claims.csv", comment="#")
+    written = read_table_file(params.results_dir / "claims.csv")
     assert written.claim.tolist() == ledger.claim.tolist() and set(written.verdict) == {REPRODUCED}
     text = (params.results_dir / "claims.md").read_text()
     assert "Decision rules" in text and "parameters:" in text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fisherlib.study import read_table_file
+
 from pathlib import Path
 
 import pandas as pd
@@ -37,7 +39,7 @@ def test_notebook_10_writes_every_dynamics_table_and_figure(tmp_path: Path):
         )  # fmt: skip
     results = tmp_path / "results" / "tiny"
     for table in TABLES:
-        frame = pd.read_csv(results / f"dynamics_{table}.csv", comment="#")
+        frame = read_table_file(results / f"dynamics_{table}.csv")
         assert list(dict.fromkeys(frame["revision"])) == chosen, table
         assert not frame.isna().any().any(), table
     for figure in ("dynamics_overview", "dynamics_classes"):

@@ -6,6 +6,8 @@ and on the stories260K fixture (the local tier), then checks every expected tabl
 
 from __future__ import annotations
 
+from fisherlib.study import read_table_file
+
 import ast
 import json
 from pathlib import Path
@@ -80,7 +82,7 @@ def _check_outputs(root: Path, run: str) -> None:
         for name in names:
             csv = root / "results" / run / f"{name}.csv"
             assert csv.is_file(), f"{notebook} did not write {csv}"
-            table = pd.read_csv(csv, comment="#")
+            table = read_table_file(csv)
             assert len(table) > 0, f"{csv} is empty"
             assert not table.select_dtypes("number").isna().any().any(), f"{csv} holds NaN"
             assert "parameters:" in (root / "results" / run / f"{name}.md").read_text()

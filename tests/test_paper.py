@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from fisherlib.cli import main
+from fisherlib.study import read_table_file
 from fisherlib.paper import EXPECTED_TABLES, find_runs, write_summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,7 +18,7 @@ def test_summary_has_a_column_per_run_and_the_write_up(tmp_path):
     (tmp_path / "not-a-run").mkdir()
     assert list(find_runs(tmp_path)) == ["another", "tiny"]
     text = write_summary(tmp_path).read_text()
-    table2 = pd.read_csv(ROOT / "results" / "tiny" / "table2_rho_by_class.csv", comment="#").set_index("cls")
+    table2 = read_table_file(ROOT / "results" / "tiny" / "table2_rho_by_class.csv").set_index("cls")
     random_row = next(line for line in text.splitlines() if line.startswith("| random "))
     assert f"{table2.loc['random', 'median_rho']:.3g}" in random_row
     assert "0.23" in random_row and "0.45" in random_row and "0.50" in random_row  # Qwen, Llama, Pythia
