@@ -142,11 +142,11 @@ def plot_reometry(points: pd.DataFrame, pairs_shown: int = 40) -> Figure:
                 scale = one["measured_length"].iloc[-1]
                 axes[1, j].plot(one["alpha"], one["measured_length"] / scale, color=f"C{k % 10}", linewidth=2.2, alpha=0.55)
                 axes[1, j].plot(one["alpha"], one["fisher_length"] / scale, color="black", linestyle="--", linewidth=0.9)
-        axes[0, j].set_title(f"{path} path: final residual (measured, {len(shown)} pairs)", fontsize="medium")
-        axes[1, j].set_title(f"{path} path: output length (colour) and Fisher length (dashed)", fontsize="medium")
+        axes[0, j].set_title(f"{path} path: final residual ({len(shown)} pairs)", fontsize="medium")
+        axes[1, j].set_title(f"{path} path: output length (colour),\nFisher length at layer ℓ (dashed)", fontsize="medium")
         axes[1, j].set_xlabel(r"interpolation $\alpha$")
-    axes[0, 0].set_ylabel(r"$\Vert r_N(\alpha) - r_N(0)\Vert$ / value at $\alpha = 1$")
-    axes[1, 0].set_ylabel("path length / measured length at α = 1")
+    axes[0, 0].set_ylabel("$\\Vert r_N(\\alpha) - r_N(0)\\Vert$\n/ value at $\\alpha = 1$")
+    axes[1, 0].set_ylabel("path length\n/ measured length at α = 1")
     fig.tight_layout()
     return fig
 
