@@ -24,10 +24,11 @@ Shapes: `z [P, V]`, `A [P, D, V]`, `t` or result `[P, D, E]`.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
+
+from .fisher import _no_grad
 
 DIVERGENCES = ("forward", "reverse")
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of float64 work arrays per chunk, where the caller fixes it
@@ -42,17 +43,6 @@ _HUGE_T = 1e150  # past this, t·c overflows float64 exponent arithmetic: treat 
 def _check_divergence(divergence: str) -> None:
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, not {divergence!r}")
-
-
-def _no_grad(fn):
-    """Run `fn` without autograd, so inputs that require grad (model weights) are accepted."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with torch.no_grad():
-            return fn(*args, **kwargs)
-
-    return wrapper
 
 
 def _check_lines(z: torch.Tensor, A: torch.Tensor) -> None:
