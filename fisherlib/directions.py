@@ -60,7 +60,6 @@ def direction_sweep(
             f"R^{d}; lower top_k below the model width {d} (e.g. top_k={max(1, d // 2)}) or set n_control=0"
         )
     position_ids = list(range(P)) if position_ids is None else [int(i) for i in position_ids]
-    W64 = W.double()
     h64 = h.double()
     _, top_ids = top_k_distribution(p, max(top_k, n_pair_tokens, 2))
 
@@ -74,7 +73,8 @@ def direction_sweep(
     directions, rows = [], []
     for i in range(P):
         ids = top_ids[i]
-        top_two = W64[ids[1]] - W64[ids[0]]  # w_b − w_a
+        # Only the rows a direction needs become float64: no [V, d] float64 copy of W (2.5 GB for Qwen3).
+        top_two = W[ids[1]].double() - W[ids[0]].double()  # w_b − w_a
         sweep: list[tuple[torch.Tensor, dict]] = []
 
         def add(vector, cls, eig_rank=NOT_APPLICABLE, token_i=NOT_APPLICABLE, token_j=NOT_APPLICABLE, eigval=0.0, signed=True):
@@ -94,7 +94,7 @@ def direction_sweep(
         for a in range(n_pair_tokens):
             for b in range(a + 1, n_pair_tokens):
                 ti, tj = int(ids[a]), int(ids[b])
-                v = _unit(W64[tj] - W64[ti])
+                v = _unit(W[tj].double() - W[ti].double())
                 pairs.append((v, ti, tj))
                 add(v, "structured", token_i=ti, token_j=tj)
         h_unit = _unit(h64[i])
@@ -109,7 +109,7 @@ def direction_sweep(
             add(v, "random", signed=False)
         if n_control > 0:
             # Orthonormal basis of span(W_K rows); controls are Gaussian vectors with that span removed.
-            basis, _ = torch.linalg.qr(W64[ids[:top_k]].T)
+            basis, _ = torch.linalg.qr(W[ids[:top_k]].double().T)
             raw = gaussian[n_random:].to(h.device)
             for v in _unit(raw - (raw @ basis) @ basis.T):
                 add(v, "control", signed=False)
