@@ -36,7 +36,7 @@ PAPERMILL_ARGS := -k $(KERNEL) -f $(PARAMS) --cwd notebooks \
 all: help
 
 help:
-	@echo "make reproduce [ARCH=tiny|pythia|llama|qwen|<hub id>] [SEEDS='0 1 2 3']   run notebooks 01-07"
+	@echo "make reproduce [ARCH=tiny|pythia|llama|qwen|<hub id>] [SEEDS='0 1 2 3'] [REVISION=step<N>]   run notebooks 01-09"
 	@echo "make reproduce MODEL=<hf folder> CORPORA='<file.jsonl> ...'            the local tier"
 	@echo "make dynamics [ARCH=tiny|pythia REVISIONS='step1000 step8000 ...']       notebook 10 over training checkpoints"
 	@echo "make tiny-model   retrain the shipped embedded model models/tiny from scratch (~40 min, one core)"
