@@ -40,6 +40,12 @@ def _group_colors(groups: Sequence[str]) -> dict[str, str]:
     return colors
 
 
+def _group_panels(frame: pd.DataFrame, groups: Sequence[str], width: float):
+    """Return a figure with one panel per direction group (shared y) and `[(ax, group, frame's rows of it)]`."""
+    fig, axes = plt.subplots(1, len(groups), figsize=(width * len(groups), 3.9), sharey=True, squeeze=False)
+    return fig, [(ax, group, frame[frame["cls"] == group]) for ax, group in zip(axes[0], groups)]
+
+
 def _plain_log_axis(ax, axis: str = "y") -> None:
     """Put a log axis's ticks at 1, 2, 5 × 10ⁿ, labelled as plain numbers (0.5, 1, 2), not 2×10⁰."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
@@ -220,9 +226,8 @@ def plot_cumulant_check(
 def plot_predictor_accuracy(accuracy: pd.DataFrame, groups: Sequence[str] | None = None) -> Figure:
     """Plot the median relative error `|t/t_emp − 1|` of each closed form against ε (`predictor_accuracy`)."""
     groups = list(groups or dict.fromkeys(accuracy["cls"]))
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.4 * len(groups), 3.9), sharey=True, squeeze=False)
-    for ax, group in zip(axes[0], groups):
-        part = accuracy[accuracy["cls"] == group]
+    fig, panels = _group_panels(accuracy, groups, width=3.4)
+    for ax, group, part in panels:
         for predictor, series in part.groupby("predictor", sort=False):
             series = series.sort_values("eps")
             error = series["median_abs_rel_error"].clip(lower=1e-8)  # a log axis cannot show an exact 0
@@ -232,8 +237,8 @@ def plot_predictor_accuracy(accuracy: pd.DataFrame, groups: Sequence[str] | None
         ax.set_yscale("log")
         ax.set_title(group)
         ax.set_xlabel(EPS_LABEL)
-    axes[0][0].set_ylabel(r"median $|t/t_\mathrm{emp} - 1|$ (same rows for all)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
+    panels[0][0].set_ylabel(r"median $|t/t_\mathrm{emp} - 1|$ (same rows for all)")
+    handles, labels = panels[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, fontsize="small")
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
@@ -258,9 +263,8 @@ def plot_predictor_comparison(comparison: pd.DataFrame, groups: Sequence[str] | 
     same rows of each panel.
     """
     groups = list(groups or dict.fromkeys(comparison["cls"]))
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.3 * len(groups), 3.9), sharey=True, squeeze=False)
-    for ax, group in zip(axes[0], groups):
-        part = comparison[comparison["cls"] == group]
+    fig, panels = _group_panels(comparison, groups, width=3.3)
+    for ax, group, part in panels:
         for predictor, series in part.groupby("predictor", sort=False):
             series = series.sort_values("eps")
             ax.plot(series["eps"], series["within_50"], label=PREDICTOR_LABELS.get(predictor, predictor),
@@ -268,8 +272,8 @@ def plot_predictor_comparison(comparison: pd.DataFrame, groups: Sequence[str] | 
         ax.set_xscale("log")
         ax.set_xlabel(EPS_LABEL)
         ax.set_title("all four classes" if group == ALL_PREDICTED else group)
-    axes[0][0].set_ylabel(rf"fraction with $|t/t_\mathrm{{emp}} - 1| \leq {WITHIN_TOLERANCE:g}$")
-    handles, labels = axes[0][0].get_legend_handles_labels()
+    panels[0][0].set_ylabel(rf"fraction with $|t/t_\mathrm{{emp}} - 1| \leq {WITHIN_TOLERANCE:g}$")
+    handles, labels = panels[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, frameon=False, fontsize="small")
     fig.tight_layout(rect=(0, 0.14, 1, 1))
     return fig
@@ -335,9 +339,8 @@ def plot_calibration_within50(calibration: pd.DataFrame, groups: Sequence[str] |
     """
     groups = list(groups or [ALL_PREDICTED, *[c for c in PREDICTED_CLASSES if c in set(calibration["cls"])]])
     spaces = calibration["space"] if "space" in calibration.columns else pd.Series("log", index=calibration.index)
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.3 * len(groups), 3.9), sharey=True, squeeze=False)
-    for ax, group in zip(axes[0], groups):
-        part = calibration[calibration["cls"] == group]
+    fig, panels = _group_panels(calibration, groups, width=3.3)
+    for ax, group, part in panels:
         for (method, space), series in part.groupby([part["method"], spaces[part.index]], sort=False):
             series = series.sort_values("eps")
             style = dict(METHOD_STYLES.get(method, {}))
@@ -353,8 +356,8 @@ def plot_calibration_within50(calibration: pd.DataFrame, groups: Sequence[str] |
         ax.set_title("all four classes (pooled)" if group == ALL_PREDICTED else group)
     unit = calibration["resampled"].iloc[0] if "resampled" in calibration.columns and len(calibration) else "position"
     within = rf"fraction with $|t/t_\mathrm{{emp}} - 1| \leq {WITHIN_TOLERANCE:g}$"
-    axes[0][0].set_ylabel(within + f"\n(5-fold CV grouped by {unit})")
-    handles, labels = axes[0][0].get_legend_handles_labels()
+    panels[0][0].set_ylabel(within + f"\n(5-fold CV grouped by {unit})")
+    handles, labels = panels[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, fontsize="small")
     fig.tight_layout(rect=(0, 0.09, 1, 1))
     return fig

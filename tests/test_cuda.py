@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_boundary_precision import EPS, mp_boundary, near_deterministic
-from test_models import COLS, ROWS, make_batch, make_model, make_tokenizer
+from test_models import COLS, ROWS, make_batch, save_random_qwen3
 
 import fisherlib as fl
 from fisherlib.models import load_model, run_with_oom_backoff
@@ -20,11 +20,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("qwen3_cuda")
-    make_model("qwen3_untied").save_pretrained(folder)
-    make_tokenizer().save_pretrained(folder)
-    return folder
+    return save_random_qwen3(tmp_path_factory.mktemp("qwen3_cuda"))
 
 
 @pytest.mark.parametrize("dtype,atol", [("float32", 1e-4), ("bfloat16", 5e-2)])

@@ -179,14 +179,18 @@ def test_capture_removes_its_hook_even_on_error() -> None:
 # ---------------------------------------------------------------- load_model on a saved folder
 
 
-@pytest.fixture(scope="module")
-def saved_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Return a folder holding a random Qwen3 (untied, padded vocabulary) and its tokenizer."""
+def save_random_qwen3(folder: Path) -> Path:
+    """Write a random Qwen3 (untied, padded vocabulary, seed 0) and its tokenizer into `folder`."""
     torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("qwen3_tiny")
     make_model("qwen3_untied").save_pretrained(folder)
     make_tokenizer().save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def saved_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Return a folder holding a random Qwen3 (untied, padded vocabulary) and its tokenizer."""
+    return save_random_qwen3(tmp_path_factory.mktemp("qwen3_tiny"))
 
 
 def test_load_model_from_local_folder(saved_model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
