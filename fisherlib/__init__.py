@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     # core math (fisherlib.fisher, fisherlib.boundary, fisherlib.directions)
     "fisher_pullback": "fisher",
+    "fisher_eigh": "fisher",
     "curvature": "fisher",
     "cumulants": "fisher",
     "effective_rank": "fisher",

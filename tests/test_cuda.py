@@ -36,8 +36,9 @@ def test_cuda_capture_matches_the_cpu(model_dir: Path, dtype: str, atol: float) 
 
 def test_cuda_device_map_auto(model_dir: Path) -> None:
     pytest.importorskip("accelerate")
-    mapped = load_model(model_dir, device_map="auto", max_memory={0: "2GiB", "cpu": "4GiB"})
-    assert mapped.device.type == "cuda"
+    # float32 on purpose: with device_map the model lands on CUDA, whose default dtype is bfloat16.
+    mapped = load_model(model_dir, device_map="auto", max_memory={0: "2GiB", "cpu": "4GiB"}, dtype="float32")
+    assert mapped.device.type == "cuda" and mapped.dtype == torch.float32
     plain = load_model(model_dir, device="cpu")
     input_ids, attention_mask = make_batch()
     torch.testing.assert_close(
