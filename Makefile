@@ -6,8 +6,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# The CPU build of torch lies on this project's machines; on a GPU box PyPI's default build is the CUDA one.
+# torch is installed from TORCH_INDEX: the CPU build by default (PyPI's Linux wheel is the multi-GB CUDA
+# one). On a GPU box: make reproduce TORCH_INDEX=https://download.pytorch.org/whl/cu128 (or https://pypi.org/simple).
+# Changing TORCH or TORCH_INDEX reinstalls torch in an existing environment.
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_SPEC := $(VENV)/.torch-spec
 KERNEL := fisher-boundary
 
 ARCH ?= tiny
@@ -17,27 +21,41 @@ REVISIONS ?=
 MODEL ?=
 CORPORA ?=
 SEEDS ?=
-# The local tier (MODEL=<folder>) is reported under RUN, by default the folder's name.
-RUN ?= $(notdir $(patsubst %/,%,$(MODEL)))
-RUN_NAME := $(if $(MODEL),$(RUN),$(ARCH)$(if $(REVISION),-$(REVISION)))
+ifneq ($(wildcard $(ARCH)/config.json),)
+$(error ARCH=$(ARCH) is a model folder: give it as MODEL=$(ARCH) (ARCH names a registry model or a hub id))
+endif
+# Every model gets its own run name: the registry name or hub id (org--name), plus the revision; a local
+# folder's parent and name plus a hash of its absolute path, so two .../hf folders never share a run.
+# RUN=<name> chooses another.
+MODEL_PATH := $(abspath $(MODEL))
+MODEL_RUN := $(notdir $(patsubst %/,%,$(dir $(MODEL_PATH))))-$(notdir $(MODEL_PATH))-$(shell printf '%s' '$(MODEL_PATH)' | sha256sum | cut -c1-6)
+RUN ?= $(if $(MODEL),$(MODEL_RUN),$(subst /,--,$(ARCH)))$(if $(REVISION),-$(REVISION))
+RUN_NAME := $(RUN)
 # Registry names have their own parameter file; a hub id uses pythia's (the study's settings), a folder local.yaml.
 PARAMS := $(if $(MODEL),params/local.yaml,$(if $(wildcard params/$(ARCH).yaml),params/$(ARCH).yaml,params/pythia.yaml))
 RUN_DIR := runs/$(RUN_NAME)
+# Notebooks write into the run's staging folder; `publish` copies it to results/ and figures/ only once
+# every notebook asked for has succeeded. The cache is shared by both.
+STAGE := $(RUN_DIR)/staged
+RUN_KEY := $(RUN_DIR)/inputs.json
+LIBRARY := $(sort $(wildcard fisherlib/*.py)) pyproject.toml
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 EXECUTED := $(patsubst notebooks/%,$(RUN_DIR)/%,$(NOTEBOOKS))
-PAPERMILL_ARGS := -k $(KERNEL) -f $(PARAMS) --cwd notebooks \
-	$(if $(MODEL),-p arch "$(abspath $(MODEL))" -p run_name "$(RUN_NAME)",-p arch "$(ARCH)") \
+RUNNER_ARGS := --run $(RUN_NAME) --kernel $(KERNEL) --cwd notebooks -f $(PARAMS) \
+	-p arch "$(if $(MODEL),$(MODEL_PATH),$(ARCH))" -p run_name "$(RUN_NAME)" \
+	-p results_root $(STAGE)/results -p figures_root $(STAGE)/figures -p cache_dir results/$(RUN_NAME)/cache \
 	$(if $(CORPORA),-y "corpora: [$(foreach c,$(CORPORA),'$(c)',)]") \
 	$(if $(SEEDS),-y "seeds: [$(foreach s,$(SEEDS),$(s),)]") \
 	$(if $(REVISION),-p revision "$(REVISION)") \
 	$(if $(REVISIONS),-y "revisions: [$(foreach r,$(REVISIONS),'$(r)',)]")
 
-.PHONY: all venv test test-unit test-integration test-notebooks bench bench-real bench-layers gpu-check reproduce dynamics tiny-model paper clean help
+.PHONY: FORCE all venv constraints test test-unit test-integration test-notebooks bench bench-real bench-layers gpu-check reproduce dynamics tiny-model paper clean help
 all: help
 
 help:
 	@echo "make reproduce [ARCH=tiny|pythia|llama|qwen|<hub id>] [SEEDS='0 1 2 3'] [REVISION=step<N>]   run notebooks 01-09"
-	@echo "make reproduce MODEL=<hf folder> CORPORA='<file.jsonl> ...'            the local tier"
+	@echo "make reproduce MODEL=<hf folder> CORPORA='DOMAIN=PATH ...'              the local tier (PATH: .jsonl or .txt)"
+	@echo "  RUN=<name> names the run (default: the model); TORCH=... TORCH_INDEX=<pip index> choose the torch build"
 	@echo "make dynamics [ARCH=tiny|pythia REVISIONS='step1000 step8000 ...']       notebook 10 over training checkpoints"
 	@echo "make tiny-model   retrain the shipped embedded model models/tiny from scratch (~40 min, one core)"
 	@echo "make paper        assemble results/summary.md across the architectures run so far"
@@ -47,13 +65,25 @@ help:
 	@echo "make bench-layers   layer_boundary against the naive full-context search (tiny, ~3 min)"
 
 venv: $(STAMP)
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev]"
-	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (fisher-boundary)" >/dev/null
-	touch $@
+# Rewritten only when TORCH or TORCH_INDEX changed, so the set-up reruns exactly then.
+$(TORCH_SPEC): FORCE
+	@mkdir -p $(VENV)
+	@echo "$(TORCH) --index-url $(TORCH_INDEX)" | cmp -s - $@ || echo "$(TORCH) --index-url $(TORCH_INDEX)" > $@
+
+# Exact versions from constraints.txt (the environment the committed tables were made with; `make
+# constraints` refreshes it); pyproject keeps ranges for library users. The full log: $(VENV)/setup.log.
+$(STAMP): pyproject.toml constraints.txt $(TORCH_SPEC)
+	@echo "setting up $(VENV) with $(TORCH) from $(TORCH_INDEX) (log: $(VENV)/setup.log)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@( $(PY) -m pip install --upgrade pip && \
+	   $(PY) -m pip install --index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple "$(TORCH)" && \
+	   $(PY) -m pip install -c constraints.txt -e ".[dev]" && \
+	   $(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (fisher-boundary)" \
+	 ) > $(VENV)/setup.log 2>&1 || { tail -n 20 $(VENV)/setup.log; echo "set-up failed: full log in $(VENV)/setup.log"; exit 1; }
+	@touch $@
+
+constraints: $(STAMP)
+	$(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(torch|nvidia-|triton)' > constraints.txt
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -84,14 +114,19 @@ gpu-check:
 	PYTHONPATH=. $(if $(wildcard $(PY)),$(PY),python3) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 reproduce: $(EXECUTED)
-	@echo "executed notebooks: $(RUN_DIR)/  tables: results/$(RUN_NAME)/  figures: figures/$(RUN_NAME)/"
+	@$(PY) tools/runs.py publish --run $(RUN_NAME) --stage $(STAGE) --notebooks $(EXECUTED)
 
-# One pattern rule per notebook: an unchanged notebook with unchanged inputs is not rerun, and
-# `make -j` runs 02 beside 03 and 04-07 side by side once the sweep exists.
-$(RUN_DIR)/%.ipynb: notebooks/%.ipynb $(PARAMS) $(STAMP)
-	@mkdir -p $(RUN_DIR)
-	$(PY) -m papermill $< $@.partial $(PAPERMILL_ARGS) --log-output --progress-bar
-	mv $@.partial $@
+# Rewritten only when an input of the run changed (model files, revision, corpora, seeds, parameters,
+# versions), so the notebooks below rerun exactly then; it says which input changed.
+$(RUN_KEY): FORCE | $(STAMP)
+	@$(PY) tools/runs.py key --out $@ --run $(RUN_NAME) --arch "$(ARCH)" --model "$(MODEL)" --revision "$(REVISION)" \
+		--corpora "$(CORPORA)" --seeds "$(SEEDS)" --params-file $(PARAMS)
+
+# One pattern rule per notebook: an unchanged notebook with unchanged inputs and library is not rerun, and
+# `make -j` runs 02 beside 03 and 04-07 side by side once the sweep exists. One line per notebook; the
+# rest goes to $(RUN_DIR)/logs/.
+$(RUN_DIR)/%.ipynb: notebooks/%.ipynb $(PARAMS) $(STAMP) $(RUN_KEY) $(LIBRARY)
+	@$(PY) tools/runs.py notebook $< $@ $(RUNNER_ARGS) --prerequisites $^
 
 $(RUN_DIR)/02_fisher_geometry.ipynb $(RUN_DIR)/03_direction_sweep.ipynb: $(RUN_DIR)/01_sample_positions.ipynb
 # 08 and 09 read notebook 01's sample only.
@@ -102,8 +137,8 @@ $(RUN_DIR)/06_isotonic_calibration.ipynb $(RUN_DIR)/07_entropy_stratification.ip
 # Notebook 10 reruns every time (REVISIONS may have changed); each revision's measurements are cached, so only new ones cost.
 dynamics: $(RUN_DIR)/01_sample_positions.ipynb
 	@rm -f $(RUN_DIR)/10_training_dynamics.ipynb
-	$(MAKE) --no-print-directory $(RUN_DIR)/10_training_dynamics.ipynb
-	@echo "executed notebook: $(RUN_DIR)/10_training_dynamics.ipynb  tables: results/$(RUN_NAME)/dynamics_*  figures: figures/$(RUN_NAME)/"
+	@$(MAKE) --no-print-directory $(RUN_DIR)/10_training_dynamics.ipynb
+	@$(PY) tools/runs.py publish --run $(RUN_NAME) --stage $(STAGE) --notebooks $(RUN_DIR)/01_sample_positions.ipynb $(RUN_DIR)/10_training_dynamics.ipynb
 
 tiny-model: $(STAMP)
 	$(PY) -m fisherlib.cli tiny --train --output models/tiny

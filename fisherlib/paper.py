@@ -5,6 +5,7 @@ Reads only the tables the notebooks wrote under `results/<run>/`; computes nothi
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -179,13 +180,41 @@ def claims_matrix(runs: dict[str, Path]) -> pd.DataFrame:
     return frame
 
 
+def _holds_tables(folder: Path) -> bool:
+    return folder.is_dir() and any((folder / f"{name}.csv").is_file() for names in EXPECTED_TABLES.values() for name in names)
+
+
+def is_complete_run(folder: Path) -> bool:
+    """Return whether `folder` was published by `make reproduce`: its `run.json` says every notebook succeeded."""
+    try:
+        return bool(json.loads((folder / "run.json").read_text()).get("complete"))
+    except (OSError, ValueError):
+        return False
+
+
 def find_runs(results_root: Path) -> dict[str, Path]:
-    """Return every run folder under `results_root` that holds at least one study table."""
+    """Return every complete run under `results_root` (see `is_complete_run`), by name."""
     return {
-        folder.name: folder
-        for folder in sorted(results_root.iterdir())
-        if folder.is_dir() and any((folder / f"{name}.csv").is_file() for names in EXPECTED_TABLES.values() for name in names)
+        folder.name: folder for folder in sorted(results_root.iterdir()) if _holds_tables(folder) and is_complete_run(folder)
     } if results_root.is_dir() else {}
+
+
+def left_out_runs(results_root: Path) -> list[str]:
+    """Return the folders with study tables that are not complete runs (a failed, partial or hand run, scratch)."""
+    return [
+        folder.name for folder in sorted(results_root.iterdir()) if _holds_tables(folder) and not is_complete_run(folder)
+    ] if results_root.is_dir() else []
+
+
+def run_overview(runs: dict[str, Path]) -> pd.DataFrame:
+    """One row per run: its model, revision and how many positions (per seed) its tables rest on."""
+    rows = []
+    for run, folder in runs.items():
+        card = read_table_file(folder / "model_card.csv").iloc[0] if (folder / "model_card.csv").is_file() else {}
+        strata = read_table_file(folder / "sample_strata.csv") if (folder / "sample_strata.csv").is_file() else None
+        positions = int(strata["total"].sum()) if strata is not None and "total" in strata else 0
+        rows.append(dict(run=run, model=card.get("model_id", "?"), revision=card.get("revision", "?"), positions=positions))
+    return pd.DataFrame(rows, columns=["run", "model", "revision", "positions"]).set_index("run")
 
 
 def _dynamics_sections(runs: dict[str, Path]) -> list[str]:
@@ -205,11 +234,19 @@ def write_summary(results_root: Path | None = None) -> Path:
     """Write `results/summary.md` from the runs found; return its path."""
     results_root = results_root or repo_root() / "results"
     runs = find_runs(results_root)
+    left_out = left_out_runs(results_root)
+    for name in left_out:
+        logger.warning("left out results/%s: not a complete `make reproduce` run (no run.json)", name)
     sections = [
         "# Summary across runs\n",
-        f"Runs: {', '.join(f'`{r}`' for r in runs) or 'none yet (run `make reproduce ARCH=…`)'}. "
         "Each table is read from `results/<run>/`; the write-up's numbers (SPEC §6) stand beside ours.\n",
+        markdown_table(run_overview(runs), index=True) + "\n" if runs else "No complete run yet (run `make reproduce ARCH=…`).\n",
     ]
+    if left_out:
+        sections.append(
+            f"Left out (not complete `make reproduce` runs: failed, partial, or notebooks run by hand): "
+            f"{', '.join(f'`{name}`' for name in left_out)}.\n"
+        )
     for title, builder in (
         ("Table 1 — median ρ on the top eigenvector of F_k at small ε", table1),
         ("Table 2 — median ρ at ε = 1 nat by direction class", table2),

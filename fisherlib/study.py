@@ -31,6 +31,10 @@ ARCH_DEFAULT_CORPORA = {
     "tiny": ["stdlib-code", "stdlib-docs"],
 }
 HUB_CORPORA = ["gsm8k", "codeparrot", "ultrachat", "wikitext"]
+SCRATCH_RUN = "scratch"
+# Where outputs go, not what they hold: left out of the parameters every table and figure records, so a
+# run staged under runs/<run>/ and published to results/<run>/ records the same header.
+OUTPUT_LOCATION_FIELDS = ("results_root", "figures_root", "cache_dir")
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -48,7 +52,7 @@ class StudyParams:
 
     arch: str = "tiny"
     revision: str = ""  # the model's revision: a hub branch, tag or commit, or tiny's "step<N>"; empty: the final model
-    run_name: str = ""  # defaults to arch, or a local folder's name
+    run_name: str = ""  # where tables and figures go (results/<run_name>/); empty: "scratch" (make passes the run's name)
     corpora: list = field(default_factory=list)  # empty: the architecture's defaults
     render: str = "plain"  # dialogue rendering: "plain" User:/Assistant: text or the model's "chat" template
     n_positions: int = 400
@@ -68,7 +72,7 @@ class StudyParams:
     min_prefix: int = 8
     pool_factor: int = 4
     n_docs: int = 0  # documents read per corpus; 0: enough for the pool
-    cache_dir: str = ""  # empty: results/<run>/cache
+    cache_dir: str = ""  # empty: results/<run>/cache; relative paths start at the repository root
     results_root: str = "results"
     figures_root: str = "figures"
     # --- analysis choices (notebooks 04-07) ---
@@ -137,6 +141,8 @@ class StudyParams:
             problems.append("plateau_steps must be at least 5")
         if self.plateau_jump <= 1:
             problems.append("plateau_jump must exceed 1 (a jump is larger than the mean step)")
+        if self.run_name and (not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", self.run_name)):
+            problems.append(f"run_name={self.run_name!r} must be a folder name (letters, digits, '_', '.', '-')")
         if self.small_eps not in self.eps_grid or self.large_eps not in self.eps_grid:
             problems.append(f"small_eps={self.small_eps} and large_eps={self.large_eps} must be in eps_grid")
         if problems:
@@ -146,12 +152,12 @@ class StudyParams:
 
     @property
     def name(self) -> str:
-        """Return the run's name: `run_name`, else the registry name, else the model folder's or id's last part."""
-        if self.run_name:
-            return self.run_name
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(self.arch.rstrip("/")).name) or "model"
-        # Another revision is another model: its tables must not overwrite the final model's.
-        return f"{name}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', self.revision)}" if self.revision else name
+        """Return the run's name: `run_name`, else `scratch`.
+
+        A notebook opened by hand (or run by papermill without `run_name`) writes to the scratch run, so
+        it never overwrites a run made by `make reproduce`, which always passes the run's name.
+        """
+        return self.run_name or SCRATCH_RUN
 
     @property
     def seed_list(self) -> list[int]:
@@ -175,7 +181,7 @@ class StudyParams:
 
     @property
     def cache_path(self) -> Path:
-        return Path(self.cache_dir).expanduser() if self.cache_dir else self.results_dir / "cache"
+        return _under_root(self.cache_dir) if self.cache_dir else self.results_dir / "cache"
 
     def as_dict(self) -> dict[str, Any]:
         """Return the parameters as plain values (what every output records)."""
@@ -258,9 +264,11 @@ def _check_type(name: str, value: Any, spec: dataclasses.Field) -> Any:
             return [int(part) if part.isdigit() else part for part in value.split()]
         if name == "seeds" and isinstance(value, str) and all(part.isdigit() for part in value.split()):
             return [int(part) for part in value.split()]
+    how = f'-y "{name}: {json.dumps(default)}"' if expected is list else f"-p {name} {default!r}"
     raise ParameterError(
         f"parameter {name}={value!r} has type {type(value).__name__}; expected {_describe(name, expected)} "
-        f"(default {default!r}). Fix it in the notebook's parameters cell, the params/*.yaml file, or the -p option."
+        f"(default {default!r}). Fix it in the notebook's parameters cell, the params/*.yaml file, or papermill's "
+        f"{how}."
     )
 
 
@@ -295,6 +303,39 @@ def _load_model_cached(arch: str, revision: str, device: str, dtype: str):
 def load_model_for(params: StudyParams, revision: str | None = None):
     """Return the `LoadedModel` of `params` (loaded once per process), at `revision` if given, else `params.revision`."""
     return _load_model_cached(params.arch, params.revision if revision is None else revision, params.device, params.dtype)
+
+
+def check_against_model(params: StudyParams, model) -> None:
+    """Raise ParameterError (one line) when `params` cannot run on `model`: checked before any work.
+
+    `top_k` must be below the vocabulary (F_k keeps the k most probable tokens) and, when control
+    directions are asked for, below the width d (they are orthogonal to the top-k unembedding rows);
+    `max_context` must fit the model's positions.
+    """
+    head = model.head
+    vocab = head.n_tokens or head.vocab_size
+    problems = []
+    if params.top_k >= vocab:
+        problems.append(f"top_k={params.top_k} must be below the vocabulary V={vocab} (e.g. top_k={min(64, vocab // 2)})")
+    if params.n_control > 0 and params.top_k >= head.hidden_size:
+        problems.append(
+            f"top_k={params.top_k} must be below the width d={head.hidden_size} for the control directions "
+            f"(e.g. top_k={max(2, head.hidden_size // 2)}), or set n_control=0"
+        )
+    limit = getattr(model.model.config, "max_position_embeddings", None) if getattr(model, "model", None) else None
+    if isinstance(limit, int) and params.max_context > limit:
+        problems.append(f"max_context={params.max_context} exceeds the model's {limit} positions")
+    if problems:
+        raise ParameterError(f"{model.model_id}: " + "; ".join(problems) + ". Change it with papermill's -p or the params file.")
+
+
+def check_sample_size(params: StudyParams, sample, seed: int) -> None:
+    """Raise ParameterError when the corpora gave fewer positions than `n_positions` asked."""
+    if len(sample) < params.n_positions:
+        raise ParameterError(
+            f"the corpora gave {len(sample)} positions of the n_positions={params.n_positions} asked (seed {seed}); "
+            "give larger corpora (n_docs=0 reads every document), lower n_positions, or lower min_prefix"
+        )
 
 
 def model_card(params: StudyParams, model) -> pd.DataFrame:
@@ -336,13 +377,17 @@ def load_sample(params: StudyParams, seed: int, progress: bool = True):
     folder = sample_folder(params, seed)
     if (folder / "manifest.json").is_file():
         logger.info("positions loaded from cache %s", folder)
-        return PositionSample.load(folder)
+        sample = PositionSample.load(folder)
+        check_sample_size(params, sample, seed)
+        return sample
     model = load_model_for(params)
     sample = sample_positions(
         model, params.corpus_list, params.n_positions, seed=seed, top_k=params.top_k,
         min_prefix=params.min_prefix, max_context=params.max_context, pool_factor=params.pool_factor,
         batch_size=params.batch_size, n_docs=params.n_docs, render=params.render, progress=progress,
     )  # fmt: skip
+    # A short sample is not cached: the study would run on a fraction of the positions it reports.
+    check_sample_size(params, sample, seed)
     sample.params["study"] = params.as_dict()
     sample.save(folder)
     logger.info("positions written to %s", folder)
@@ -388,7 +433,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def _params_comment(params: StudyParams) -> str:
-    return json.dumps(params.as_dict(), sort_keys=True)
+    recorded = {k: v for k, v in params.as_dict().items() if k not in OUTPUT_LOCATION_FIELDS}
+    return json.dumps(recorded, sort_keys=True)
 
 
 def save_table(df: pd.DataFrame, name: str, params: StudyParams, caption: str = "", float_format: str = "%.4g") -> Path:

@@ -16,8 +16,13 @@ def test_summary_has_a_column_per_run_and_the_write_up(tmp_path):
     for run in ("tiny", "another"):
         shutil.copytree(ROOT / "results" / "tiny", tmp_path / run, ignore=shutil.ignore_patterns("cache", "*.parquet"))
     (tmp_path / "not-a-run").mkdir()
+    shutil.copytree(ROOT / "results" / "tiny", tmp_path / "scratch", ignore=shutil.ignore_patterns("cache", "*.parquet", "run.json"))
     assert list(find_runs(tmp_path)) == ["another", "tiny"]
     text = write_summary(tmp_path).read_text()
+    strata = read_table_file(ROOT / "results" / "tiny" / "sample_strata.csv")
+    overview = next(line for line in text.splitlines() if line.startswith("| tiny "))
+    assert overview.rstrip(" |").endswith(f" {strata['total'].sum()}")  # the positions each run rests on
+    assert "Left out" in text and "`scratch`" in text
     table2 = read_table_file(ROOT / "results" / "tiny" / "table2_rho_by_class.csv").set_index("cls")
     random_row = next(line for line in text.splitlines() if line.startswith("| random "))
     assert f"{table2.loc['random', 'median_rho']:.3g}" in random_row
@@ -46,6 +51,7 @@ def test_summary_has_the_claims_matrix_from_ledgers_or_tables(tmp_path):
 
     for run in ("written", "tables-only"):
         (tmp_path / run).mkdir()
+        (tmp_path / run / "run.json").write_text('{"complete": true}')
         for name, table in passing_tables().items():
             table.to_csv(tmp_path / run / f"{name}.csv", index=False)
     ledger = evaluate_claims(passing_tables())
