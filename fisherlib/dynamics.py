@@ -9,9 +9,7 @@ and the direction sweep are measured under that revision's own head.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .atomic import atomic_directory
 from .errors import FisherlibError
 from .geometry import rank_one_summary
 from .measure import measure_boundaries
@@ -166,16 +165,10 @@ def _cache_folder(params, revision: str, seed: int) -> Path:
 
 def _write_atomically(folder: Path, positions: pd.DataFrame, measurements: pd.DataFrame) -> None:
     """Write both tables into a sibling temporary folder and rename it into place (a rerun resumes here)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    positions.to_parquet(staging / "positions.parquet", index=False)
-    measurements.to_parquet(staging / "measurements.parquet", index=False)
-    try:
-        os.replace(staging, folder)
-    except OSError:  # another process wrote the same revision first: its copy is identical
-        for leftover in staging.iterdir():
-            leftover.unlink()
-        staging.rmdir()
+    # Another process that wrote the same revision first keeps its copy: it is identical.
+    with atomic_directory(folder) as staging:
+        positions.to_parquet(staging / "positions.parquet", index=False)
+        measurements.to_parquet(staging / "measurements.parquet", index=False)
 
 
 # --- tables across revisions ----------------------------------------------------------------------

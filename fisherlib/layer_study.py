@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from .atomic import atomic_path
 from .directions import position_generator
 from .layer_engine import HEAD, Prefilled, default_layers, residuals_by_layer
 from .layers import layer_boundary, layer_curvature, layer_fisher_eigh
@@ -210,10 +210,8 @@ def run_layer_study(params, seed: int | None = None, progress: bool = True) -> t
             )  # fmt: skip
         )
     measurements = pd.concat(parts, ignore_index=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    measurements.to_parquet(partial, index=False)
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        measurements.to_parquet(partial, index=False)
     return measurements, positions
 
 

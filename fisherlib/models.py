@@ -246,7 +246,7 @@ def resolve_model_id(arch: str | os.PathLike) -> str:
         return name
     raise UnknownArchitectureError(
         f"Unknown architecture {name!r}. Use one of {registry_names}, "
-        "or a local Hugging Face model folder, or a hub id such as 'EleutherAI/pythia-160m'."
+        "or a local Hugging Face model folder (MODEL=<folder> with make), or a hub id such as 'EleutherAI/pythia-160m'."
     )
 
 
@@ -342,8 +342,9 @@ def _translate_load_error(error: BaseException, model_id: str, revision: str | N
     ):
         return HubUnreachableError(
             f"Cannot reach the Hugging Face hub to download {model_id}, and it is not in the local cache. "
-            "Run offline with ARCH=tiny (trained locally) or give a local model folder, "
-            "e.g. ../shared/fixtures/models/stories260K/hf."
+            "Run offline with the embedded model (ARCH=tiny) or a local Hugging Face model folder: "
+            "`make reproduce MODEL=<folder>` (in Python, load_model('<folder>')), "
+            "e.g. MODEL=../shared/fixtures/models/stories260K/hf."
         )
     if re.search(r"\b40[13]\b", message) and re.search(r"client error|unauthori[sz]ed|forbidden", message.lower()):
         return GatedModelError(

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .atomic import atomic_path
 from .layer_engine import HEAD, Prefix, check_layer, contexts_of, hook_module, jvp_logits, n_layers, network_of, residuals_by_layer
 
 logger = logging.getLogger("fisherlib")
@@ -180,11 +181,9 @@ def run_plateaus(params, seed: int | None = None, progress: bool = True):
     alphas = torch.linspace(0, 1, params.plateau_steps, dtype=torch.float64)
     logger.info("layer %s: %d pairs × %d paths × %d points", layer, len(pairs), len(PATHS), len(alphas))
     points, steps = measure_paths(model, sample, pairs, layer, residuals.double().mean(0), residuals.double(), alphas)
-    base.parent.mkdir(parents=True, exist_ok=True)
     for frame, suffix in ((points, ".points.parquet"), (steps, ".steps.parquet")):  # steps last: it marks a complete entry
-        partial = base.with_name(base.name + suffix + ".partial")
-        frame.to_parquet(partial, index=False)
-        partial.replace(base.with_name(base.name + suffix))
+        with atomic_path(base.with_name(base.name + suffix)) as partial:
+            frame.to_parquet(partial, index=False)
     return pairs, points, steps
 
 

@@ -1,4 +1,9 @@
-"""The embedded default model "tiny": a small GPT-NeoX trained on first use from the Python standard library."""
+"""The embedded default model "tiny": a small GPT-NeoX trained on the Python standard library.
+
+Its tokenizer is a byte-level BPE with V = 512 tokens (`TinyConfig.vocab_size`, `<|endoftext|>` included);
+4 layers, d = 256. The repository ships the weights in `models/tiny/`; without them (a pip install of the
+package alone) the same recipe is trained on first use into the cache.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,6 @@ import os
 import platform
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .atomic import temporary_directory
 from .corpora import Document, stdlib_split
 from .errors import FisherlibError
 from .paths import cache_root
@@ -164,14 +169,15 @@ def train_tiny_model(
     parent = destination.parent
     parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(parent, destination.name)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.tmp-", dir=parent))
+    # Unique, and readable like any folder this process makes (tempfile alone would make it private).
+    temporary = temporary_directory(destination, tag="tmp-")
     try:
         _train_into(temporary, config, seed, progress)
         if not replace and (destination / "training.json").is_file():
             logger.info("another process finished %s first; using its copy", destination)
         else:
             if destination.exists():
-                retired = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=parent))
+                retired = temporary_directory(destination, tag="old-")
                 os.replace(destination, retired / destination.name)
                 shutil.rmtree(retired, ignore_errors=True)
             os.replace(temporary, destination)

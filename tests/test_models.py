@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -269,7 +270,11 @@ def test_offline_hub_and_uncached_model(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(HubUnreachableError) as raised:
         load_model("some-org/not-a-model", device="cpu")
-    assert "ARCH=tiny" in str(raised.value) and "local model folder" in str(raised.value)
+    message = str(raised.value)
+    assert "ARCH=tiny" in message and "local Hugging Face model folder" in message
+    # In the Makefile ARCH picks the parameter file and the run's name; a local folder goes in MODEL.
+    assert "MODEL=<folder>" in message
+    assert not re.search(r"ARCH=(?!tiny\b)", message), "a folder given as ARCH= would be misrouted"
     assert raised.value.__cause__ is None and raised.value.__suppress_context__
 
 

@@ -18,9 +18,10 @@ def test_environment_yml_and_pyproject_name_the_same_dependencies():
     declared = {_name(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
     environment = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(item["pip"] for item in environment["dependencies"] if isinstance(item, dict))
-    listed = {_name(r) for r in pip_section if not r.startswith("-e")}
+    # Lines starting with "-" are pip options (-e, -c, --extra-index-url), not requirements.
+    listed = {_name(r) for r in pip_section if not r.startswith("-")}
     assert listed == declared, f"only in environment.yml: {listed - declared}; only in pyproject.toml: {declared - listed}"
-    assert "-e ." in pip_section, "environment.yml must install this package itself"
+    assert any(re.fullmatch(r"-e \.(\[dev\])?", r) for r in pip_section), "environment.yml must install this package itself"
 
 
 def test_ci_runs_the_readme_test_command():

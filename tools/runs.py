@@ -234,7 +234,7 @@ def output_to(log_path: Path):
     with open(log_path, "w") as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
-        handler = logging.StreamHandler(sys.stderr)
+        handler = logging.StreamHandler(log)  # not sys.stderr, which a caller (pytest) may have replaced
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         logging.getLogger().addHandler(handler)
         logging.getLogger().setLevel(logging.INFO)
