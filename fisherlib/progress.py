@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
+
+from .atomic import atomic_write_text
 
 PROGRESS_ENV = "FISHERLIB_PROGRESS"
 _MIN_INTERVAL_S = 0.5
@@ -59,12 +60,8 @@ class ReportingBar(tqdm):
             return
         self._reported_at = now
         state = dict(desc=self.desc, n=self.n, total=self.total, unit=self.unit, elapsed_s=round(now - self.start_t, 1))
-        try:
-            # A unique temporary name, renamed into place: the reader never sees half a line.
-            handle, partial = tempfile.mkstemp(prefix=f".{self._report_path.name}.", dir=self._report_path.parent)
-            with os.fdopen(handle, "w") as file:
-                file.write(json.dumps(state))
-            os.replace(partial, self._report_path)
+        try:  # renamed into place: the reader never sees half a line
+            atomic_write_text(self._report_path, json.dumps(state))
         except OSError:
             self._report_path = None  # the folder went away: progress is a courtesy, never an error
 

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from .atomic import atomic_path, atomic_write_text
 from .errors import ParameterError
 
 logger = logging.getLogger("fisherlib")
@@ -406,30 +406,18 @@ def load_head(params: StudyParams):
             logit_scale_source=stored.get("logit_scale_source"), n_tokens=stored.get("n_tokens"),
         )  # fmt: skip
     head = load_model_for(params).head
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique temporary name: notebooks 02 and 03 may get here at once under `make -j`.
-    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
     stored = {
         "weight": head.weight.cpu(), "bias": None if head.bias is None else head.bias.cpu(),
         # Padding rows and a folded logit scale travel with W, so a cached head is the loaded one.
         "logit_scale": head.logit_scale, "logit_scale_source": head.logit_scale_source, "n_tokens": head.n_tokens,
     }  # fmt: skip
-    torch.save(stored, partial)
-    os.replace(partial, path)
+    # A unique temporary name: notebooks 02 and 03 may get here at once under `make -j`.
+    with atomic_path(path) as partial:
+        torch.save(stored, partial)
     return head
 
 
 # --- outputs ------------------------------------------------------------------------------------
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w") as file:
-        file.write(text)
-    os.chmod(partial, 0o644)  # mkstemp makes files private; tables are for sharing
-    os.replace(partial, path)
 
 
 def _params_comment(params: StudyParams) -> str:
@@ -446,10 +434,10 @@ def save_table(df: pd.DataFrame, name: str, params: StudyParams, caption: str = 
         raise ValueError(f"table {name!r} holds NaN; censored values must be inf or flagged, not NaN")
     csv_path = params.results_dir / f"{name}.csv"
     body = df.to_csv(index=False, float_format=float_format, lineterminator="\n")
-    _atomic_write_text(csv_path, f"# parameters: {_params_comment(params)}\n" + body)
+    atomic_write_text(csv_path, f"# parameters: {_params_comment(params)}\n" + body)
     markdown = df.to_markdown(index=False, floatfmt=float_format.replace("%", ""))
     header = f"**{caption}**\n\n" if caption else ""
-    _atomic_write_text(
+    atomic_write_text(
         csv_path.with_suffix(".md"), f"{header}{markdown}\n\n<!-- parameters: {_params_comment(params)} -->\n"
     )
     logger.info("table %s written to %s (.csv, .md)", name, csv_path.with_suffix(""))
@@ -480,9 +468,8 @@ def save_figure(fig, name: str, params: StudyParams) -> Path:
         (png, {"Description": description, "Software": None}),
         (png.with_suffix(".pdf"), {"Subject": description, "Creator": None, "Producer": None, "CreationDate": None}),
     ):
-        partial = path.with_name(path.stem + ".partial" + path.suffix)
-        fig.savefig(partial, dpi=150, bbox_inches="tight", metadata=metadata)
-        os.replace(partial, path)
+        with atomic_path(path) as partial:
+            fig.savefig(partial, dpi=150, bbox_inches="tight", metadata=metadata)
     logger.info("figure %s written to %s (.png, .pdf)", name, png.with_suffix(""))
     return png
 

@@ -15,7 +15,11 @@ def test_defaults_and_conversions():
     assert params.seed_list == [0, 1, 2] and params.corpus_list == ["a.jsonl", "b.txt"]
     assert StudyParams.create().corpus_list == ["stdlib-code", "stdlib-docs"]
     assert StudyParams.create(arch="pythia").corpus_list == ["gsm8k", "codeparrot", "ultrachat", "wikitext"]
-    assert StudyParams.create(arch="/models/my-model/").name == "my-model"
+    # A hand run writes to the scratch run; make (and anyone else) names the run.
+    assert StudyParams.create(arch="/models/my-model/").name == "scratch"
+    assert StudyParams.create(arch="/models/my-model/", run_name="my-model").name == "my-model"
+    with pytest.raises(ParameterError, match="run_name"):
+        StudyParams.create(run_name="../results/tiny")
 
 
 @pytest.mark.parametrize(
@@ -59,3 +63,38 @@ def test_cache_keys_follow_the_parameters():
     a, b = StudyParams.create(), StudyParams.create(n_positions=50)
     assert a.key("arch", "top_k") == b.key("arch", "top_k")
     assert a.key("n_positions") != b.key("n_positions")
+
+
+def _fake_model(vocab: int, width: int, positions: int):
+    from types import SimpleNamespace
+
+    head = SimpleNamespace(n_tokens=vocab, vocab_size=vocab, hidden_size=width)
+    return SimpleNamespace(head=head, model=SimpleNamespace(config=SimpleNamespace(max_position_embeddings=positions)), model_id="m")
+
+
+def test_parameters_are_checked_against_the_model_before_any_work():
+    from fisherlib.study import check_against_model
+
+    check_against_model(StudyParams.create(top_k=64), _fake_model(512, 256, 2048))
+    with pytest.raises(ParameterError, match=r"top_k=600 must be below the vocabulary V=512"):
+        check_against_model(StudyParams.create(top_k=600), _fake_model(512, 1024, 2048))
+    with pytest.raises(ParameterError, match=r"top_k=64 must be below the width d=64 .* or set n_control=0"):
+        check_against_model(StudyParams.create(top_k=64), _fake_model(512, 64, 2048))
+    check_against_model(StudyParams.create(top_k=64, n_control=0), _fake_model(512, 64, 2048))
+    with pytest.raises(ParameterError, match=r"max_context=256 exceeds the model's 128 positions"):
+        check_against_model(StudyParams.create(), _fake_model(512, 256, 128))
+
+
+def test_a_short_sample_is_an_error_not_a_warning():
+    from types import SimpleNamespace
+
+    from fisherlib.study import check_sample_size
+
+    check_sample_size(StudyParams.create(n_positions=40), [SimpleNamespace()] * 40, seed=0)
+    with pytest.raises(ParameterError, match=r"the corpora gave 28 positions of the n_positions=400 asked"):
+        check_sample_size(StudyParams.create(), [SimpleNamespace()] * 28, seed=0)
+
+
+def test_a_list_parameter_of_the_wrong_type_says_how_to_pass_a_list():
+    with pytest.raises(ParameterError, match=r'-y "eps_grid: \['):
+        StudyParams.create(eps_grid="0.1")

@@ -39,6 +39,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from fisherlib.atomic import atomic_write_bytes, make_shared
+
 ROOT = Path(__file__).resolve().parents[1]
 PROGRESS_ENV = "FISHERLIB_PROGRESS"  # fisherlib.progress.PROGRESS_ENV; not imported: `key` runs without torch
 NAME_WIDTH = 28
@@ -106,29 +108,8 @@ def write_if_changed(path: Path, inputs: dict[str, Any]) -> list[str]:
         old = None
     if old == inputs:
         return []
-    atomic_write(path, text.encode())
+    atomic_write_bytes(path, text.encode())
     return ["(first run)"] if old is None else sorted(k for k in set(old) | set(inputs) if old.get(k) != inputs.get(k))
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a unique temporary file in the same folder, with a table's permissions."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.chmod(partial, 0o666 & ~_umask())
-        os.replace(partial, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def command_key(args: argparse.Namespace) -> int:
@@ -317,12 +298,13 @@ def run_notebook(
         seconds = time.perf_counter() - started
         log = os.path.relpath(log_path, ROOT)
         if error is None:
-            os.chmod(partial, 0o666 & ~_umask())
+            make_shared(partial)
             os.replace(partial, output)
             say(f"  {stem:<{NAME_WIDTH}} {seconds:5.0f} s  {_written(parameters, run, started_ns)}")
             return 0
         failed = output.with_suffix(".failed.ipynb")
         if Path(partial).stat().st_size > 0:
+            make_shared(partial)
             os.replace(partial, failed)
         else:
             os.unlink(partial)
@@ -360,7 +342,7 @@ def publish(run: str, stage: Path, notebooks: list[str], results_root: Path, fig
             if target.is_file() and filecmp.cmp(path, target, shallow=False):
                 unchanged += 1
                 continue
-            atomic_write(target, path.read_bytes())
+            atomic_write_bytes(target, path.read_bytes())
             copied += 1
     record_path = results_root / run / "run.json"
     try:  # `make dynamics` publishes notebook 10 beside the notebooks `make reproduce` published
@@ -368,7 +350,7 @@ def publish(run: str, stage: Path, notebooks: list[str], results_root: Path, fig
     except (OSError, ValueError, KeyError):
         earlier = []
     record = {"run": run, "complete": True, "notebooks": sorted(set(earlier) | set(notebooks))}
-    atomic_write(record_path, (json.dumps(record, indent=2) + "\n").encode())
+    atomic_write_bytes(record_path, (json.dumps(record, indent=2) + "\n").encode())
     return copied, unchanged
 
 
