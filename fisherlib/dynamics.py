@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .atomic import atomic_directory
 from .errors import FisherlibError
 from .geometry import rank_one_summary
 from .measure import measure_boundaries
+from .progress import progress as progress_iter
 from .sampling import position_statistics
 
 logger = logging.getLogger("fisherlib")
@@ -90,7 +90,7 @@ def capture_contexts(model, context_ids: list[torch.Tensor], batch_size: int = 1
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     order = sorted(range(len(context_ids)), key=lambda i: len(context_ids[i]))
     h = torch.empty(len(context_ids), model.head.hidden_size, dtype=torch.float32)
-    for start in tqdm(range(0, len(order), batch_size), desc="capturing h", unit="batch", disable=not progress):
+    for start in progress_iter(range(0, len(order), batch_size), desc="capturing h", unit="batch", disable=not progress):
         chunk = order[start : start + batch_size]
         length = max(len(context_ids[i]) for i in chunk)
         input_ids = torch.full((len(chunk), length), pad_id, dtype=torch.long)

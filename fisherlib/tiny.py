@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .atomic import temporary_directory
 from .corpora import Document, stdlib_split
 from .errors import FisherlibError
 from .paths import cache_root
+from .progress import progress_bar
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -260,8 +260,8 @@ def _train_with_threads(folder: Path, config: TinyConfig, seed: int, progress: b
     recent: list[float] = []
     losses: list[float] = []
     model.train()
-    bar = tqdm(range(config.steps), desc="training tiny model", disable=not progress, unit="step")
-    for step in bar:
+    bar = progress_bar(total=config.steps, desc="training tiny model", unit="step", disable=not progress)
+    for step in range(config.steps):
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, config, warmup)
         batch = _sample_batch(train_streams, (1 - config.docs_share, config.docs_share), config, generator)
@@ -283,7 +283,8 @@ def _train_with_threads(folder: Path, config: TinyConfig, seed: int, progress: b
                 {"step": done, "heldout_loss": float(np.mean(list(heldout.values()))), "heldout_loss_by_domain": heldout}
             )
             logger.info("checkpoint step %d: held-out loss %.3f", done, checkpoint_records[-1]["heldout_loss"])
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        bar.update(1)
     bar.close()
 
     heldout_loss = _evaluate(model, heldout_streams, config)
