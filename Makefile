@@ -60,6 +60,7 @@ help:
 	@echo "make tiny-model   retrain the shipped embedded model models/tiny from scratch (~40 min, one core)"
 	@echo "make paper        assemble results/summary.md across the architectures run so far"
 	@echo "make test         unit + integration + notebook tests (creates .venv)"
+	@echo "make constraints  rewrite constraints.txt (the exact versions the set-up installs) from .venv"
 	@echo "make test-unit | test-integration | test-notebooks | bench"
 	@echo "make bench-real | gpu-check   real-size head benchmark; GPU check (CPU dry run without CUDA)"
 	@echo "make bench-layers   layer_boundary against the naive full-context search (tiny, ~3 min)"
