@@ -20,6 +20,12 @@ Inputs may carry autograd (`A = W @ u` with `W` a model parameter): every public
 under `torch.no_grad()` and returns tensors without a graph.
 
 Shapes: `z [P, V]`, `A [P, D, V]`, `t` or result `[P, D, E]`.
+
+Inputs follow the conventions of `fisherlib._checks` (as in `fisherlib.fisher`): tensors or numpy
+arrays (converted with `torch.as_tensor`), and one `fisherlib.errors.InputError` (a ValueError) before
+any work for a wrong type, dtype or shape, NaN or inf (the logits `z` may hold −inf for a token ruled
+out, but no NaN, no +inf, and a finite maximum per row), and ε, `rtol` or `t_max` that are not positive.
+A NaN logit or velocity is an error, never a censored (`inf`) line.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import math
 
 import torch
 
+from . import _checks
+from .errors import InputError
 from .fisher import _no_grad
 
 DIVERGENCES = ("forward", "reverse")
@@ -41,21 +49,18 @@ _HUGE_T = 1e150  # past this, t·c overflows float64 exponent arithmetic: treat 
 
 
 def _check_divergence(divergence: str) -> None:
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {DIVERGENCES}, not {divergence!r}")
+    if not isinstance(divergence, str) or divergence not in DIVERGENCES:
+        raise InputError(f"divergence must be one of {DIVERGENCES}, not {divergence!r}")
 
 
-def _check_lines(z: torch.Tensor, A: torch.Tensor) -> None:
-    """Raise a clear ValueError unless `z [P, V]` and `A [P, D, V]` are float tensors that match."""
-    for name, x, ndim in (("z", z, 2), ("A", A, 3)):
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != ndim or not x.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor of {ndim} dimensions, got {x.dtype} {tuple(x.shape)}")
-    if A.shape[0] != z.shape[0] or A.shape[2] != z.shape[1]:
-        raise ValueError(f"A [P, D, V] {tuple(A.shape)} does not match z [P, V] {tuple(z.shape)}")
-    if A.device != z.device:
-        raise ValueError(f"z is on {z.device} but A on {A.device}; put them on one device")
+def _check_lines(z, A) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return `z [P, V]` and `A [P, D, V]` checked: float tensors (numpy converted) that match, finite, on one device."""
+    device = _checks.device_of(z, A)
+    z = _checks.tensor("z", z, "[P, V]", device=device, finite="logits")
+    A = _checks.tensor("A", A, "[P, D, V]", device=device)
+    _checks.check_shapes(("z", z, "[P, V]"), ("A", A, "[P, D, V]"))
+    _checks.check_same_device(("z", z), ("A", A))
+    return z, A
 
 
 def resolve_memory_budget(device: torch.device | str | None = None, budget: int | None = None) -> int:
@@ -65,9 +70,7 @@ def resolve_memory_budget(device: torch.device | str | None = None, budget: int 
     automatic budget is kept between 64 MiB and 16 GiB (1 GiB where free memory cannot be read).
     """
     if budget is not None:
-        if int(budget) < 1:
-            raise ValueError(f"memory_budget must be a positive number of bytes, got {budget}")
-        return int(budget)
+        return int(_checks.check_number("memory_budget", budget, lambda x: 1 <= x < math.inf, "a positive number of bytes"))
     device = torch.device("cpu" if device is None else device)
     free = None
     try:
@@ -132,18 +135,22 @@ def kl_along_line(
     """Return the divergence between `p = softmax(z)` and `q_t = softmax(z + t a)` `[P, D, E]` (float64).
 
     `t` is `[P, D, E]` or `[E]` (the same steps on every line). `memory_budget=None`: a quarter of the
-    device's free memory (see `resolve_memory_budget`).
+    device's free memory (see `resolve_memory_budget`). Every `t` must be finite.
     """
     _check_divergence(divergence)
-    _check_lines(z, A)
+    z, A = _check_lines(z, A)
     P, D, V = A.shape
-    t = torch.as_tensor(t, dtype=torch.float64, device=z.device)
+    try:
+        t = torch.as_tensor(t, dtype=torch.float64, device=z.device)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise InputError(f"t must be a number or a tensor [E] or [P, D, E] of steps, got {t!r}") from error
     if t.dim() == 0:
         t = t.reshape(1)
     try:
         t = t.expand(P, D, -1)
     except RuntimeError:
-        raise ValueError(f"t must be [E] or [P, D, E] = [{P}, {D}, E], got {tuple(t.shape)}") from None
+        raise InputError(f"t must be [E] or [P, D, E] = [{P}, {D}, E], got {tuple(t.shape)}") from None
+    _checks.check_finite("t", t, "[P, D, E]")
     E = t.shape[-1]
     out = torch.empty(P, D, E, dtype=torch.float64, device=z.device)
     budget = resolve_memory_budget(z.device, memory_budget)
@@ -161,7 +168,7 @@ def kl_along_line(
 @_no_grad
 def reverse_kl_bound(z: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     """Return `lim_{t→∞} KL(q_t ‖ p) = −log p(argmax_v a_v)` `[P, D]` (ties pool their mass)."""
-    _check_lines(z, A)
+    z, A = _check_lines(z, A)
     log_p = torch.log_softmax(z.double(), -1)[:, None, :]
     A64 = A.double()
     at_max = A64 == A64.amax(-1, keepdim=True)
@@ -191,18 +198,15 @@ def empirical_boundary(
     see the module docstring. Inputs that require grad are accepted; the result carries no graph.
 
     Raises:
-        ValueError: shapes of `z [P, V]` and `A [P, D, V]` that do not match, an unknown divergence,
-            a non-positive `rtol` or `t_max`, or an ε that is not positive and finite.
+        InputError (a ValueError): `z [P, V]` and `A [P, D, V]` of another type, dtype or shape, or that
+            do not match; NaN or inf in either (−inf logits excepted, see the module docstring); an
+            unknown divergence; a non-positive `rtol` or `t_max`; an ε that is not positive and finite.
     """
     _check_divergence(divergence)
-    _check_lines(z, A)
-    if not rtol > 0:
-        raise ValueError("rtol must be positive")
-    if t_max is not None and not float(t_max) > 0:
-        raise ValueError(f"t_max must be positive (or None), got {t_max}")
-    eps = torch.as_tensor(eps, dtype=torch.float64, device=z.device).reshape(-1)
-    if eps.numel() == 0 or (eps <= 0).any() or not torch.isfinite(eps).all():
-        raise ValueError("every ε must be a positive finite number")
+    z, A = _check_lines(z, A)
+    rtol = _checks.check_number("rtol", rtol, lambda x: 0 < x < 1, "a number in (0, 1)")
+    t_max = None if t_max is None else _checks.check_number("t_max", t_max, lambda x: x > 0, "positive (or None)")
+    eps = _checks.check_eps(eps, z.device)
     P, D, V = A.shape
     E = eps.numel()
     log_p = torch.log_softmax(z.double(), -1)

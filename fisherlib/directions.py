@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import numbers
+
 import pandas as pd
 import torch
 
-from .errors import DegenerateInputError
-from .fisher import fisher_eigh, top_k_distribution
+from . import _checks
+from .errors import DegenerateInputError, InputError
+from .fisher import _top_k, fisher_eigh
 
 CLASSES = ("eigvec", "structured", "tangent", "random", "control")
 NOT_APPLICABLE = -1  # integer columns use -1, never NaN, where a field does not apply to a class
@@ -19,7 +22,13 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def position_generator(seed: int, position_id: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """Return a generator seeded by `(seed, position_id)`, so a position's random directions do not depend on its batch."""
+    """Return a generator seeded by `(seed, position_id)`, so a position's random directions do not depend on its batch.
+
+    `seed` and `position_id` are integers (numpy integers too); anything else raises InputError.
+    """
+    for name, value in (("seed", seed), ("position_id", position_id)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise InputError(f"{name} must be an integer, got {value!r}")
     generator = torch.Generator(device=device)
     generator.manual_seed((int(seed) * 1_000_003 + int(position_id)) % (2**63 - 1))
     return generator
@@ -50,18 +59,50 @@ def direction_sweep(
 
     Table columns: position, direction, cls, eig_rank (1.. or -1), sign (+1/−1), token_i, token_j
     (ids, or -1), eigval (the `F_k` eigenvalue for eigvec rows, else 0).
+
+    Inputs as in `fisherlib.fisher`: tensors or numpy arrays (converted with `torch.as_tensor`), one
+    device; `h [d]` and `p [V]` are taken as one position. Raises InputError (a ValueError) for another
+    type or dtype, shapes that do not match (`W [V, d]`, `h [P, d]`, `p [P, V]`, `F_k [P, d, d]`), NaN or
+    inf, `top_k` outside `[1, V]`, `n_pair_tokens > V`, negative counts, or `position_ids` that are not
+    `P` integers; DegenerateInputError for controls with `top_k >= d`.
     """
+    device = _checks.device_of(W, h, p, F_k)
+    W = _checks.tensor("W", W, "[V, d]", device=device)
+    h = _checks.tensor("h", h, "[P, d]", "[d]", device=device)
+    p = _checks.tensor("p", p, "[P, V]", "[V]", device=device)
     h = h[None] if h.dim() == 1 else h
     p = p[None] if p.dim() == 1 else p
+    if F_k is not None:
+        F_k = _checks.tensor("F_k", F_k, "[P, d, d]", device=device)
+    sizes = _checks.check_shapes(("W", W, "[V, d]"), ("h", h, "[P, d]"), ("p", p, "[P, V]"), ("F_k", F_k, "[P, d, d]"))
+    _checks.check_same_device(("W", W), ("h", h), ("p", p), ("F_k", F_k))
+    V = sizes["V"]
+    if V < 2:
+        raise InputError(f"the direction sweep needs a vocabulary of at least 2 tokens, got W of shape {tuple(W.shape)}")
+    top_k = _checks.check_top_k(top_k, V)
+    n_pair_tokens = _checks.check_count("n_pair_tokens", n_pair_tokens, 0, V, "V (the vocabulary size)")
+    n_random = _checks.check_count("n_random", n_random)
+    n_control = _checks.check_count("n_control", n_control)
+    n_eigvec = _checks.check_count("n_eigvec", n_eigvec)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise InputError(f"seed must be an integer, got {seed!r}")
     P, d = h.shape
     if n_control > 0 and top_k >= d:
         raise DegenerateInputError(
             f"control directions must be orthogonal to the top_k={top_k} rows of W, which span all of "
             f"R^{d}; lower top_k below the model width {d} (e.g. top_k={max(1, d // 2)}) or set n_control=0"
         )
-    position_ids = list(range(P)) if position_ids is None else [int(i) for i in position_ids]
+    if position_ids is None:
+        position_ids = list(range(P))
+    else:
+        position_ids = list(position_ids)
+        if len(position_ids) != P or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in position_ids):
+            raise InputError(
+                f"position_ids must be P = {P} integers, one per position; got {len(position_ids)} starting {position_ids[:3]!r}"
+            )
+        position_ids = [int(i) for i in position_ids]
     h64 = h.double()
-    _, top_ids = top_k_distribution(p, max(top_k, n_pair_tokens, 2))
+    _, top_ids = _top_k(p, max(top_k, n_pair_tokens, 2), None)
 
     if F_k is not None:
         eigvals, eigvecs = torch.linalg.eigh(F_k.double())

@@ -35,3 +35,11 @@ class DegenerateInputError(FisherlibError, ValueError):
 
 class ParameterError(FisherlibError, TypeError):
     """A notebook or CLI parameter of the wrong type or value."""
+
+
+class InputError(ParameterError, ValueError):
+    """An array argument of the wrong type, dtype or shape, holding NaN or inf, or a size such as `top_k` or ε out of range.
+
+    Raised by the core math (`fisher`, `boundary`, `directions`, `measure_boundaries`) before any work
+    starts. Both a TypeError and a ValueError, so `except ValueError` still catches it.
+    """

@@ -6,15 +6,24 @@ Shapes: `P` positions, `D` directions per position, `E` thresholds ε, `V` vocab
 Every public function accepts inputs that require grad (a model's `W`) and returns tensors without a
 graph. No function makes a float64 copy of the whole of `W`: rows are gathered first, or `W` is read
 in chunks of rows.
+
+Inputs (the conventions of `fisherlib._checks`): tensors, or numpy arrays, which are converted with
+`torch.as_tensor` onto the device of the other tensors. Every public function raises one
+`fisherlib.errors.InputError` (a ValueError and a TypeError) before any work for: another type, a
+non-floating dtype, a shape that does not fit the notation above or does not match the other
+arguments (the message gives the expected shape), NaN or ±inf in any array (one vectorised reduction
+per array), `top_k < 1` or `top_k > V` (`> n_tokens` with `n_tokens`), and ε ≤ 0 or non-finite.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import numbers
 
 import torch
+
+from . import _checks
+from .errors import InputError
 
 # Below this many multiples of float64 machine epsilon (relative to Σλ) an eigenvalue counts as zero.
 _EIGEN_FLOOR = 64 * torch.finfo(torch.float64).eps
@@ -35,22 +44,20 @@ def _no_grad(fn):
     return wrapper
 
 
-def _check_matrix(name: str, x, ndim: tuple[int, ...]) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() not in ndim or not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor of {' or '.join(map(str, ndim))} dimensions, got {x.dtype} {tuple(x.shape)}")
-
-
-def _check_top_k(top_k) -> None:
-    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+def _check_head(W, p) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return `W [V, d]` and `p [P, V]` (a `[V]` p becomes `[1, V]`, on W's device), checked."""
+    W = _checks.tensor("W", W, "[V, d]", device=_checks.device_of(p))
+    p = _checks.tensor("p", p, "[P, V]", "[V]", device=W.device)
+    if p.dim() == 1:
+        p = p[None]
+    _checks.check_shapes(("W", W, "[V, d]"), ("p", p, "[P, V]"))
+    return W, p.to(W.device)
 
 
 @_no_grad
 def entropy(p: torch.Tensor) -> torch.Tensor:
     """Shannon entropy in nats of distributions `p [..., V]`, with 0·log 0 = 0."""
-    p = p.double()
+    p = _checks.tensor("p", p, "[..., V]").double()
     return -torch.xlogy(p, p).sum(-1)
 
 
@@ -62,14 +69,17 @@ def top_k_distribution(
 
     `n_tokens`: rank only rows `[0, n_tokens)`, the tokenizer's tokens, never the rows that pad a
     vocabulary for speed (`LMHead.n_tokens`); their probabilities stay in `p`, so a top-k mass is not
-    renormalised either way.
+    renormalised either way. `1 <= top_k <= V` (`<= n_tokens` where that is smaller).
     """
-    _check_top_k(top_k)
+    p = _checks.tensor("p", p, "[..., V]")
+    top_k = _checks.check_top_k(top_k, p.shape[-1], n_tokens)
+    return _top_k(p, top_k, n_tokens)
+
+
+def _top_k(p: torch.Tensor, top_k: int, n_tokens: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`top_k_distribution` on checked arguments."""
     if n_tokens is not None and n_tokens < p.shape[-1]:
-        if n_tokens < 1:
-            raise ValueError(f"n_tokens must be positive, got {n_tokens}")
         p = p[..., :n_tokens]
-    top_k = min(int(top_k), p.shape[-1])
     probs, ids = torch.topk(p, top_k, dim=-1, sorted=True)
     return probs, ids
 
@@ -97,25 +107,24 @@ def fisher_pullback(
     `F_k = W_Kᵀ (diag p_K − p_K p_Kᵀ) W_K` over the `top_k` most probable tokens. The full matrix is
     accumulated over chunks of `_ROW_CHUNK` rows of `W`, so neither a `dtype` copy of `W` nor a
     `[d, V]` temporary is formed; its cost is `O(V d²)` per position, the GEMM itself. `n_tokens`:
-    the top k are taken among the first `n_tokens` rows only (see `top_k_distribution`).
+    the top k are taken among the first `n_tokens` rows only (see `top_k_distribution`). `p [V]` is
+    taken as `[1, V]`; a `p` on another device than `W` is moved to W's.
     """
-    _check_matrix("W", W, (2,))
-    _check_matrix("p", p, (1, 2))
-    if p.dim() == 1:
-        p = p[None]
-    if p.shape[-1] != W.shape[0]:
-        raise ValueError(f"p has {p.shape[-1]} probabilities per position but W has {W.shape[0]} rows")
+    W, p = _check_head(W, p)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise InputError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+    if top_k is None and renormalize:
+        raise InputError("renormalize only applies to a top-k truncation; pass top_k")
     if top_k is not None:
-        p_k, ids = top_k_distribution(p, top_k, n_tokens)
+        top_k = _checks.check_top_k(top_k, W.shape[0], n_tokens)
+        p_k, ids = _top_k(p, top_k, n_tokens)
         W_k = W[ids].to(dtype)  # [P, k, d]: gather first, so only k rows per position are converted
         C = _covariance_weights(p_k, renormalize).to(dtype)
         return W_k.transpose(-1, -2) @ C @ W_k
-    if renormalize:
-        raise ValueError("renormalize only applies to a top-k truncation; pass top_k")
     P, (V, d) = p.shape[0], W.shape
     out = torch.zeros(P, d, d, dtype=dtype, device=W.device)
     mean_rows = torch.zeros(P, d, dtype=dtype, device=W.device)
-    p = p.to(device=W.device, dtype=dtype)
+    p = p.to(dtype=dtype)
     for start in range(0, V, _ROW_CHUNK):
         W_c = W[start : start + _ROW_CHUNK].to(dtype)  # [c, d]
         p_c = p[:, start : start + _ROW_CHUNK]  # [P, c]
@@ -135,15 +144,11 @@ def fisher_eigh(
     `F_k = Bᵀ B` with `B = C^{1/2} W_K`, so its nonzero spectrum is that of the `k × k` matrix `B Bᵀ`;
     this costs `O(k²d)` per position instead of the `O(d³)` of a dense `d × d` eigensolve. Eigenvalues
     are float64; columns of the eigenvector matrix whose eigenvalue is (numerically) zero are arbitrary
-    unit vectors orthogonal to the others.
+    unit vectors orthogonal to the others. Arguments as for `fisher_pullback`.
     """
-    _check_matrix("W", W, (2,))
-    _check_matrix("p", p, (1, 2))
-    if p.dim() == 1:
-        p = p[None]
-    if p.shape[-1] != W.shape[0]:
-        raise ValueError(f"p has {p.shape[-1]} probabilities per position but W has {W.shape[0]} rows")
-    p_k, ids = top_k_distribution(p, top_k, n_tokens)
+    W, p = _check_head(W, p)
+    top_k = _checks.check_top_k(top_k, W.shape[0], n_tokens)
+    p_k, ids = _top_k(p, top_k, n_tokens)
     W_k = W[ids].double()  # [P, k, d]: gathered before the conversion, never a float64 copy of W
     C = _covariance_weights(p_k, renormalize)
     c_vals, c_vecs = torch.linalg.eigh(C)
@@ -172,24 +177,27 @@ def effective_rank(eigvals: torch.Tensor, kind: str = "entropy") -> torch.Tensor
 
     A zero spectrum (no curvature at all) has effective rank 0.
     """
-    lam = eigvals.double().clamp_min(0)
+    if kind not in ("entropy", "participation"):
+        raise InputError(f"kind must be 'entropy' or 'participation', not {kind!r}")
+    lam = _checks.tensor("eigvals", eigvals, "[..., n]").double().clamp_min(0)
     total = lam.sum(-1)
     safe_total = torch.where(total > 0, total, torch.ones_like(total))
     if kind == "entropy":
         q = lam / safe_total[..., None]
         rank = torch.exp(-torch.xlogy(q, q).sum(-1))
-    elif kind == "participation":
-        rank = total**2 / torch.where(total > 0, (lam**2).sum(-1), torch.ones_like(total))
     else:
-        raise ValueError(f"kind must be 'entropy' or 'participation', not {kind!r}")
+        rank = total**2 / torch.where(total > 0, (lam**2).sum(-1), torch.ones_like(total))
     return torch.where(total > 0, rank, torch.zeros_like(rank))
 
 
-def _check_velocities(p: torch.Tensor, A: torch.Tensor) -> None:
-    _check_matrix("p", p, (2,))
-    _check_matrix("A", A, (3,))
-    if A.shape[0] != p.shape[0] or A.shape[2] != p.shape[1]:
-        raise ValueError(f"A [P, D, V] {tuple(A.shape)} does not match p [P, V] {tuple(p.shape)}")
+def _check_velocities(p, A, p_name: str = "p", A_name: str = "A", V: str = "V") -> tuple[torch.Tensor, torch.Tensor]:
+    """Return `p [P, V]` and `A [P, D, V]` checked (for the top-k forms, `V` is `k`)."""
+    device = _checks.device_of(A, p)
+    p = _checks.tensor(p_name, p, f"[P, {V}]", device=device)
+    A = _checks.tensor(A_name, A, f"[P, D, {V}]", device=device)
+    _checks.check_shapes((p_name, p, f"[P, {V}]"), (A_name, A, f"[P, D, {V}]"))
+    _checks.check_same_device((p_name, p), (A_name, A))
+    return p, A
 
 
 def _weighted_moments(p: torch.Tensor, A: torch.Tensor, order: int) -> list[torch.Tensor]:
@@ -212,14 +220,15 @@ def curvature(p: torch.Tensor, A: torch.Tensor, top_k: int | None = None, n_toke
     With `top_k`, return the study's truncated `uᵀF_k u = Σ_K p a² − (Σ_K p a)²` over the `top_k` most
     probable tokens (p_K not renormalised); `curvature_topk` does the same from pre-gathered columns.
     """
-    _check_velocities(p, A)
+    p, A = _check_velocities(p, A)
     if top_k is None:
         return _weighted_moments(p, A, 2)[0]
-    p_k, ids = top_k_distribution(p, top_k, n_tokens)
+    top_k = _checks.check_top_k(top_k, p.shape[-1], n_tokens)
+    p_k, ids = _top_k(p, top_k, n_tokens)
     A_k = torch.gather(A, -1, ids[:, None, :].expand(-1, A.shape[1], -1))
     # The mass outside the top k, summed from its own (small) terms rather than as 1 − Σ_K p.
     tail = p.double().scatter(-1, ids, 0.0).sum(-1)
-    curv = curvature_topk(p_k, A_k, tail_mass=tail)
+    curv = _curvature_topk(p_k, A_k, tail)
     # A direction orthogonal to every row of W_K (a control) has a_K = 0 up to rounding; call that exactly
     # zero curvature, so that t_pred is inf rather than ~1e15.
     negligible = A_k.abs().amax(-1) <= _ORTHOGONAL_TOL * A.abs().amax(-1)
@@ -235,8 +244,15 @@ def curvature_topk(p_k: torch.Tensor, A_k: torch.Tensor, tail_mass: torch.Tensor
     digits when p_top1 ≈ 1. `tail_mass [P]` is `1 − m` summed from the probabilities outside the top k
     (more accurate than `1 − m` when m ≈ 1); by default `1 − m`.
     """
-    _check_matrix("p_k", p_k, (2,))
-    _check_matrix("A_k", A_k, (3,))
+    p_k, A_k = _check_velocities(p_k, A_k, "p_k", "A_k", "k")
+    if tail_mass is not None:
+        tail_mass = _checks.tensor("tail_mass", tail_mass, "[P]", device=p_k.device)
+        _checks.check_shapes(("p_k", p_k, "[P, k]"), ("tail_mass", tail_mass, "[P]"))
+    return _curvature_topk(p_k, A_k, tail_mass)
+
+
+def _curvature_topk(p_k: torch.Tensor, A_k: torch.Tensor, tail_mass: torch.Tensor | None) -> torch.Tensor:
+    """`curvature_topk` on checked arguments."""
     p64 = p_k.double()[:, None, :]
     A64 = A_k.double()
     mass = p64.sum(-1)
@@ -251,9 +267,9 @@ def curvature_topk(p_k: torch.Tensor, A_k: torch.Tensor, tail_mass: torch.Tensor
 @_no_grad
 def cumulants(p: torch.Tensor, A: torch.Tensor, order: int = 4) -> torch.Tensor:
     """Return the cumulants `κ₂…κ_order` of `a` under `p` as `[P, D, order − 1]` float64 (order ≤ 4)."""
-    if not 2 <= order <= 4:
-        raise ValueError("cumulants are implemented for order 2, 3 or 4")
-    _check_velocities(p, A)
+    if isinstance(order, bool) or order not in (2, 3, 4):
+        raise InputError(f"cumulants are implemented for order 2, 3 or 4, not {order!r}")
+    p, A = _check_velocities(p, A)
     moments = _weighted_moments(p, A, order)
     kappas = moments[:2]
     if order == 4:
@@ -263,9 +279,17 @@ def cumulants(p: torch.Tensor, A: torch.Tensor, order: int = 4) -> torch.Tensor:
 
 @_no_grad
 def predicted_boundary(curv: torch.Tensor, eps) -> torch.Tensor:
-    """Return the closed form `t_pred = sqrt(2ε / uᵀFu)` `[P, D, E]` (float64; `inf` where curvature is 0)."""
+    """Return the closed form `t_pred = sqrt(2ε / uᵀFu)` `[P, D, E]` (float64; `inf` where curvature is ≤ 0).
+
+    `curv [P, D]` (any shape; finite), `eps` a positive finite number or a sequence of them `[E]`.
+    """
+    curv = _checks.tensor("curv", curv, "[...]")
+    return _predicted_boundary(curv, _checks.check_eps(eps, curv.device))
+
+
+def _predicted_boundary(curv: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """`predicted_boundary` on checked arguments (`eps` float64 `[E]`)."""
     curv = curv.double()
-    eps = torch.as_tensor(eps, dtype=torch.float64, device=curv.device).reshape(-1)
     positive = curv > 0
     safe = torch.where(positive, curv, torch.ones_like(curv))
     t = torch.sqrt(2 * eps / safe[..., None])
@@ -285,9 +309,14 @@ def cumulant_boundary(kappas: torch.Tensor, eps, n_bisect: int = 100) -> torch.T
     most twice for s > 0, so f is monotone between those critical points: the smallest root lies in the
     first monotone piece whose right end has `f ≥ 0`, where a geometric bisection finds it. The pieces
     are bounded by Cauchy's bounds on the roots, so no root is missed however narrow or far it is.
+
+    `kappas [..., 3]` must be finite, `eps` positive and finite, `n_bisect` a positive integer.
     """
+    kappas = _checks.tensor("kappas", kappas, "[..., 3]")
+    _checks.check_shapes(("kappas", kappas, "[..., 3]"))
+    n_bisect = _checks.check_count("n_bisect", n_bisect, minimum=1)
     k2, k3, k4 = (kappas[..., i, None].double() for i in range(3))
-    t_pred = predicted_boundary(kappas[..., 0], eps)
+    t_pred = _predicted_boundary(kappas[..., 0], _checks.check_eps(eps, kappas.device))
     finite = torch.isfinite(t_pred)
     base = torch.where(finite, t_pred, torch.ones_like(t_pred))
     safe_k2 = torch.where(k2 > 0, k2, torch.ones_like(k2))

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from .boundary import DEFAULT_MEMORY_BUDGET, empirical_boundary
+from . import _checks
+from .atomic import atomic_path
+from .boundary import DEFAULT_MEMORY_BUDGET, _check_divergence, empirical_boundary, resolve_memory_budget
 from .directions import direction_sweep
+from .errors import InputError
 from .fisher import _ROW_CHUNK, cumulant_boundary, cumulants, curvature, predicted_boundary
 from .models import run_with_oom_backoff
+from .progress import progress_bar
 
 logger = logging.getLogger("fisherlib")
 
@@ -50,14 +52,31 @@ def measure_boundaries(
     zero curvature, a reverse-KL bound below ε, or beyond `t_max`) are kept, with `rho = inf`.
     Positions are processed in chunks so that the float64 `[chunk, D, V]` velocities stay within
     `memory_budget`; each position's random directions depend only on `(seed, position id)`.
+
+    Inputs as in `fisherlib.fisher`: tensors or numpy arrays (converted with `torch.as_tensor`; `b`
+    onto W's device, `h` may live elsewhere and is moved a chunk at a time). Raises InputError (a
+    ValueError) before any work for another type or dtype, shapes that do not match (`W [V, d]`,
+    `b [V]`, `h [P, d]`), NaN or inf, an ε that is not positive and finite, `top_k` outside `[1, V]`,
+    an unknown divergence, `position_ids` that are not `P` values, or a non-positive `memory_budget`
+    (None: a quarter of the free memory of W's device, see `boundary.resolve_memory_budget`).
     """
+    W = _checks.tensor("W", W, "[V, d]", device=_checks.device_of(h))
+    b = None if b is None else _checks.tensor("b", b, "[V]", device=W.device)
+    h = _checks.tensor("h", h, "[P, d]")
+    _checks.check_shapes(("W", W, "[V, d]"), ("b", b, "[V]"), ("h", h, "[P, d]"))
+    _checks.check_same_device(("W", W), ("b", b))
+    eps = _checks.check_eps(eps_grid, W.device)
+    top_k = _checks.check_top_k(top_k, W.shape[0])
+    _check_divergence(divergence)
+    memory_budget = resolve_memory_budget(W.device, memory_budget)
     P = h.shape[0]
     position_ids = np.arange(P) if position_ids is None else np.asarray(position_ids)
-    eps = torch.as_tensor(eps_grid, dtype=torch.float64, device=W.device).reshape(-1)
+    if position_ids.shape != (P,):
+        raise InputError(f"position_ids must be P = {P} values, one per position, got shape {position_ids.shape}")
     b64 = None if b is None else b.double()
     n_directions = 2 * (7 + 6 + 7) + n_random + n_control  # upper bound, for the chunk size
     chunk = max(1, memory_budget // (4 * 8 * n_directions * W.shape[0]))
-    bar = tqdm(total=P, desc="direction sweep", unit="pos", disable=not progress)
+    bar = progress_bar(total=P, desc="direction sweep", unit="pos", disable=not progress)
 
     def measure_chunk(rows: list[int]) -> pd.DataFrame:
         h_chunk = h[rows].to(W.device).double()
@@ -169,10 +188,8 @@ def run_sweep(params, seed: int, progress: bool = True) -> Sweep:
 
 
 def _write_parquet_atomically(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    df.to_parquet(partial, index=False)
-    os.replace(partial, path)
+    with atomic_path(path) as partial:  # a unique temporary: two runs of one sweep never share it
+        df.to_parquet(partial, index=False)
 
 
 def _positions_path(path: Path) -> Path:

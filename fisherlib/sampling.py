@@ -15,9 +15,8 @@ import logging
 import math
 import os
 import platform
-import shutil
 import subprocess
-import tempfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
+from .atomic import atomic_directory
 from .corpora import Document, load_corpus
 from .corpora import corpus_options as resolve_corpus_options
-from .errors import FisherlibError
+from .errors import FisherlibError, ParameterError
 from .fisher import effective_rank, entropy, fisher_eigh, top_k_distribution
+from .progress import progress as progress_iter
+from .progress import progress_bar
 
 logger = logging.getLogger("fisherlib")
 
@@ -38,6 +39,13 @@ N_STRATA = 5
 SAMPLER_VERSION = 2  # bump when a change alters what a cached sample holds (2: context_ids)
 _LOGIT_CHUNK = 256  # positions whose [chunk, V] logits are alive at once
 _ROW_CHUNK = 16384  # rows of W converted to float64 at a time (never a float64 copy of the whole of W)
+
+# One corpus: a name or file spec for `load_corpus`, a path, or documents already loaded.
+CorpusSource = str | os.PathLike | Iterable[Document]
+_CORPORA_ACCEPTED = (
+    "corpora must be a corpus name or file spec (str, e.g. 'stdlib-code' or 'math=path/to/file.jsonl'), a path "
+    "(os.PathLike), or an iterable of Documents (what load_corpus returns), or a list of these"
+)
 
 
 @dataclass
@@ -71,9 +79,8 @@ class PositionSample:
     def save(self, folder: Path) -> Path:
         """Write the sample to `folder` atomically: a sibling temporary folder is renamed into place."""
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
+        # A sibling staging folder renamed into place; another run that finished first keeps its copy.
+        with atomic_directory(folder) as staging:
             self.table.to_parquet(staging / "positions.parquet", index=False)
             tensors = {"h": self.h.cpu(), "topk_ids": self.topk_ids.cpu(), "topk_probs": self.topk_probs.cpu()}
             if self.context_ids is not None:
@@ -83,13 +90,6 @@ class PositionSample:
             torch.save(tensors, staging / "tensors.pt")
             (staging / "params.json").write_text(json.dumps(self.params, indent=2, sort_keys=True) + "\n")
             (staging / "manifest.json").write_text(json.dumps(self.manifest, indent=2, sort_keys=True, default=str) + "\n")
-            if folder.exists():  # another run finished first: keep its copy
-                shutil.rmtree(staging)
-            else:
-                os.replace(staging, folder)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return folder
 
     @classmethod
@@ -118,7 +118,7 @@ def sampling_key(params: dict[str, Any]) -> str:
 
 def sample_positions(
     model,
-    corpora: list[str],
+    corpora: CorpusSource | list[CorpusSource],
     n_positions: int,
     seed: int = 0,
     top_k: int = 64,
@@ -134,20 +134,27 @@ def sample_positions(
 ) -> PositionSample:
     """Return `n_positions` rank-stratified positions of `model` (a `LoadedModel`) over `corpora`.
 
+    `corpora` is one corpus or a list of them; a corpus is a name or file spec for `load_corpus` (a
+    single str is one corpus, never a list of letters), a path (`os.PathLike`), or an iterable of
+    `Document`s (what `load_corpus` returns; a list of Documents is one corpus). Names and paths are
+    read with `load_corpus(..., n_docs, seed)`; loaded documents are taken in their own order, the
+    first `n_docs` of them (with `n_docs=0` as many as a named corpus would give), and their domains
+    come from `Document.domain`. The cache key holds names and paths as given, and loaded documents as
+    a hash of their domains, ids and texts. Anything else raises ParameterError (a TypeError).
+
     Equal shares per domain; within each domain, equal shares per effective-rank quintile of the
     candidate pool. With `cache_dir`, the sample is stored under `cache_dir/positions-<key>/` and the
     same parameters load it back; other parameters make a new entry. `corpus_options` override
     `corpora.CORPUS_OPTION_DEFAULTS` (GSM8K calculator annotations, wikitext escapes, stream spread);
     the resolved options, defaults included, are recorded in the parameters and the manifest.
     """
-    if not corpora:
-        raise FisherlibError("no corpora given: name at least one (e.g. stdlib-code, or a .jsonl file)")
+    sources = _corpus_sources(corpora)
     options = resolve_corpus_options(**(corpus_options or {}))
     params = dict(
         model_id=model.model_id,
         revision=model.revision,
         dtype=str(model.dtype).removeprefix("torch."),
-        corpora=list(corpora),
+        corpora=[_corpus_label(source) for source in sources],
         n_positions=int(n_positions),
         seed=int(seed),
         top_k=int(top_k),
@@ -167,7 +174,7 @@ def sample_positions(
             return PositionSample.load(folder)
 
     rng = np.random.default_rng(seed)
-    documents = _documents_by_domain(model, corpora, n_positions, pool_factor, n_docs, seed, render, options)
+    documents = _documents_by_domain(model, sources, n_positions, pool_factor, n_docs, seed, render, options)
     domains = sorted(documents)
     per_domain = _split_evenly(n_positions, len(domains))
     candidates = []
@@ -198,15 +205,72 @@ def _split_evenly(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
-def _documents_by_domain(model, corpora, n_positions, pool_factor, n_docs, seed, render, options=None) -> dict[str, list[Document]]:
-    """Read each corpus; group documents by their domain."""
-    per_corpus = math.ceil(pool_factor * n_positions / len(corpora))
+def _corpus_sources(corpora) -> list[str | list[Document]]:
+    """Return `corpora` as a list of corpora, each a `load_corpus` name or spec (str) or a list of Documents.
+
+    Raises:
+        FisherlibError: no corpora at all.
+        ParameterError: anything but a str, an os.PathLike, an iterable of Documents, or a list of these.
+    """
+
+    def is_collection(x) -> bool:
+        return isinstance(x, Iterable) and not isinstance(x, (str, bytes, Mapping, Document))
+
+    def one(source) -> str | list[Document] | None:
+        if isinstance(source, (str, os.PathLike)):
+            return os.fspath(source)
+        if is_collection(source):
+            docs = list(source)  # an iterator from load_corpus is read once, here
+            return docs if all(isinstance(doc, Document) for doc in docs) else None
+        return None
+
+    if isinstance(corpora, (str, os.PathLike)):
+        sources = [os.fspath(corpora)]  # one corpus, never a list of one-letter names
+    elif not is_collection(corpora):
+        raise ParameterError(f"{_CORPORA_ACCEPTED}; got {type(corpora).__name__}")
+    else:
+        items = list(corpora)
+        if items and all(isinstance(item, Document) for item in items):
+            sources = [items]  # one loaded corpus
+        else:
+            sources = []
+            for item in items:
+                source = one(item)
+                if source is None:
+                    raise ParameterError(f"{_CORPORA_ACCEPTED}; got a list holding {type(item).__name__} {item!r:.80}")
+                sources.append(source)
+    if not sources:
+        raise FisherlibError("no corpora given: name at least one (e.g. stdlib-code, or a .jsonl file)")
+    return sources
+
+
+def _corpus_label(source: str | list[Document]) -> str:
+    """Return how a corpus enters the parameters and the cache key: its name, or a hash of its documents."""
+    if isinstance(source, str):
+        return source
+    digest = hashlib.sha256()
+    for doc in source:
+        for part in (doc.domain, doc.doc_id, doc.text):
+            digest.update(part.encode())
+            digest.update(b"\0")
+    domains = "+".join(sorted({doc.domain for doc in source}))
+    return f"documents:{domains}:{len(source)}:{digest.hexdigest()[:16]}"
+
+
+def _documents_by_domain(
+    model, sources, n_positions, pool_factor, n_docs, seed, render, options=None
+) -> dict[str, list[Document]]:
+    """Read each corpus (or take its loaded documents); group documents by their domain."""
+    per_corpus = math.ceil(pool_factor * n_positions / len(sources))
     wanted = n_docs or per_corpus  # one candidate per document where the corpus is large enough
     by_domain: dict[str, list[Document]] = {}
-    for name in corpora:
-        docs = list(load_corpus(name, wanted, seed, render=render, tokenizer=model.tokenizer, **(options or {})))
+    for source in sources:
+        if isinstance(source, str):
+            docs = list(load_corpus(source, wanted, seed, render=render, tokenizer=model.tokenizer, **(options or {})))
+        else:
+            docs = source[:wanted]
         if not docs:
-            raise FisherlibError(f"corpus {name!r} gave no documents")
+            raise FisherlibError(f"corpus {_corpus_label(source)!r} gave no documents")
         for doc in docs:
             by_domain.setdefault(doc.domain, []).append(doc)
     return by_domain
@@ -259,7 +323,7 @@ def _measure_candidates(model, candidates, top_k, batch_size, progress) -> dict[
     groups = sorted(by_doc.values(), key=needed, reverse=True)
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     h = torch.empty(len(candidates), model.head.hidden_size, dtype=torch.float32)
-    bar = tqdm(total=len(candidates), desc="capturing h", unit="pos", disable=not progress)
+    bar = progress_bar(total=len(candidates), desc="capturing h", unit="pos", disable=not progress)
     for start in range(0, len(groups), batch_size):
         batch = groups[start : start + batch_size]
         length = max(needed(g) for g in batch)
@@ -319,7 +383,7 @@ def position_statistics(W, b, h, top_k, progress=False, n_tokens=None) -> dict[s
     row_norms = torch.cat([W[a:c].double().pow(2).sum(-1) for a, c in row_chunks])
     b64 = None if b is None else b.to(device).double()
     out: dict[str, list[torch.Tensor]] = {}
-    for start in tqdm(range(0, h.shape[0], _LOGIT_CHUNK), desc="Fisher spectra", disable=not progress):
+    for start in progress_iter(range(0, h.shape[0], _LOGIT_CHUNK), desc="Fisher spectra", disable=not progress):
         h_chunk = h[start : start + _LOGIT_CHUNK].to(device).double()
         z = torch.empty(h_chunk.shape[0], V, dtype=torch.float64, device=device)
         for a, c in row_chunks:

@@ -7,6 +7,7 @@ import torch
 
 import fisherlib as fl
 from fisherlib.boundary import reverse_kl_bound
+from fisherlib.errors import InputError
 
 EPS = [1e-3, 1e-2, 0.1, 1.0, 3.0]
 
@@ -211,7 +212,7 @@ def test_automatic_memory_budget_gives_the_same_answer():
 
 def test_mismatched_shapes_are_refused():
     z, A, *_ = _lines(P=2, D=3)
-    with pytest.raises(ValueError, match=r"does not match z"):
+    with pytest.raises(ValueError, match=r"A must be \[P, D, V\] to match z \[P, V\]"):
         fl.empirical_boundary(z[:, :-1], A, EPS)
     with pytest.raises(ValueError, match="3 dimensions"):
         fl.empirical_boundary(z, A[0], EPS)
@@ -219,3 +220,40 @@ def test_mismatched_shapes_are_refused():
         fl.empirical_boundary(z, A, EPS, t_max=0)
     with pytest.raises(ValueError, match=r"t must be \[E\]"):
         fl.kl_along_line(z, A, torch.ones(5, 3, 2))
+
+
+def test_a_nan_logit_or_velocity_is_an_error_not_a_censored_line():
+    z, A, *_ = _lines(P=2, D=3)
+    bad_z, bad_A = z.clone(), A.clone()
+    bad_z[1, 4], bad_A[0, 2, 7] = math.nan, math.nan
+    for call in (
+        fl.empirical_boundary, lambda z, A, eps: fl.kl_along_line(z, A, torch.tensor(eps)), lambda z, A, eps: reverse_kl_bound(z, A),
+    ):  # fmt: skip
+        with pytest.raises(InputError, match=r"z \[P, V\] holds 1 NaN"):
+            call(bad_z, A, EPS)
+        with pytest.raises(InputError, match=r"A \[P, D, V\] holds 1 NaN"):
+            call(z, bad_A, EPS)
+    plus_inf, all_minus_inf = z.clone(), z.clone()
+    plus_inf[0, 0] = math.inf
+    all_minus_inf[1] = -math.inf
+    with pytest.raises(InputError, match=r"1 \+inf"):
+        fl.empirical_boundary(plus_inf, A, EPS)
+    with pytest.raises(InputError, match=r"1 row\(s\) of -inf only"):
+        fl.empirical_boundary(all_minus_inf, A, EPS)
+    with pytest.raises(InputError, match="t .* holds"):
+        fl.kl_along_line(z, A, torch.tensor([0.1, math.nan]))
+    some_minus_inf = z.clone()
+    some_minus_inf[:, :5] = -math.inf  # tokens ruled out are allowed
+    assert not torch.isnan(fl.empirical_boundary(some_minus_inf, A, EPS)).any()
+
+
+def test_numpy_inputs_are_converted_and_other_types_refused():
+    z, A, *_ = _lines(P=2, D=3)
+    torch.testing.assert_close(fl.empirical_boundary(z.numpy(), A.numpy(), EPS), fl.empirical_boundary(z, A, EPS), rtol=0, atol=0)
+    torch.testing.assert_close(fl.kl_along_line(z.numpy(), A, [0.5]), fl.kl_along_line(z, A, [0.5]), rtol=0, atol=0)
+    with pytest.raises(InputError, match=r"z must be a torch.Tensor \[P, V\]"):
+        fl.empirical_boundary(z.tolist(), A, EPS)
+    with pytest.raises(InputError, match=r"A must be a floating-point tensor \[P, D, V\] \(3 dimensions\), got torch.int64"):
+        fl.empirical_boundary(z, A.long(), EPS)
+    with pytest.raises(InputError, match=r"rtol must be a number in \(0, 1\)"):
+        fl.empirical_boundary(z, A, EPS, rtol=math.nan)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fisherlib as fl
-from fisherlib.errors import DegenerateInputError
+from fisherlib.errors import DegenerateInputError, InputError
 
 
 def _problem(P=3, V=60, d=24, seed=0):
@@ -86,3 +86,32 @@ def test_control_needs_top_k_below_the_width():
     with pytest.raises(DegenerateInputError, match="lower top_k"):
         fl.direction_sweep(W, h, p, top_k=8, n_control=2)
     fl.direction_sweep(W, h, p, top_k=8, n_control=0)  # without controls it is fine
+
+
+def test_mismatched_shapes_and_bad_arguments_raise_one_clear_error():
+    W, h, p = _problem(P=3, V=60, d=24)
+    with pytest.raises(InputError, match=r"h must be \[P, d\] to match W \[V, d\] = \(60, 24\); got h of shape \(3, 23\)"):
+        fl.direction_sweep(W, h[:, :23], p, top_k=8)
+    with pytest.raises(InputError, match=r"p must be \[P, V\] to match .* \(P = 2, not 3\)"):
+        fl.direction_sweep(W, h, p[:2], top_k=8)
+    with pytest.raises(InputError, match=r"F_k must be \[P, d, d\]"):
+        fl.direction_sweep(W, h, p, F_k=torch.zeros(3, 24, 23, dtype=torch.float64), top_k=8)
+    bad_p = p.clone()
+    bad_p[0, 0] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        fl.direction_sweep(W, h, bad_p, top_k=8)
+    for top_k in (0, 61):
+        with pytest.raises(InputError, match="top_k must be"):
+            fl.direction_sweep(W, h, p, top_k=top_k, n_control=0)
+    with pytest.raises(InputError, match="position_ids must be P = 3"):
+        fl.direction_sweep(W, h, p, top_k=8, position_ids=[0, 1])
+    with pytest.raises(InputError, match="n_random must be an integer >= 0"):
+        fl.direction_sweep(W, h, p, top_k=8, n_random=-1)
+
+
+def test_numpy_inputs_give_the_tensor_result():
+    W, h, p = _problem(P=2)
+    U, table = fl.direction_sweep(W, h, p, top_k=8, n_random=2, n_control=1)
+    U_np, table_np = fl.direction_sweep(W.numpy(), h.numpy(), p.numpy(), top_k=8, n_random=2, n_control=1)
+    torch.testing.assert_close(U_np, U, rtol=0, atol=0)
+    assert table_np.equals(table)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import fisherlib as fl
+from fisherlib.errors import InputError
 from fisherlib.fisher import curvature_topk, fisher_eigh
 
 
@@ -190,11 +191,94 @@ def test_inputs_that_require_grad_are_accepted():
 
 def test_bad_inputs_raise_one_clear_error():
     W, _, p = _problem(P=2)
-    with pytest.raises(ValueError, match="W has 40 rows"):
+    with pytest.raises(ValueError, match=r"p must be \[P, V\] to match W \[V, d\] = \(40, 12\)"):
         fl.fisher_pullback(W, p[:, :30])
     with pytest.raises(ValueError, match="top_k must be a positive integer"):
         fisher_eigh(W, p, 0)
-    with pytest.raises(ValueError, match=r"does not match p"):
+    with pytest.raises(ValueError, match=r"A must be \[P, D, V\] to match p \[P, V\]"):
         fl.curvature(p, torch.zeros(2, 3, 39, dtype=torch.float64))
     with pytest.raises(ValueError, match="floating-point"):
         fl.curvature(p, torch.zeros(2, 3, 40, dtype=torch.long))
+
+
+def _velocities(P=2, D=3, V=40, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(P, D, V, generator=g, dtype=torch.float64)
+
+
+def test_nan_probabilities_or_weights_raise_instead_of_returning_nan():
+    W, _, p = _problem(P=2)
+    A = _velocities()
+    bad_p = p.clone()
+    bad_p[1, 3] = math.nan
+    for call in (
+        lambda: fl.curvature(bad_p, A), lambda: fl.curvature(bad_p, A, top_k=4), lambda: fl.cumulants(bad_p, A),
+        lambda: fl.fisher_pullback(W, bad_p), lambda: fl.fisher_pullback(W, bad_p, top_k=4),
+        lambda: fisher_eigh(W, bad_p, 4), lambda: fl.entropy(bad_p), lambda: fl.top_k_distribution(bad_p, 4),
+    ):  # fmt: skip
+        with pytest.raises(InputError, match=r"p \[.*\] holds 1 NaN"):
+            call()
+    bad_W, bad_A = W.clone(), A.clone()
+    bad_W[7, 2], bad_A[0, 1, 5] = math.inf, -math.inf
+    with pytest.raises(InputError, match=r"W \[V, d\] holds 1 \+inf"):
+        fl.fisher_pullback(bad_W, p)
+    with pytest.raises(InputError, match=r"A \[P, D, V\] holds 1 -inf"):
+        fl.curvature(p, bad_A)
+    with pytest.raises(InputError, match="eigvals"):
+        fl.effective_rank(torch.tensor([[1.0, math.nan]]))
+    with pytest.raises(InputError, match="kappas"):
+        fl.cumulant_boundary(torch.tensor([[[1.0, math.nan, 0.0]]]), [0.1])
+
+
+def test_top_k_must_lie_between_one_and_the_vocabulary():
+    W, _, p = _problem(P=2, V=40)
+    A = _velocities()
+    for top_k in (0, 41, True, 2.0):
+        for call in (
+            lambda: fl.fisher_pullback(W, p, top_k=top_k), lambda: fisher_eigh(W, p, top_k),
+            lambda: fl.curvature(p, A, top_k=top_k), lambda: fl.top_k_distribution(p, top_k),
+        ):  # fmt: skip
+            with pytest.raises(InputError, match="top_k must be"):
+                call()
+    with pytest.raises(InputError, match=r"at most n_tokens = 36"):
+        fl.top_k_distribution(p, 37, n_tokens=36)
+    assert fl.top_k_distribution(p, 40)[0].shape == (2, 40)  # top_k = V is the whole distribution
+
+
+def test_eps_must_be_positive_and_finite_for_the_closed_forms():
+    curv = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    kappas = torch.tensor([[[1.0, 0.5, 0.1]]], dtype=torch.float64)
+    for eps in (0.0, -0.1, [0.1, math.nan], math.inf, []):
+        with pytest.raises(InputError, match="every ε must be a positive finite number"):
+            fl.predicted_boundary(curv, eps)
+        with pytest.raises(InputError, match="every ε must be a positive finite number"):
+            fl.cumulant_boundary(kappas, eps)
+
+
+def test_mismatched_shapes_name_the_expected_shape():
+    W, _, p = _problem(P=2, V=40, d=12)
+    A = _velocities(P=2, D=3, V=40)
+    with pytest.raises(InputError, match=r"A must be \[P, D, V\] to match p \[P, V\] = \(2, 40\); got A of shape \(1, 3, 40\)"):
+        fl.curvature(p, A[:1])
+    with pytest.raises(InputError, match=r"tail_mass must be \[P\] to match p_k \[P, k\]"):
+        curvature_topk(p[:, :5], A[..., :5], tail_mass=torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(InputError, match=r"kappas must be \[\.\.\., 3\]"):
+        fl.cumulant_boundary(torch.ones(2, 1, 2, dtype=torch.float64), [0.1])
+    with pytest.raises(InputError, match=r"W must be a floating-point tensor \[V, d\] \(2 dimensions\)"):
+        fl.fisher_pullback(W[0], p)
+    with pytest.raises(InputError, match=r"p must be a torch.Tensor \[P, V\] or \[V\] \(a numpy array is converted\), got list"):
+        fl.fisher_pullback(W, p.tolist())
+
+
+def test_numpy_inputs_are_converted():
+    W, _, p = _problem(P=2)
+    A = _velocities()
+    torch.testing.assert_close(fl.fisher_pullback(W.numpy(), p.numpy()), fl.fisher_pullback(W, p), rtol=0, atol=0)
+    torch.testing.assert_close(fl.fisher_pullback(W.numpy(), p, top_k=4), fl.fisher_pullback(W, p, top_k=4), rtol=0, atol=0)
+    for got, expected in zip(fisher_eigh(W.numpy(), p.numpy(), 4), fisher_eigh(W, p, 4)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(fl.curvature(p.numpy(), A.numpy(), top_k=4), fl.curvature(p, A, top_k=4), rtol=0, atol=0)
+    torch.testing.assert_close(fl.cumulants(p.numpy(), A), fl.cumulants(p, A), rtol=0, atol=0)
+    torch.testing.assert_close(fl.entropy(p.numpy()), fl.entropy(p), rtol=0, atol=0)
+    curv = fl.curvature(p, A)
+    torch.testing.assert_close(fl.predicted_boundary(curv.numpy(), [0.1]), fl.predicted_boundary(curv, [0.1]), rtol=0, atol=0)

@@ -2,9 +2,11 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 import fisherlib as fl
+from fisherlib.errors import InputError
 from fisherlib.measure import MEASUREMENT_COLUMNS, measure_boundaries
 
 EPS = [0.01, 0.1, 1.0]
@@ -74,3 +76,21 @@ def test_out_of_memory_halves_the_chunk_and_gives_the_same_table(monkeypatch, ca
         table = measure_boundaries(W, b, h, EPS, top_k=8, n_random=3, n_control=2, progress=False)
     assert "retrying with" in caplog.text
     pd.testing.assert_frame_equal(table, expected, rtol=1e-9, atol=0)
+
+
+def test_bad_inputs_are_refused_before_any_work_and_numpy_is_converted():
+    W, b, h = _head()
+    bad_h = h.clone()
+    bad_h[2, 3] = float("nan")
+    with pytest.raises(InputError, match=r"h \[P, d\] holds 1 NaN"):
+        measure_boundaries(W, b, bad_h, EPS, top_k=8, progress=False)
+    with pytest.raises(InputError, match=r"b must be \[V\] to match W \[V, d\]"):
+        measure_boundaries(W, b[:-1], h, EPS, top_k=8, progress=False)
+    with pytest.raises(InputError, match="every ε must be a positive finite number"):
+        measure_boundaries(W, b, h, [0.1, 0.0], top_k=8, progress=False)
+    with pytest.raises(InputError, match="top_k must be at most V = 80"):
+        measure_boundaries(W, b, h, EPS, top_k=81, progress=False)
+    options = dict(top_k=8, n_random=1, n_control=1, progress=False)
+    pd.testing.assert_frame_equal(
+        measure_boundaries(W.numpy(), b.numpy(), h.numpy(), np.array(EPS), **options), measure_boundaries(W, b, h, EPS, **options)
+    )

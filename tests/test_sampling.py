@@ -11,7 +11,8 @@ import torch
 
 import fisherlib as fl
 import fisherlib.sampling as sampling
-from fisherlib.corpora import fixture_corpora
+from fisherlib.corpora import Document, fixture_corpora
+from fisherlib.errors import ParameterError
 from fisherlib.sampling import N_STRATA, PositionSample, position_statistics
 
 from test_models import WORDS, make_model, make_tokenizer
@@ -103,6 +104,35 @@ def test_cache_round_trip_and_no_half_written_entry(small_model, corpora, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         _sample(small_model, corpora, cache_dir=tmp_path, n_positions=30)
     assert [p.name for p in tmp_path.iterdir()] == [entry.name]  # nothing new, no staging left over
+
+
+def test_a_single_corpus_name_is_one_corpus_not_a_list_of_letters(small_model):
+    sample = _sample(small_model, "stdlib-code", n_positions=10)
+    assert len(sample) == 10 and sample.table["domain"].nunique() == 1
+    assert sample.params["corpora"] == ["stdlib-code"]
+
+
+def test_loaded_documents_and_paths_are_corpora(small_model, corpora):
+    by_name = _sample(small_model, corpora, n_docs=12)
+    loaded = [list(fl.load_corpus(spec, 12, seed=0)) for spec in corpora]
+    by_documents = _sample(small_model, loaded, n_docs=12)
+    pd.testing.assert_frame_equal(by_documents.table, by_name.table)
+    assert torch.equal(by_documents.h, by_name.h)
+    assert all(label.startswith("documents:") for label in by_documents.params["corpora"])
+    # One corpus on its own: load_corpus's iterator, a list of Documents, a path (its stem is the domain).
+    path = Path(corpora[0].partition("=")[2])
+    for corpus in (fl.load_corpus(corpora[0], 12), loaded[0], path):
+        sample = _sample(small_model, corpus, n_positions=10)
+        assert len(sample) == 10 and set(sample.table["domain"]) == {"alpha"}
+
+
+@pytest.mark.parametrize(
+    "bad", [42, [42], b"stdlib-code", {"alpha": "stdlib-code"}, [Document("a", "0", "x y"), "stdlib-code"]],
+    ids=["int", "list-of-int", "bytes", "dict", "documents-and-a-name"],
+)
+def test_other_corpora_arguments_say_what_is_accepted(small_model, bad):
+    with pytest.raises(ParameterError, match="corpus name or file spec .* a path .* an iterable of Documents"):
+        _sample(small_model, bad)
 
 
 @pytest.mark.integration
