@@ -59,7 +59,7 @@ def test_sampling_runs_about_the_trunk_tokens_it_needs(loaded, uneven_corpus, mo
         return original(model, input_ids, attention_mask, rows, cols)
 
     monkeypatch.setattr(fisherlib.models, "capture_final_residual", counting)
-    sample = sample_positions(loaded, [uneven_corpus], 10, max_context=200, batch_size=4, progress=False)
+    sample = sample_positions(loaded, [uneven_corpus], 10, max_context=200, batch_size=4, top_k=8, progress=False)
     assert len(sample) == 10
     # Batches cut at their longest context ran 1.9x the tokens needed here; sorted by prefix, 1.16x.
     assert counts["run"] <= 1.25 * counts["needed"], counts
@@ -99,7 +99,7 @@ def test_position_statistics_reads_w_in_row_chunks(loaded, monkeypatch: pytest.M
 
 def test_manifest_records_dtype_card_and_corpus_options(loaded, uneven_corpus, tmp_path: Path):
     sample = sample_positions(
-        loaded, [uneven_corpus], 5, max_context=200, progress=False, cache_dir=tmp_path,
+        loaded, [uneven_corpus], 5, max_context=200, top_k=8, progress=False, cache_dir=tmp_path,
         corpus_options=dict(strip_calculator=False),
     )  # fmt: skip
     manifest = json.loads(next(tmp_path.glob("positions-*/manifest.json")).read_text())
