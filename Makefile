@@ -49,7 +49,7 @@ RUNNER_ARGS := --run $(RUN_NAME) --kernel $(KERNEL) --cwd notebooks -f $(PARAMS)
 	$(if $(REVISION),-p revision "$(REVISION)") \
 	$(if $(REVISIONS),-y "revisions: [$(foreach r,$(REVISIONS),'$(r)',)]")
 
-.PHONY: FORCE all venv constraints test test-unit test-integration test-notebooks bench bench-real bench-layers gpu-check reproduce dynamics tiny-model paper clean help
+.PHONY: all venv constraints test test-unit test-integration test-notebooks bench bench-real bench-layers gpu-check reproduce dynamics tiny-model paper clean help
 all: help
 
 help:
@@ -66,10 +66,23 @@ help:
 	@echo "make bench-layers   layer_boundary against the naive full-context search (tiny, ~3 min)"
 
 venv: $(STAMP)
-# Rewritten only when TORCH or TORCH_INDEX changed, so the set-up reruns exactly then.
-$(TORCH_SPEC): FORCE
-	@mkdir -p $(VENV)
-	@echo "$(TORCH) --index-url $(TORCH_INDEX)" | cmp -s - $@ || echo "$(TORCH) --index-url $(TORCH_INDEX)" > $@
+# The two stamps below are brought up to date while make reads this file, before it decides what to rebuild,
+# so `make -n` shows exactly what would run. $(TORCH_SPEC) is rewritten only when TORCH or TORCH_INDEX changed
+# (the set-up then reruns); $(RUN_KEY) only when an input of the run changed (its notebooks then rerun).
+ifneq ($(filter-out help clean gpu-check,$(MAKECMDGOALS)),)
+TORCH_LINE := $(TORCH) --index-url $(TORCH_INDEX)
+$(shell mkdir -p $(VENV) && { echo "$(TORCH_LINE)" | cmp -s - $(TORCH_SPEC) || echo "$(TORCH_LINE)" > $(TORCH_SPEC); })
+endif
+# A dry run (make -n) leaves the key alone and compares against a copy, so it never changes what a real run does.
+DRY_RUN := $(findstring n,$(firstword -$(MAKEFLAGS)))
+ifneq ($(filter reproduce dynamics runs/%,$(MAKECMDGOALS)),)
+KEY_CHANGES := $(shell $(if $(wildcard $(PY)),$(PY),$(PYTHON)) tools/runs.py key --out $(RUN_KEY) --run $(RUN_NAME) \
+	--arch "$(ARCH)" --model "$(MODEL)" --revision "$(REVISION)" --corpora "$(CORPORA)" --seeds "$(SEEDS)" \
+	--params-file $(PARAMS) $(if $(DRY_RUN),--dry-run) 2>&1)
+$(if $(KEY_CHANGES),$(info $(KEY_CHANGES)))
+RUN_KEY := $(if $(and $(DRY_RUN),$(KEY_CHANGES)),$(RUN_KEY).dry-run,$(RUN_KEY))
+endif
+$(TORCH_SPEC) $(RUN_KEY): ;
 
 # Exact versions from constraints.txt (the environment the committed tables were made with; `make
 # constraints` refreshes it); pyproject keeps ranges for library users. The full log: $(VENV)/setup.log.
@@ -116,12 +129,6 @@ gpu-check:
 
 reproduce: $(EXECUTED)
 	@$(PY) tools/runs.py publish --run $(RUN_NAME) --stage $(STAGE) --notebooks $(EXECUTED)
-
-# Rewritten only when an input of the run changed (model files, revision, corpora, seeds, parameters,
-# versions), so the notebooks below rerun exactly then; it says which input changed.
-$(RUN_KEY): FORCE | $(STAMP)
-	@$(PY) tools/runs.py key --out $@ --run $(RUN_NAME) --arch "$(ARCH)" --model "$(MODEL)" --revision "$(REVISION)" \
-		--corpora "$(CORPORA)" --seeds "$(SEEDS)" --params-file $(PARAMS)
 
 # One pattern rule per notebook: an unchanged notebook with unchanged inputs and library is not rerun, and
 # `make -j` runs 02 beside 03 and 04-07 side by side once the sweep exists. One line per notebook; the

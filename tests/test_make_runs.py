@@ -80,6 +80,11 @@ def test_a_run_reruns_exactly_when_an_input_changes(sandbox: Path) -> None:
     code, output = make(sandbox)
     assert code == 0 and executed(output) == 0, output  # nothing changed: nothing reruns
 
+    code, output = make(sandbox, "SEEDS=1", "-n")  # a dry run says what would rerun, and changes nothing
+    assert code == 0 and "would rerun" in output and "runs.py notebook" in output, output
+    code, output = make(sandbox)
+    assert code == 0 and executed(output) == 0, output
+
     code, output = make(sandbox, "SEEDS=1")
     assert code == 0 and executed(output) == 1, output
     assert "inputs changed (seeds)" in output

@@ -141,3 +141,14 @@ def test_up_to_date_compares_with_every_prerequisite(tmp_path):
     assert not runs.up_to_date(output, [str(prerequisite)])
     os.utime(output, ns=(prerequisite.stat().st_mtime_ns + 10**9,) * 2)
     assert runs.up_to_date(output, [str(prerequisite)])
+
+
+def test_a_dry_run_compares_without_touching_the_key(tmp_path, capsys):
+    key = tmp_path / "inputs.json"
+    args = ["key", "--out", str(key), "--run", "r", "--arch", "tiny", "--params-file", "params/tiny.yaml"]
+    assert runs.main(args) == 0
+    written = key.read_bytes()
+    assert runs.main([*args, "--seeds", "0 1", "--dry-run"]) == 0
+    assert "inputs changed (seeds); its notebooks would rerun" in capsys.readouterr().out
+    assert key.read_bytes() == written and (tmp_path / "inputs.json.dry-run").is_file()
+    assert runs.main([*args, "--dry-run"]) == 0 and capsys.readouterr().out == ""

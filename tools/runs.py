@@ -4,10 +4,10 @@
     python tools/runs.py notebook notebooks/01_x.ipynb runs/<run>/01_x.ipynb --run <run> -f params/tiny.yaml -p arch tiny ...
     python tools/runs.py publish --run <run> --stage runs/<run>/staged
 
-`key` writes everything that changes a run (model folder or id and revision, corpora files, seeds, the
-parameters file, the library and its dependencies' versions) to `runs/<run>/inputs.json`, rewriting it
-only when it changed: the notebook rules depend on that file, so `make` reruns exactly when an input
-changed and says which.
+`key` writes every input that changes a run (model folder or id and revision, corpora files, seeds, the
+parameters file) to `runs/<run>/inputs.json`, rewriting it only when it changed; make calls it while it
+reads the Makefile. The notebook rules depend on that file, on `fisherlib/` and on the environment's
+stamp, so `make` (and `make -n`) reruns exactly what a changed input, library or environment affects.
 
 `notebook` executes one notebook through papermill and prints one line: its name, seconds and what it
 wrote. Everything else (cell outputs, warnings, the kernel's own messages) goes to
@@ -29,19 +29,18 @@ import fcntl
 import json
 import logging
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import threading
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from fisherlib.atomic import atomic_write_bytes, make_shared
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `key` runs before the environment exists (make reads it with python3)
+
+from fisherlib.atomic import atomic_write_bytes, make_shared  # noqa: E402 - stdlib only, no torch
 PROGRESS_ENV = "FISHERLIB_PROGRESS"  # fisherlib.progress.PROGRESS_ENV; not imported: `key` runs without torch
 NAME_WIDTH = 28
 
@@ -57,13 +56,6 @@ def fingerprint(path: Path) -> dict[str, str] | str:
     if path.is_dir():
         return {child.name: fingerprint(child) for child in sorted(path.iterdir()) if child.is_file()}
     return "missing"
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def run_inputs(
@@ -92,10 +84,6 @@ def run_inputs(
         "params_file": params_file,
         "params": params_path.read_text() if params_path and params_path.is_file() else "",
         "files": files,
-        "versions": {
-            "python": platform.python_version(),
-            **{package: _version(package) for package in ("fisher-boundary", "torch", "transformers", "numpy", "pandas")},
-        },
     }
 
 
@@ -114,9 +102,22 @@ def write_if_changed(path: Path, inputs: dict[str, Any]) -> list[str]:
 
 def command_key(args: argparse.Namespace) -> int:
     inputs = run_inputs(args.run, args.arch, args.model, args.revision, args.corpora.split(), args.seeds.split(), args.params_file)
-    changed = write_if_changed(Path(args.out), inputs)
+    out = Path(args.out)
+    if args.dry_run:  # compare, and write the new inputs beside the key for make -n to see as newer
+        try:
+            old = json.loads(out.read_text())
+        except (OSError, ValueError):
+            old = None
+        if old == inputs:
+            return 0
+        changed = ["(first run)"] if old is None else sorted(k for k in set(old) | set(inputs) if old.get(k) != inputs.get(k))
+        atomic_write_bytes(out.with_name(out.name + ".dry-run"), (json.dumps(inputs, indent=2, sort_keys=True) + "\n").encode())
+    else:
+        changed = write_if_changed(out, inputs)
     if changed and changed != ["(first run)"]:
-        print(f"run {args.run}: inputs changed ({', '.join(changed)}); its notebooks rerun")
+        print(f"run {args.run}: inputs changed ({', '.join(changed)}); its notebooks {'would ' if args.dry_run else ''}rerun")
+    elif changed and args.dry_run:
+        print(f"run {args.run}: first run")
     return 0
 
 
@@ -360,7 +361,8 @@ def command_publish(args: argparse.Namespace) -> int:
         fcntl.flock(handle, fcntl.LOCK_EX)
         copied, unchanged = publish(args.run, Path(args.stage), [Path(n).stem for n in args.notebooks], results_root, figures_root)
     where = f"{os.path.relpath(results_root / args.run, ROOT)}/ and {os.path.relpath(figures_root / args.run, ROOT)}/"
-    print(f"run {args.run}: {copied} files published to {where} ({unchanged} unchanged); executed notebooks and logs in {args.stage.rsplit('/', 1)[0]}/")
+    print(f"run {args.run}: {_count(copied, 'file')} published to {where} ({unchanged} unchanged); "
+          f"executed notebooks and logs in {args.stage.rsplit('/', 1)[0]}/")  # fmt: skip
     return 0
 
 
@@ -382,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     key.add_argument("--corpora", default="")
     key.add_argument("--seeds", default="")
     key.add_argument("--params-file", default="")
+    key.add_argument("--dry-run", action="store_true", help="compare only (make -n): the key itself is left alone")
     key.set_defaults(handler=command_key)
 
     notebook = commands.add_parser("notebook", help="execute one notebook; one line on the terminal, the rest in its log")
