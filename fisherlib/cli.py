@@ -15,7 +15,7 @@ def _sample(args: argparse.Namespace) -> None:
 
     params = StudyParams.create(
         arch=args.arch, corpora=args.corpora, n_positions=args.n_positions, seed=args.seed, top_k=args.top_k,
-        max_context=args.max_context, device=args.device, dtype=args.dtype,
+        max_context=args.max_context, device=args.device, dtype=args.dtype, run_name=args.run_name,
     )  # fmt: skip
     sample = load_sample(params, args.seed)
     save_table(strata_counts(sample.table), "sample_strata", params)
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = argparse.ArgumentParser(prog="fisherlib", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    sample = commands.add_parser("sample", help="draw rank-stratified positions (cached under results/<run>/cache)")
+    sample = commands.add_parser("sample", help="draw rank-stratified positions (cached under results/<run>/cache; run: scratch unless --run-name)")
     sample.add_argument("--arch", default="tiny", help="registry name (tiny, pythia, llama, qwen), hub id or model folder")
     sample.add_argument("--corpora", nargs="*", default=[], help="corpus names or DOMAIN=PATH files (default: the arch's)")
     sample.add_argument("--n-positions", type=int, default=200)
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--max-context", type=int, default=256)
     sample.add_argument("--device", default="")
     sample.add_argument("--dtype", default="")
+    sample.add_argument("--run-name", default="", help="the run to write to (default: scratch, never a published run)")
     sample.set_defaults(run=_sample)
     tiny = commands.add_parser("tiny", help="train (or find) the embedded default model and print its folder")
     tiny.add_argument("--seed", type=int, default=0)
