@@ -120,16 +120,20 @@ def test_a_failing_notebook_ends_with_its_error_and_the_log(tmp_path):
 
 
 @pytest.mark.notebooks
-def test_progress_from_inside_the_kernel_reaches_the_terminal(tmp_path):
+def test_progress_from_inside_the_kernel_reaches_the_terminal(tmp_path, monkeypatch):
+    # Relative paths, and a kernel working elsewhere (papermill's cwd), as under make.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
     source = _notebook(
-        tmp_path / "03_slow.ipynb",
+        Path("03_slow.ipynb"),
         "import time\nfrom fisherlib.progress import progress\nfor _ in progress(range(8), desc='capturing h', unit='pos'):\n"
         "    time.sleep(0.25)",
     )  # fmt: skip
     terminal = io.StringIO()
-    assert runs.run_notebook(source, tmp_path / "run" / "03_slow.ipynb", "r", {}, "python3", tmp_path, [], terminal) == 0
+    assert runs.run_notebook(source, Path("run") / "03_slow.ipynb", "r", {}, "python3", tmp_path / "elsewhere", [], terminal) == 0
     progress_lines = [line for line in terminal.getvalue().splitlines() if "capturing h" in line]
-    assert progress_lines and any(f"/8 pos" in line for line in progress_lines)
+    assert progress_lines and any("/8 pos" in line for line in progress_lines)
+    assert not (tmp_path / "elsewhere" / "run").exists()  # the kernel wrote where the runner reads
 
 
 def test_up_to_date_compares_with_every_prerequisite(tmp_path):

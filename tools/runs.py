@@ -179,11 +179,14 @@ class ProgressLine(threading.Thread):
         self.tty = terminal.isatty()
         self.stopped = threading.Event()
         self.started_at = time.monotonic()
+        self.started_ns = time.time_ns()
 
     def run(self) -> None:
         last_desc, last_line_at = None, 0.0
         while not self.stopped.wait(0.5):
             try:
+                if self.path.stat().st_mtime_ns < self.started_ns:
+                    continue  # left by an earlier run, not this one
                 state = json.loads(self.path.read_text())
             except (OSError, ValueError):
                 continue
@@ -272,9 +275,10 @@ def run_notebook(
             say(f"  {stem:<{NAME_WIDTH}} up to date (executed meanwhile by another make)")
             return 0
         log_path = run_dir / "logs" / f"{stem}.log"
-        progress_path = run_dir / "logs" / f"{stem}.progress"
+        # Absolute: the kernel runs in another working directory (the notebooks' folder).
+        progress_path = (run_dir / "logs" / f"{stem}.progress").resolve()
         progress_path.unlink(missing_ok=True)
-        handle, partial = tempfile.mkstemp(prefix=f".{stem}.", suffix=".ipynb", dir=run_dir)
+        handle, partial = tempfile.mkstemp(prefix=f".{stem}.", suffix=".ipynb", dir=run_dir.resolve())
         os.close(handle)
         started, started_ns = time.perf_counter(), time.time_ns()
         error: BaseException | None = None
