@@ -202,7 +202,8 @@ def load_sweep(params, seed: int) -> Sweep:
     if not path.is_file() or not _positions_path(path).is_file():
         raise FileNotFoundError(
             f"no sweep for run {params.name!r}, seed {seed} at {path}: run notebooks/03_direction_sweep.ipynb "
-            "with the same parameters first (make reproduce does)"
+            f"with the same parameters first (make reproduce does; after deleting a cache, `rm -r runs/{params.name}` "
+            "so that make reruns the notebooks that fill it)"
         )
     return Sweep(positions=pd.read_parquet(_positions_path(path)), measurements=pd.read_parquet(path))
 
