@@ -311,6 +311,7 @@ def write_ledger(params) -> pd.DataFrame:
     side): the ledger always reflects every table on disk, claims whose tables are not yet written
     being `not testable`. Returns the ledger.
     """
+    from .atomic import atomic_write_text
     from .study import save_table
 
     path = params.results_dir / "claims.csv"
@@ -320,5 +321,5 @@ def write_ledger(params) -> pd.DataFrame:
         markdown = ledger_markdown(ledger, f"Claims ledger of run {params.name}")
         md_path = path.with_suffix(".md")
         comment = md_path.read_text().rsplit("<!--", 1)[-1] if md_path.is_file() else ""
-        md_path.write_text(markdown + (f"\n<!--{comment}" if comment else ""))
+        atomic_write_text(md_path, markdown + (f"\n<!--{comment}" if comment else ""))
     return ledger

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .atomic import atomic_write_text
 from .claims import CLAIMS, LEDGER_COLUMNS, evaluate_claims, markdown_table, read_tables
 from .reference import ACROSS_ARCHITECTURES, MODEL_NAMES, WRITE_UP
 from .study import read_table_file, repo_root
@@ -260,8 +261,7 @@ def write_summary(results_root: Path | None = None) -> Path:
         sections.append(f"## {title}\n\n{markdown_table(builder(runs), index=True)}\n")
     sections += _dynamics_sections(runs)
     path = results_root / "summary.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(sections))
+    atomic_write_text(path, "\n".join(sections))
     logger.info("summary of %d run(s) written to %s", len(runs), path)
     return path
 
