@@ -94,12 +94,16 @@ def _notebook(path: Path, *sources: str) -> Path:
     return path
 
 
+def _execute(folder: Path, name: str, *sources: str) -> tuple[int, list[str]]:
+    """Run a notebook of `sources` into `folder/run/`; return the exit code and the terminal's lines."""
+    terminal = io.StringIO()
+    code = runs.run_notebook(_notebook(folder / f"{name}.ipynb", *sources), folder / "run" / f"{name}.ipynb", "r", {}, "python3", folder, [], terminal)
+    return code, terminal.getvalue().splitlines()
+
+
 @pytest.mark.notebooks
 def test_a_notebook_prints_one_line_and_logs_the_rest(tmp_path):
-    source = _notebook(tmp_path / "01_ok.ipynb", "for i in range(300):\n    print('noise', i)", "import warnings; warnings.warn('loud')")
-    terminal = io.StringIO()
-    code = runs.run_notebook(source, tmp_path / "run" / "01_ok.ipynb", "r", {}, "python3", tmp_path, [], terminal)
-    lines = terminal.getvalue().splitlines()
+    code, lines = _execute(tmp_path, "01_ok", "for i in range(300):\n    print('noise', i)", "import warnings; warnings.warn('loud')")
     assert code == 0 and len(lines) == 1 and lines[0].split()[:1] == ["01_ok"]
     assert (tmp_path / "run" / "01_ok.ipynb").is_file()
     log = (tmp_path / "run" / "logs" / "01_ok.log").read_text()
@@ -109,10 +113,7 @@ def test_a_notebook_prints_one_line_and_logs_the_rest(tmp_path):
 
 @pytest.mark.notebooks
 def test_a_failing_notebook_ends_with_its_error_and_the_log(tmp_path):
-    source = _notebook(tmp_path / "02_bad.ipynb", "print('work')", "raise ValueError('top_k=9 must be below V=8')")
-    terminal = io.StringIO()
-    code = runs.run_notebook(source, tmp_path / "run" / "02_bad.ipynb", "r", {}, "python3", tmp_path, [], terminal)
-    lines = terminal.getvalue().splitlines()
+    code, lines = _execute(tmp_path, "02_bad", "print('work')", "raise ValueError('top_k=9 must be below V=8')")
     assert code == 1 and len(lines) == 2
     assert "FAILED" in lines[0] and lines[0].endswith("ValueError: top_k=9 must be below V=8")
     assert "run/logs/02_bad.log" in lines[1] and "02_bad.failed.ipynb" in lines[1]
