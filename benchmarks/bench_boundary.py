@@ -24,6 +24,7 @@ import time
 import torch
 
 import fisherlib as fl
+from fisherlib.bisection import bisection_boundary
 from fisherlib.boundary import _centred_velocities
 
 EPS = (0.01, 0.1, 1.0)
@@ -57,19 +58,9 @@ def study_baseline(W, h, U, eps, bisection_steps=50, chunk=512):
             log_q = torch.log_softmax((hh + t[:, None] * uu) @ W.T, -1)
             return (p * (log_p - log_q)).sum(-1)
 
-        lo = torch.zeros(hh.shape[0], device=hh.device)
-        hi = torch.full((hh.shape[0],), 0.01, device=hh.device)
-        for _ in range(60):  # doubling, all lines in step; lines already bracketed keep their hi
-            below = kl(hi) < tgt
-            if not below.any():
-                break
-            lo = torch.where(below, hi, lo)
-            hi = torch.where(below, 2 * hi, hi)
-        for _ in range(bisection_steps):
-            mid = (lo + hi) / 2
-            below = kl(mid) < tgt
-            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
-        out[start : start + chunk] = (lo + hi) / 2
+        # Float32 lines, doubling in step (bracketed lines keep their upper end), then bisection.
+        first_upper = torch.full((hh.shape[0],), 0.01, device=hh.device)
+        out[start : start + chunk] = bisection_boundary(kl, tgt, first_upper, n_bisect=bisection_steps)
     return out.double().reshape(P, D, E)
 
 
@@ -90,19 +81,10 @@ def reference(W, h, U, eps, steps=80):
         log_p = torch.log_softmax(h[i].double() @ W64.T, -1)
         c = _centred_velocities(log_p.expand(D, -1), U[i].double() @ W64.T)
         for e, target in enumerate(eps):
-            lo = torch.zeros(D, dtype=torch.float64, device=W.device)
-            hi = torch.full((D,), 1e-3, dtype=torch.float64, device=W.device)
-
-            def kl(t):
-                return torch.logsumexp(log_p + t[:, None] * c, -1)
-
-            while (below := kl(hi) < target).any():
-                lo, hi = torch.where(below, hi, lo), torch.where(below, 2 * hi, hi)
-            for _ in range(steps):
-                mid = (lo + hi) / 2
-                below = kl(mid) < target
-                lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
-            out[i, :, e] = (lo + hi) / 2
+            start = torch.full((D,), 1e-3, dtype=torch.float64, device=W.device)
+            out[i, :, e] = bisection_boundary(
+                lambda t: torch.logsumexp(log_p + t[:, None] * c, -1), target, start, n_bisect=steps, max_doublings=200
+            )  # fmt: skip
     return out
 
 

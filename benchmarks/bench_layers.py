@@ -25,6 +25,7 @@ import torch
 
 import fisherlib as fl
 from fisherlib import layers
+from fisherlib.bisection import bisection_boundary
 from fisherlib.corpora import load_corpus
 from fisherlib.study import ARCH_DEFAULT_CORPORA
 
@@ -58,18 +59,8 @@ def naive_boundary(model, contexts, layer, U, eps, bisection_steps: int = 50, ba
         z = layers.full_context_logits(model, item_contexts, layer, t[:, None, None] * u, batch_size)[:, 0]
         return (log_p.exp() * (log_p - torch.log_softmax(z, -1))).sum(-1)
 
-    lo = torch.zeros(len(items), dtype=torch.float64)
-    hi = torch.full((len(items),), 1e-3, dtype=torch.float64)
-    for _ in range(60):
-        below = divergence(hi) < target
-        if not below.any():
-            break
-        lo, hi = torch.where(below, hi, lo), torch.where(below, 2 * hi, hi)
-    for _ in range(bisection_steps):
-        mid = (lo + hi) / 2
-        below = divergence(mid) < target
-        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
-    return ((lo + hi) / 2).reshape(P, D, E)
+    start = torch.full((len(items),), 1e-3, dtype=torch.float64)
+    return bisection_boundary(divergence, target, start, n_bisect=bisection_steps).reshape(P, D, E)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ import torch
 
 import fisherlib as fl
 from fisherlib import layers as L
+from fisherlib.bisection import bisection_boundary
 from fisherlib.boundary import empirical_boundary
 from fisherlib.errors import FisherlibError
 
@@ -79,19 +80,10 @@ def _divergence_full_context(model, contexts, layer, U, t) -> torch.Tensor:
 def _bisection_reference(model, contexts, layer, U, eps: float, n_bisect: int = 60) -> torch.Tensor:
     """Brute force: doubling from 1e-3 until the divergence reaches ε, then `n_bisect` bisection steps, full context."""
     P, D, _ = U.shape
-    lo = torch.zeros(P, D, dtype=torch.float64)
-    hi = torch.full((P, D), 1e-3, dtype=torch.float64)
-    for _ in range(60):
-        below = _divergence_full_context(model, contexts, layer, U, hi) < eps
-        if not below.any():
-            break
-        lo = torch.where(below, hi, lo)
-        hi = torch.where(below, 2 * hi, hi)
-    for _ in range(n_bisect):
-        mid = (lo + hi) / 2
-        below = _divergence_full_context(model, contexts, layer, U, mid) < eps
-        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
-    return (lo + hi) / 2
+    return bisection_boundary(
+        lambda t: _divergence_full_context(model, contexts, layer, U, t), eps,
+        torch.full((P, D), 1e-3, dtype=torch.float64), n_bisect=n_bisect,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module", params=["gpt_neox", "llama", "gpt2"])
