@@ -59,6 +59,8 @@ _SUBMODULES = {
     "layers", "layer_engine", "layer_study", "layer_plots", "plateaus",
     # training dynamics (notebook 10)
     "dynamics", "dynamics_report",
+    # the brute-force reference boundary; atomic writes, progress reports and the parameter table
+    "bisection", "atomic", "progress", "parameter_docs",
 }
 
 
