@@ -38,7 +38,7 @@ RUN_DIR := runs/$(RUN_NAME)
 # every notebook asked for has succeeded. The cache is shared by both.
 STAGE := $(RUN_DIR)/staged
 RUN_KEY := $(RUN_DIR)/inputs.json
-LIBRARY := $(sort $(wildcard fisherlib/*.py)) pyproject.toml
+LIBRARY := $(sort $(wildcard fisherlib/*.py fisherlib/*/*.py)) pyproject.toml
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 EXECUTED := $(patsubst notebooks/%,$(RUN_DIR)/%,$(NOTEBOOKS))
 RUNNER_ARGS := --run $(RUN_NAME) --kernel $(KERNEL) --cwd notebooks -f $(PARAMS) \

@@ -24,8 +24,8 @@ import time
 import torch
 
 import fisherlib as fl
-from fisherlib.bisection import bisection_boundary
-from fisherlib.boundary import _centred_velocities
+from fisherlib.core.bisection import bisection_boundary
+from fisherlib.core.boundary import _centred_velocities
 
 EPS = (0.01, 0.1, 1.0)
 

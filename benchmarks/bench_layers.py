@@ -24,10 +24,10 @@ import time
 import torch
 
 import fisherlib as fl
-from fisherlib import layers
-from fisherlib.bisection import bisection_boundary
-from fisherlib.corpora import load_corpus
-from fisherlib.study import ARCH_DEFAULT_CORPORA
+from fisherlib.layers import pullback as layers
+from fisherlib.core.bisection import bisection_boundary
+from fisherlib.data.corpora import load_corpus
+from fisherlib.run.params import ARCH_DEFAULT_CORPORA
 
 
 def draw_contexts(model, corpus: str, n: int, max_context: int, min_prefix: int, seed: int) -> list[torch.Tensor]:

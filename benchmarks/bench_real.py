@@ -66,7 +66,7 @@ def build_tokenizer(max_words: int = 8000):
     import transformers
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from fisherlib.corpora import stdlib_split
+    from fisherlib.data.corpora import stdlib_split
 
     counts: Counter[str] = Counter()
     for kind in ("code", "docs"):
@@ -87,8 +87,8 @@ def build_model(name: str, layers: int, device: torch.device, dtype: torch.dtype
     """Return a `LoadedModel` of geometry `name` built from its config, without a folder on disk."""
     from transformers import AutoModelForCausalLM
 
-    from fisherlib.model_surgery import find_lm_head
-    from fisherlib.models import LoadedModel
+    from fisherlib.models.surgery import find_lm_head
+    from fisherlib.models.loading import LoadedModel
 
     geometry = GEOMETRIES[name]
     torch.manual_seed(0)
@@ -148,12 +148,12 @@ class PeakMemory:
 
 class TrunkTokens:
     """Count the tokens the trunk runs ([batch x length] per pass) against those it needs (prefix through
-    each row's last requested position), by wrapping `fisherlib.models.capture_final_residual`."""
+    each row's last requested position), by wrapping `fisherlib.models.loading.capture_final_residual`."""
 
     def __enter__(self) -> TrunkTokens:
-        import fisherlib.models
+        import fisherlib.models.loading
 
-        self.module, self.original = fisherlib.models, fisherlib.models.capture_final_residual
+        self.module, self.original = fisherlib.models.loading, fisherlib.models.loading.capture_final_residual
         self.run = self.needed = 0
 
         def counting(model, input_ids, attention_mask, rows, cols):
@@ -162,7 +162,7 @@ class TrunkTokens:
             self.needed += sum(int(cols[rows == r].max()) + 1 for r in rows.unique().tolist())
             return self.original(model, input_ids, attention_mask, rows, cols)
 
-        fisherlib.models.capture_final_residual = counting
+        fisherlib.models.loading.capture_final_residual = counting
         return self
 
     def __exit__(self, *exc) -> None:
@@ -174,9 +174,9 @@ class TrunkTokens:
 
 
 def bench_geometry(name: str, args, device: torch.device, dtype: torch.dtype) -> dict:
-    from fisherlib.fisher import fisher_pullback
-    from fisherlib.measure import measure_boundaries
-    from fisherlib.sampling import sample_positions
+    from fisherlib.core.fisher import fisher_pullback
+    from fisherlib.steps.sweep import measure_boundaries
+    from fisherlib.data.sampling import sample_positions
 
     started = time.perf_counter()
     loaded = build_model(name, args.layers, device, dtype)

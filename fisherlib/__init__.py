@@ -1,74 +1,121 @@
 """fisherlib: the Fisher pullback of a language model's next-token distribution and its KL boundaries.
 
-Importing the package is cheap: names resolve to their modules on first use, so
-`import fisherlib` does not import transformers or datasets.
+Layout (imports point down the list; `tests/test_layout.py` enforces it):
+
+- `core`: the Fisher pullback, closed forms, exact boundary, bisection, direction sweep (tensors only);
+- `io`: atomic writes, tables on disk, progress bars, cache locations;
+- `data`: corpora and the rank-stratified sample of positions;
+- `models`: loading, the LM-head capture, the embedded model `tiny`;
+- `layers`: the metric pulled back to any layer (prefix engine, JVP velocities, layer boundaries);
+- `steps`: one module per study step (notebooks 02-10) and their shared statistics;
+- `report`: figures, computed findings, the claims ledger, `make paper`;
+- `run`: the notebooks' glue (parameters, cached inputs and measurements, outputs, the CLI).
+
+Importing the package is cheap: names resolve to their modules on first use, so `import fisherlib`
+does not import transformers or datasets. The modules of the flat layout before subpackages
+(`fisherlib.fisher`, `fisherlib.sampling`, …) still import, as aliases of their new homes
+(`docs/api.md` lists where each moved).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
+import sys
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    # core math (fisherlib.fisher, fisherlib.boundary, fisherlib.directions)
-    "fisher_pullback": "fisher",
-    "fisher_eigh": "fisher",
-    "curvature": "fisher",
-    "cumulants": "fisher",
-    "effective_rank": "fisher",
-    "predicted_boundary": "fisher",
-    "cumulant_boundary": "fisher",
-    "top_k_distribution": "fisher",
-    "entropy": "fisher",
-    "kl_along_line": "boundary",
-    "empirical_boundary": "boundary",
-    "direction_sweep": "directions",
+    # the core (fisherlib.core)
+    "fisher_pullback": "core.fisher",
+    "fisher_eigh": "core.fisher",
+    "curvature": "core.fisher",
+    "cumulants": "core.fisher",
+    "effective_rank": "core.fisher",
+    "predicted_boundary": "core.fisher",
+    "cumulant_boundary": "core.fisher",
+    "top_k_distribution": "core.fisher",
+    "entropy": "core.fisher",
+    "kl_along_line": "core.boundary",
+    "empirical_boundary": "core.boundary",
+    "direction_sweep": "steps.sweep",
     # models and data
-    "load_model": "models",
-    "LoadedModel": "models",
-    "REGISTRY": "models",
-    "find_lm_head": "model_surgery",
-    "capture_final_residual": "model_surgery",
-    "load_corpus": "corpora",
-    "Document": "corpora",
-    "ensure_tiny_model": "tiny",
-    "sample_positions": "sampling",
-    "PositionSample": "sampling",
-    "measure_boundaries": "measure",
+    "load_model": "models.loading",
+    "LoadedModel": "models.loading",
+    "REGISTRY": "models.loading",
+    "find_lm_head": "models.surgery",
+    "capture_final_residual": "models.surgery",
+    "load_corpus": "data.corpora",
+    "Document": "data.corpora",
+    "ensure_tiny_model": "models.tiny",
+    "sample_positions": "data.sampling",
+    "PositionSample": "data.sampling",
+    "measure_boundaries": "steps.sweep",
     # the layer study (notebooks 08-09): the Fisher metric pulled back to the residual stream at any layer
-    "layer_residuals": "layers",
-    "layer_velocities": "layers",
-    "layer_boundary": "layers",
-    "layer_fisher_eigh": "layers",
-    "layer_curvature": "layers",
-    "Prefilled": "layer_engine",
+    "layer_residuals": "layers.pullback",
+    "layer_velocities": "layers.pullback",
+    "layer_boundary": "layers.pullback",
+    "layer_fisher_eigh": "layers.pullback",
+    "layer_curvature": "layers.pullback",
+    "Prefilled": "layers.engine",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
+SUBPACKAGES = ("core", "io", "data", "models", "layers", "steps", "report", "run")
 
-_SUBMODULES = {
-    "analysis", "boundary", "corpora", "directions", "errors", "fisher", "geometry", "measure", "model_surgery",
-    "models", "paper", "plots", "reference", "sampling", "study", "tiny",
-    # the study's steps (notebooks 04-07), their shared statistics, the claims ledger and the computed findings
-    "stats", "exactness", "direction_classes", "calibration", "stratifiers", "stable_regions", "claims",
-    "claim_rules", "findings",
-    # the layer study (notebooks 08-09)
-    "layers", "layer_engine", "layer_study", "layer_plots", "plateaus",
-    # training dynamics (notebook 10)
-    "dynamics", "dynamics_report",
-    # the brute-force reference boundary; atomic writes, progress reports and the parameter table
-    "bisection", "atomic", "progress", "parameter_docs",
-}
+# The flat layout's modules -> their homes. Modules split in two (study, measure) and analysis (a
+# re-export of the step modules) have no single home: docs/api.md says where their names went.
+MOVED_MODULES = {
+    "errors": "core.errors", "_checks": "core.checks", "fisher": "core.fisher", "boundary": "core.boundary",
+    "bisection": "core.bisection", "directions": "core.directions",
+    "atomic": "io.atomic", "progress": "io.progress", "paths": "io.locations",
+    "corpora": "data.corpora", "sampling": "data.sampling",
+    "model_surgery": "models.surgery", "tiny": "models.tiny",
+    "layer_engine": "layers.engine",
+    "stats": "steps.stats", "geometry": "steps.geometry", "exactness": "steps.exactness",
+    "direction_classes": "steps.direction_classes", "calibration": "steps.calibration",
+    "stratifiers": "steps.stratifiers", "stable_regions": "steps.stable_regions", "layer_study": "steps.layer_study",
+    "plateaus": "steps.plateaus", "dynamics": "steps.dynamics",
+    "findings": "report.findings", "claims": "report.claims", "claim_rules": "report.claim_rules",
+    "reference": "report.reference", "paper": "report.paper", "plots": "report.plots",
+    "layer_plots": "report.layer_plots", "dynamics_report": "report.dynamics_report",
+    "cli": "run.cli", "parameter_docs": "run.parameter_docs",
+}  # fmt: skip
+
+
+class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Import `fisherlib.<old name>` as the module it moved to: the same module object, not a copy."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        prefix, _, name = fullname.partition(".")
+        if prefix != __name__ or name not in MOVED_MODULES:
+            return None
+        return importlib.machinery.ModuleSpec(fullname, self)
+
+    def create_module(self, spec):
+        module = importlib.import_module(f"{__name__}.{MOVED_MODULES[spec.name.partition('.')[2]]}")
+        spec.loader_state = module.__spec__
+        return module
+
+    def exec_module(self, module):
+        # The import system stamped the alias's spec on the real module: give it back its own.
+        module.__spec__ = module.__spec__.loader_state
+
+
+if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
+    sys.meta_path.append(_MovedModuleFinder())
 
 
 def __getattr__(name: str):
-    if name in _SUBMODULES:
-        return importlib.import_module(f"fisherlib.{name}")
+    if name in SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in MOVED_MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
     if name in _EXPORTS:
-        module = importlib.import_module(f"fisherlib.{_EXPORTS[name]}")
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
         value = getattr(module, name)
         globals()[name] = value
         return value
@@ -76,4 +123,4 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return __all__
+    return __all__ + list(SUBPACKAGES)

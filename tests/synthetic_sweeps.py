@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fisherlib as fl
-from fisherlib.sampling import position_statistics
+from fisherlib.data.sampling import position_statistics
 
 EPS = (0.01, 0.1, 1.0)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fisherlib.atomic import (
+from fisherlib.io.atomic import (
     atomic_directory,
     atomic_path,
     atomic_write_bytes,
@@ -131,13 +131,13 @@ def test_environment_uses_the_constraints_and_installs_the_package_and_kernel():
 
 
 def test_tiny_vocabulary_is_stated_right():
-    from fisherlib.tiny import TinyConfig
+    from fisherlib.models.tiny import TinyConfig
 
     vocab = json.loads((ROOT / "models" / "tiny" / "config.json").read_text())["vocab_size"]
     assert vocab == TinyConfig().vocab_size
     tokenizer = json.loads((ROOT / "models" / "tiny" / "tokenizer.json").read_text())
     assert tokenizer["model"]["type"] == "BPE" and tokenizer["pre_tokenizer"]["type"] == "ByteLevel"
-    for path in ("README.md", "fisherlib/tiny.py", "params/tiny.yaml"):
+    for path in ("README.md", "fisherlib/models/tiny.py", "params/tiny.yaml"):
         text = (ROOT / path).read_text()
         assert f"V = {vocab}" in text or f"BPE with {vocab} tokens" in text, path
         assert "byte-level BPE" in text, path

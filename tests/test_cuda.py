@@ -13,7 +13,7 @@ from test_boundary_precision import EPS, mp_boundary, near_deterministic
 from test_models import COLS, ROWS, make_batch, save_random_qwen3
 
 import fisherlib as fl
-from fisherlib.models import load_model, run_with_oom_backoff
+from fisherlib.models.loading import load_model, run_with_oom_backoff
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 

@@ -89,7 +89,7 @@ def test_a_run_reruns_exactly_when_an_input_changes(sandbox: Path) -> None:
     assert code == 0 and executed(output) == 1, output
     assert "inputs changed (seeds)" in output
 
-    (sandbox / "fisherlib" / "study.py").touch()  # a library change reruns the notebooks
+    (sandbox / "fisherlib" / "run" / "params.py").touch()  # a library change reruns the notebooks
     code, output = make(sandbox, "SEEDS=1")
     assert code == 0 and executed(output) == 1, output
 

@@ -6,7 +6,7 @@ and on the stories260K fixture (the local tier), then checks every expected tabl
 
 from __future__ import annotations
 
-from fisherlib.study import read_table_file
+from fisherlib.io.tables import read_table_file
 
 import ast
 import json
@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from fisherlib.corpora import fixture_corpora
-from fisherlib.paper import EXPECTED_FIGURES, EXPECTED_TABLES
-from fisherlib.study import StudyParams
+from fisherlib.data.corpora import fixture_corpora
+from fisherlib.report.paper import EXPECTED_FIGURES, EXPECTED_TABLES
+from fisherlib.run.params import StudyParams
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))

@@ -40,8 +40,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `key` runs before the environment exists (make reads it with python3)
 
-from fisherlib.atomic import atomic_write_bytes, make_shared  # noqa: E402 - stdlib only, no torch
-PROGRESS_ENV = "FISHERLIB_PROGRESS"  # fisherlib.progress.PROGRESS_ENV; not imported: `key` runs without torch
+from fisherlib.io.atomic import atomic_write_bytes, make_shared  # noqa: E402 - stdlib only, no torch
+PROGRESS_ENV = "FISHERLIB_PROGRESS"  # fisherlib.io.progress.PROGRESS_ENV; not imported: `key` runs without torch
 NAME_WIDTH = 28
 
 

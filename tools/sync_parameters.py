@@ -9,7 +9,7 @@ from pathlib import Path
 
 import nbformat
 
-from fisherlib.study import parameters_cell_source
+from fisherlib.run.params import parameters_cell_source
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,159 @@
+"""The per-position direction sweep of SPEC §5: eigvec, structured, tangent, random and control directions."""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from . import checks
+from .errors import DegenerateInputError, InputError
+from .fisher import _top_k, fisher_eigh
+
+CLASSES = ("eigvec", "structured", "tangent", "random", "control")
+NOT_APPLICABLE = -1  # integer columns use -1, never NaN, where a field does not apply to a class
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """Normalise the last axis; a zero vector stays zero (and is reported as zero curvature)."""
+    norm = x.norm(dim=-1, keepdim=True)
+    return x / torch.where(norm > 0, norm, torch.ones_like(norm))
+
+
+def position_generator(seed: int, position_id: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """Return a generator seeded by `(seed, position_id)`, so a position's random directions do not depend on its batch.
+
+    `seed` and `position_id` are integers (numpy integers too); anything else raises InputError.
+    """
+    for name, value in (("seed", seed), ("position_id", position_id)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise InputError(f"{name} must be an integer, got {value!r}")
+    generator = torch.Generator(device=device)
+    generator.manual_seed((int(seed) * 1_000_003 + int(position_id)) % (2**63 - 1))
+    return generator
+
+
+def sweep_directions(
+    W: torch.Tensor,
+    h: torch.Tensor,
+    p: torch.Tensor,
+    F_k: torch.Tensor | None = None,
+    n_random: int = 20,
+    n_control: int = 8,
+    seed: int = 0,
+    top_k: int = 64,
+    n_eigvec: int = 7,
+    n_pair_tokens: int = 4,
+    both_signs: bool = True,
+    position_ids=None,
+) -> tuple[torch.Tensor, list[dict]]:
+    """Return unit directions `[P, D, d]` (float64) and their labels, one dict per (position, direction).
+
+    `W [V, d]` unembedding, `h [P, d]` residuals, `p [P, V]` next-token distributions. `F_k [P, d, d]`
+    is used for the eigenvectors when given; otherwise they come from `fisher_eigh(W, p, top_k)`, which
+    never forms a `d × d` matrix. Eigenvector signs are oriented so that `uᵀ(w_b − w_a) ≥ 0` (a, b the
+    top two tokens): `+` pushes toward swapping them. Pair directions are `(w_j − w_i)/‖·‖` for ranks
+    `i < j`. With `both_signs`, eigvec, structured and tangent directions appear as `+u` and `−u`.
+    Control directions are orthogonal to every row of `W_K` and need `top_k < d`.
+
+    Label keys: position, direction, cls, eig_rank (1.. or -1), sign (+1/−1), token_i, token_j
+    (ids, or -1), eigval (the `F_k` eigenvalue for eigvec rows, else 0).
+
+    Inputs as in `fisherlib.core.fisher`: tensors or numpy arrays (converted with `torch.as_tensor`), one
+    device; `h [d]` and `p [V]` are taken as one position. Raises InputError (a ValueError) for another
+    type or dtype, shapes that do not match (`W [V, d]`, `h [P, d]`, `p [P, V]`, `F_k [P, d, d]`), NaN or
+    inf, `top_k` outside `[1, V]`, `n_pair_tokens > V`, negative counts, or `position_ids` that are not
+    `P` integers; DegenerateInputError for controls with `top_k >= d`.
+    """
+    device = checks.device_of(W, h, p, F_k)
+    W = checks.tensor("W", W, "[V, d]", device=device)
+    h = checks.tensor("h", h, "[P, d]", "[d]", device=device)
+    p = checks.tensor("p", p, "[P, V]", "[V]", device=device)
+    h = h[None] if h.dim() == 1 else h
+    p = p[None] if p.dim() == 1 else p
+    if F_k is not None:
+        F_k = checks.tensor("F_k", F_k, "[P, d, d]", device=device)
+    sizes = checks.check_shapes(("W", W, "[V, d]"), ("h", h, "[P, d]"), ("p", p, "[P, V]"), ("F_k", F_k, "[P, d, d]"))
+    checks.check_same_device(("W", W), ("h", h), ("p", p), ("F_k", F_k))
+    V = sizes["V"]
+    if V < 2:
+        raise InputError(f"the direction sweep needs a vocabulary of at least 2 tokens, got W of shape {tuple(W.shape)}")
+    top_k = checks.check_top_k(top_k, V)
+    n_pair_tokens = checks.check_count("n_pair_tokens", n_pair_tokens, 0, V, "V (the vocabulary size)")
+    n_random = checks.check_count("n_random", n_random)
+    n_control = checks.check_count("n_control", n_control)
+    n_eigvec = checks.check_count("n_eigvec", n_eigvec)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise InputError(f"seed must be an integer, got {seed!r}")
+    P, d = h.shape
+    if n_control > 0 and top_k >= d:
+        raise DegenerateInputError(
+            f"control directions must be orthogonal to the top_k={top_k} rows of W, which span all of "
+            f"R^{d}; lower top_k below the model width {d} (e.g. top_k={max(1, d // 2)}) or set n_control=0"
+        )
+    if position_ids is None:
+        position_ids = list(range(P))
+    else:
+        position_ids = list(position_ids)
+        if len(position_ids) != P or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in position_ids):
+            raise InputError(
+                f"position_ids must be P = {P} integers, one per position; got {len(position_ids)} starting {position_ids[:3]!r}"
+            )
+        position_ids = [int(i) for i in position_ids]
+    h64 = h.double()
+    _, top_ids = _top_k(p, max(top_k, n_pair_tokens, 2), None)
+
+    if F_k is not None:
+        eigvals, eigvecs = torch.linalg.eigh(F_k.double())
+        eigvals, eigvecs = eigvals.flip(-1).clamp_min(0), eigvecs.flip(-1)
+    else:
+        eigvals, eigvecs = fisher_eigh(W, p, top_k)
+    n_eig = min(n_eigvec, eigvecs.shape[-1])
+
+    directions, rows = [], []
+    for i in range(P):
+        ids = top_ids[i]
+        # Only the rows a direction needs become float64: no [V, d] float64 copy of W (2.5 GB for Qwen3).
+        top_two = W[ids[1]].double() - W[ids[0]].double()  # w_b − w_a
+        sweep: list[tuple[torch.Tensor, dict]] = []
+
+        def add(vector, cls, eig_rank=NOT_APPLICABLE, token_i=NOT_APPLICABLE, token_j=NOT_APPLICABLE, eigval=0.0, signed=True):
+            for sign in ((1, -1) if (signed and both_signs) else (1,)):
+                sweep.append(
+                    (sign * vector, dict(cls=cls, eig_rank=eig_rank, sign=sign, token_i=token_i, token_j=token_j, eigval=eigval))
+                )
+
+        eig_dirs = []
+        for r in range(n_eig):
+            v = eigvecs[i, :, r]
+            if v @ top_two < 0:
+                v = -v
+            eig_dirs.append(v)
+            add(v, "eigvec", eig_rank=r + 1, eigval=float(eigvals[i, r]))
+        pairs = []
+        for a in range(n_pair_tokens):
+            for b in range(a + 1, n_pair_tokens):
+                ti, tj = int(ids[a]), int(ids[b])
+                v = _unit(W[tj].double() - W[ti].double())
+                pairs.append((v, ti, tj))
+                add(v, "structured", token_i=ti, token_j=tj)
+        h_unit = _unit(h64[i])
+        for v, ti, tj in pairs:
+            add(_unit(v - (v @ h_unit) * h_unit), "tangent", token_i=ti, token_j=tj)
+        if eig_dirs:
+            v = eig_dirs[0]
+            add(_unit(v - (v @ h_unit) * h_unit), "tangent", eig_rank=1, eigval=float(eigvals[i, 0]))
+        generator = position_generator(seed, position_ids[i])
+        gaussian = torch.randn(n_random + n_control, d, generator=generator, dtype=torch.float64)
+        for v in _unit(gaussian[:n_random].to(h.device)):
+            add(v, "random", signed=False)
+        if n_control > 0:
+            # Orthonormal basis of span(W_K rows); controls are Gaussian vectors with that span removed.
+            basis, _ = torch.linalg.qr(W[ids[:top_k]].double().T)
+            raw = gaussian[n_random:].to(h.device)
+            for v in _unit(raw - (raw @ basis) @ basis.T):
+                add(v, "control", signed=False)
+        directions.append(torch.stack([v for v, _ in sweep]))
+        for j, (_, meta) in enumerate(sweep):
+            rows.append(dict(position=position_ids[i], direction=j, **meta))
+    return torch.stack(directions), rows

@@ -1,0 +1,17 @@
+"""The metric pulled back through the network: the study at every layer of the residual stream.
+
+`engine` runs the model from a layer on (the prefix's keys and values computed once, copies of the target
+token forwarded with a perturbation, forward-mode JVPs); `pullback` builds on it the residuals, the logit
+velocities `J_ℓ u`, the exact first crossing `layer_boundary` and the matrix-free eigenpairs of
+`G_ℓ = J_ℓᵀ F J_ℓ`. It may import `core` and `io`; the model is passed in (duck-typed `LoadedModel`).
+The `pullback` names resolve here too, as `fisherlib.layers.<name>` did before the layout.
+"""
+
+from .._lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {name: "pullback" for name in ("layer_residuals", "layer_velocities", "layer_boundary", "layer_fisher_eigh", "layer_curvature")}
+    | {name: "engine" for name in ("Prefilled", "HEAD", "residuals_by_layer", "default_layers", "check_layer", "n_layers")},
+    __path__,
+)

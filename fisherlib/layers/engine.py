@@ -1,0 +1,471 @@
+"""The machinery of the layer study: a position's prefix run once, then many copies of its target token.
+
+A perturbation of the target token's residual cannot reach the prefix (attention is causal), so the
+prefix's keys and values are computed once (`Prefix`) and reused. Every evaluation forwards the target
+token only: the many evaluations of one position (directions × steps) ride in one forward pass as copies of
+the target token along the sequence axis, each carrying its own perturbation, added by a pre-hook on the
+module whose input is the residual stream at the layer. A copy attends to the prefix and to itself, never
+to the other copies; `copies_attention`, registered with transformers' `AttentionInterface` and switched on
+for the duration of a pass, computes exactly that in `O(copies × prefix)` (a dense mask would cost
+`O(copies²)`), with its softmax in float32 or the model's dtype if wider, and with plain tensor operations,
+so forward-mode tangents (`torch.autograd.forward_ad`) pass through it (PyTorch's fused attention kernels
+have no forward-mode rule).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Sequence
+
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import nn
+
+from ..core.errors import FisherlibError
+
+HEAD = "head"
+ATTENTION_NAME = "fisherlib_copies"
+_MAX_QUERIES = 8192  # copies of target tokens in one forward pass, whatever the memory budget
+_FINAL_NORM_NAMES = ("norm", "final_layer_norm", "ln_f", "final_layernorm", "final_norm", "norm_f")
+_BLOCK_LIST_NAMES = ("layers", "h", "blocks", "layer")
+
+
+# --- the model's layout ----------------------------------------------------------------------------
+
+
+def network_of(model) -> nn.Module:
+    """Return the Hugging Face module of `model` (a `LoadedModel` or the causal LM itself)."""
+    inner = getattr(model, "model", None)
+    return inner if isinstance(inner, nn.Module) and hasattr(model, "tokenizer") else model
+
+
+def decoder_blocks(network: nn.Module) -> nn.ModuleList:
+    config = network.config.get_text_config() if hasattr(network.config, "get_text_config") else network.config
+    n = config.num_hidden_layers
+    base = network.base_model
+    for name in _BLOCK_LIST_NAMES:
+        blocks = getattr(base, name, None)
+        if isinstance(blocks, nn.ModuleList) and len(blocks) == n:
+            return blocks
+    for module in base.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise FisherlibError(f"cannot find the {n} decoder blocks of {type(network).__name__}")
+
+
+def _final_norm(network: nn.Module) -> nn.Module:
+    for name in _FINAL_NORM_NAMES:
+        module = getattr(network.base_model, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise FisherlibError(
+        f"cannot find the final norm of {type(network).__name__} (looked for {', '.join(_FINAL_NORM_NAMES)})"
+    )
+
+
+def n_layers(model) -> int:
+    """Return the number of decoder blocks of `model`."""
+    return len(decoder_blocks(network_of(model)))
+
+
+def default_layers(model) -> list:
+    """Return every block boundary `0 … n_layers` and `"head"` (the `layers` parameter's default)."""
+    return [*range(n_layers(model) + 1), HEAD]
+
+
+def check_layer(model, layer) -> int | str:
+    """Return `layer` as an int or `"head"`; raise ValueError unless it is one of `default_layers(model)`."""
+    if layer == HEAD:
+        return HEAD
+    if isinstance(layer, str) and layer.isdigit():
+        layer = int(layer)
+    n = n_layers(model)
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= n:
+        raise ValueError(f"layer must be an int in 0..{n} or {HEAD!r}, not {layer!r}")
+    return layer
+
+
+def hook_module(network: nn.Module, layer) -> nn.Module:
+    """Return the module whose (first) input is the residual stream at `layer`."""
+    if layer == HEAD:
+        return network.get_output_embeddings()
+    blocks = decoder_blocks(network)
+    return blocks[layer] if layer < len(blocks) else _final_norm(network)
+
+
+def contexts_of(sample) -> list[torch.Tensor]:
+    """Return each position's context through its target token: a list of 1-D int64 tensors."""
+    contexts = getattr(sample, "context_ids", sample)
+    if contexts is None:
+        raise FisherlibError(
+            "the sample holds no context_ids (sampled before they were recorded): rerun notebook 01, "
+            "or sample_positions, so that the cached sample is rebuilt"
+        )
+    out = [torch.as_tensor(c, dtype=torch.long).reshape(-1) for c in contexts]
+    short = [i for i, c in enumerate(out) if len(c) < 2]
+    if short:
+        raise FisherlibError(f"positions {short[:5]} have no prefix (a context needs at least 2 tokens)")
+    return out
+
+
+def _cache_keyword(network: nn.Module) -> str:
+    """Return the forward's name for the key/value cache (`cache` in transformers ≥ 5.x, else `past_key_values`)."""
+    parameters = inspect.signature(network.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def _hidden_of(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+# --- attention of the copies ----------------------------------------------------------------------
+
+
+def copies_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention where each of the M query copies sees the T prefix slots and its own key, nothing else.
+
+    `query [R, H, M, hd]`, `key, value [R, H_kv, T + M, hd]` (prefix then the copies' own keys, as the cache
+    concatenates them), `attention_mask [R, 1, 1, T + M]` additive (its prefix part masks padding). Grouped
+    queries share key heads as `repeat_kv` does (query head `h` reads key head `h // (H / H_kv)`). Returns
+    `([R, M, H, hd], None)`, the layout of transformers' attention functions.
+    """
+    if kwargs.get("softcap") is not None or kwargs.get("sliding_window") is not None or kwargs.get("s_aux") is not None:
+        raise FisherlibError("the layer study does not support soft-capped, sliding-window or sink attention")
+    R, H, M, hd = query.shape
+    H_kv = key.shape[1]
+    groups = H // H_kv
+    T = key.shape[2] - M
+    scaling = hd**-0.5 if scaling is None else scaling
+    work = torch.promote_types(query.dtype, torch.float32)
+    q = query.reshape(R, H_kv, groups * M, hd)
+    prefix_scores = (q @ key[:, :, :T].transpose(2, 3)).reshape(R, H_kv, groups, M, T)
+    own_key = key[:, :, T:]  # [R, H_kv, M, hd]
+    own_scores = (query.reshape(R, H_kv, groups, M, hd) * own_key[:, :, None]).sum(-1, keepdim=True)
+    scores = torch.cat([prefix_scores, own_scores], -1).to(work) * scaling
+    if attention_mask is not None:
+        prefix_mask = attention_mask[..., :T].to(work).reshape(R, 1, 1, 1, T)
+        scores = scores + torch.cat([prefix_mask.expand(R, 1, 1, 1, T), scores.new_zeros(R, 1, 1, 1, 1)], -1)
+    weights = torch.softmax(scores, -1).to(query.dtype)
+    out = (weights[..., :T].reshape(R, H_kv, groups * M, T) @ value[:, :, :T]).reshape(R, H_kv, groups, M, hd)
+    out = out + weights[..., T:] * value[:, :, None, T:]
+    return out.reshape(R, H, M, hd).transpose(1, 2).contiguous(), None
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+
+    if ATTENTION_NAME not in AttentionInterface._global_mapping:
+        AttentionInterface.register(ATTENTION_NAME, copies_attention)
+
+
+@contextlib.contextmanager
+def copies_attention_on(network: nn.Module):
+    """Run `network` with `copies_attention` for the duration (restoring its own implementation after)."""
+    _register_attention()
+    config = network.config
+    current = getattr(config, "_attn_implementation", None)
+    try:
+        network.set_attn_implementation(ATTENTION_NAME)
+    except (ValueError, AttributeError):
+        # Older transformers refuse names they did not register themselves: set the config's field.
+        config._attn_implementation_internal = ATTENTION_NAME
+    if getattr(config, "_attn_implementation", None) != ATTENTION_NAME:
+        raise FisherlibError(f"{type(network).__name__} does not let fisherlib choose its attention function")
+    try:
+        yield
+    finally:
+        try:
+            network.set_attn_implementation(current)
+        except (ValueError, AttributeError):
+            config._attn_implementation_internal = current
+
+
+# --- the prefix, run once, and forward passes of the target token ----------------------------------
+
+
+class Prefix:
+    """A batch of contexts whose prefixes (all but the target token) have been run once.
+
+    Attributes:
+        kv: per block, keys and values `[B, heads, T, head_dim]` of the right-padded prefixes.
+        valid: `[B, T]` which cached slots are real tokens (padding is masked out).
+        target: `[B]` the target token ids; position: `[B]` their position ids (the prefix lengths).
+    """
+
+    def __init__(self, network: nn.Module, contexts: list[torch.Tensor]):
+        from transformers.cache_utils import DynamicLayer
+
+        self.network = network
+        device = next(network.parameters()).device
+        lengths = torch.tensor([len(c) - 1 for c in contexts])
+        T = int(lengths.max())
+        ids = torch.zeros(len(contexts), T, dtype=torch.long)
+        valid = torch.zeros(len(contexts), T, dtype=torch.bool)
+        for row, context in enumerate(contexts):
+            ids[row, : len(context) - 1] = context[:-1]
+            valid[row, : len(context) - 1] = True
+        # Right padding: a padded slot attends to the real tokens before it, so no row is fully masked
+        # (a fully masked row can give NaN keys, and 0·NaN would leak through the mask).
+        with torch.no_grad():
+            out = network(input_ids=ids.to(device), attention_mask=valid.long().to(device), use_cache=True)
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        layers = getattr(cache, "layers", None)
+        if layers is None or any(type(layer) is not DynamicLayer for layer in layers):
+            raise FisherlibError(
+                f"{type(network).__name__} uses a sliding-window or hybrid key/value cache; the layer study "
+                "supports models whose every layer attends to the full context"
+            )
+        self.kv = [(layer.keys, layer.values) for layer in layers]
+        self.valid = valid.to(device)
+        self.target = torch.stack([c[-1] for c in contexts]).to(device)
+        self.position = lengths.to(device)
+        self.device = device
+        self.dtype = self.kv[0][0].dtype
+        self.cache_keyword = _cache_keyword(network)
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def forward(self, hook: nn.Module, rows: torch.Tensor, delta: torch.Tensor, capture: Sequence[nn.Module] = ()):
+        """Return the logits `[R, M, V]` of M copies of each row's target token, copy m with `delta[r, m]` added.
+
+        `delta [R, M, d]` (possibly a forward-mode dual tensor) is added to the input of `hook` at every
+        copy. Also returns, for each module of `capture`, its input `[R, M, d]` (before the addition).
+        """
+        from transformers.cache_utils import DynamicCache
+
+        R, M, _ = delta.shape
+        T = self.valid.shape[1]
+        select = rows.numel() < len(self)
+        kv = [(k[rows], v[rows]) if select else (k, v) for k, v in self.kv]
+        # Additive mask over the keys: padding slots of the prefix closed; the copies' own slots are
+        # handled by `copies_attention` (each copy sees only itself), which this pass switches on.
+        mask = torch.zeros(R, 1, 1, T + M, dtype=self.dtype, device=self.device)
+        mask[..., :T].masked_fill_(~self.valid[rows][:, None, None, :], torch.finfo(self.dtype).min)
+        captured: dict[int, torch.Tensor] = {}
+
+        def add(module, args, kwargs):
+            hidden = _hidden_of(args, kwargs)
+            if id(module) in capture_ids:
+                captured[id(module)] = hidden
+            return _with_hidden(args, kwargs, hidden + delta.to(hidden.dtype))
+
+        def record(module, args, kwargs):
+            captured[id(module)] = _hidden_of(args, kwargs)
+
+        capture_ids = {id(m) for m in capture}
+        handles = [hook.register_forward_pre_hook(add, with_kwargs=True)]
+        handles += [m.register_forward_pre_hook(record, with_kwargs=True) for m in capture if m is not hook]
+        try:
+            with copies_attention_on(self.network):
+                out = self.network(
+                    input_ids=self.target[rows][:, None].expand(R, M),
+                    attention_mask=mask,
+                    position_ids=self.position[rows][:, None].expand(R, M),
+                    use_cache=True,
+                    **{self.cache_keyword: DynamicCache(ddp_cache_data=kv)},
+                )
+        finally:
+            for handle in handles:
+                handle.remove()
+        return out.logits, [captured[id(m)] for m in capture]
+
+
+class Prefilled:
+    """The prefixes of a set of positions, run once, for every later call at any layer.
+
+    A prefix's keys and values do not depend on the layer studied, so a notebook that visits every
+    layer builds this once and passes it as `sample` to the `layer_*` functions. Holds the key/value
+    cache of every position (about `2 · n_layers · d · context` numbers each).
+    """
+
+    def __init__(self, model, sample, batch_size: int = 16):
+        self.network = network_of(model)
+        self.context_ids = contexts_of(sample)
+        self.chunks = [(chunk, Prefix(self.network, [self.context_ids[i] for i in chunk])) for chunk in position_chunks(len(self.context_ids), batch_size)]
+
+    def __len__(self) -> int:
+        return len(self.context_ids)
+
+
+def prefixes(model, sample, batch_size: int):
+    """Yield `(positions [B], Prefix)` chunks of `sample`: those of a `Prefilled`, else run now, one chunk at a time."""
+    if isinstance(sample, Prefilled):
+        if sample.network is not network_of(model):
+            raise FisherlibError("this Prefilled was built for another model")
+        yield from sample.chunks
+        return
+    contexts = contexts_of(sample)
+    network = network_of(model)
+    for chunk in position_chunks(len(contexts), batch_size):
+        yield chunk, Prefix(network, [contexts[i] for i in chunk])
+
+
+def query_budget(network: nn.Module, vocab: int, width: int, memory_budget: int) -> int:
+    """Return how many target-token copies one forward pass may hold within `memory_budget` bytes."""
+    blocks = len(decoder_blocks(network))
+    per_query = 8 * (6 * vocab + 24 * width * (blocks + 1))
+    return int(max(1, min(_MAX_QUERIES, memory_budget // per_query)))
+
+
+def position_chunks(n: int, batch_size: int) -> list[torch.Tensor]:
+    return [torch.arange(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+
+
+def pack(row_of: torch.Tensor, max_queries: int):
+    """Yield `(rows, local_row, slot, items)` sub-batches: items grouped by row, ≤ max_queries copies each."""
+    order = torch.argsort(row_of, stable=True)
+    sorted_rows = row_of[order]
+    rows, counts = torch.unique_consecutive(sorted_rows, return_counts=True)
+    start_row = 0
+    start_item = 0
+    while start_row < len(rows):
+        # Rows are added while the padded batch (rows × largest count) fits the budget.
+        stop_row = start_row + 1
+        largest = int(counts[start_row])
+        while stop_row < len(rows) and (stop_row - start_row + 1) * max(largest, int(counts[stop_row])) <= max_queries:
+            largest = max(largest, int(counts[stop_row]))
+            stop_row += 1
+        n_items = int(counts[start_row:stop_row].sum())
+        items = order[start_item : start_item + n_items]
+        local = torch.repeat_interleave(torch.arange(stop_row - start_row), counts[start_row:stop_row])
+        first = torch.repeat_interleave(torch.cumsum(counts[start_row:stop_row], 0) - counts[start_row:stop_row], counts[start_row:stop_row])
+        slot = torch.arange(n_items) - first
+        # A single row with more copies than the budget is split along its copies.
+        if largest > max_queries:
+            for s in range(0, n_items, max_queries):
+                part = slice(s, min(s + max_queries, n_items))
+                yield rows[start_row : start_row + 1], local[part], slot[part] - s, items[part]
+        else:
+            yield rows[start_row:stop_row], local, slot, items
+        start_row = stop_row
+        start_item += n_items
+
+
+def jvp_logits(prefix: Prefix, hook, rows, delta, tangent=None, capture=()):
+    """Return logits `[R, M, V]` and their directional derivative along `tangent [R, M, d]` (float64).
+
+    Without `tangent` the derivative is None and the pass is a plain one (half the cost). `capture`
+    gives `(input, its tangent)` of each listed module.
+    """
+    if tangent is None:
+        logits, captured = prefix.forward(hook, rows, delta.to(prefix.dtype), capture)
+        return logits.double(), None, [(c.double(), None) for c in captured]
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(delta.to(prefix.dtype), tangent.to(prefix.dtype))
+        logits, captured = prefix.forward(hook, rows, dual, capture)
+        value, derivative = fwAD.unpack_dual(logits)
+        unpacked = [fwAD.unpack_dual(c) for c in captured]
+        value = value.double()
+        derivative = torch.zeros_like(value) if derivative is None else derivative.double()
+        captured = [(c.primal.double(), None if c.tangent is None else c.tangent.double()) for c in unpacked]
+    return value, derivative, captured
+
+
+def residuals_by_layer(model, sample, layers: Sequence, batch_size: int = 16) -> dict:
+    """Return `{layer: r [P, d]}`: the residual stream at each of `layers` at every position's target token.
+
+    One full forward pass per group of positions whose contexts are prefixes of one longest context
+    (positions drawn from one document), with a capture hook per layer; float32 or wider, on the CPU.
+    """
+    network = network_of(model)
+    contexts = contexts_of(sample)
+    layers = [check_layer(model, layer) for layer in layers]
+    modules = {layer: hook_module(network, layer) for layer in layers}
+    device = next(network.parameters()).device
+    # Longest first: each context joins the first longer one it is a prefix of.
+    order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))
+    groups: list[tuple[int, list[int]]] = []
+    for i in order:
+        for owner, members in groups:
+            if len(contexts[i]) <= len(contexts[owner]) and torch.equal(contexts[owner][: len(contexts[i])], contexts[i]):
+                members.append(i)
+                break
+        else:
+            groups.append((i, [i]))
+    out: dict = {}
+    for start in range(0, len(groups), batch_size):
+        batch = groups[start : start + batch_size]
+        length = max(len(contexts[owner]) for owner, _ in batch)
+        ids = torch.zeros(len(batch), length, dtype=torch.long)
+        mask = torch.zeros(len(batch), length, dtype=torch.long)
+        rows, cols, who = [], [], []
+        for row, (owner, members) in enumerate(batch):
+            ids[row, : len(contexts[owner])] = contexts[owner]
+            mask[row, : len(contexts[owner])] = 1
+            for i in members:
+                rows.append(row)
+                cols.append(len(contexts[i]) - 1)
+                who.append(i)
+        captured = {}
+
+        def capture(module, args, kwargs):
+            captured[id(module)] = _hidden_of(args, kwargs)
+
+        handles = [m.register_forward_pre_hook(capture, with_kwargs=True) for m in modules.values()]
+        try:
+            with torch.no_grad():
+                network(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        finally:
+            for handle in handles:
+                handle.remove()
+        index = (torch.tensor(rows, device=device), torch.tensor(cols, device=device))
+        for layer, module in modules.items():
+            r = captured[id(module)][index]
+            r = r.to(torch.promote_types(r.dtype, torch.float32)).cpu()
+            if layer not in out:
+                out[layer] = torch.empty(len(contexts), r.shape[-1], dtype=r.dtype)
+            out[layer][who] = r
+    return out
+
+
+def full_context_logits(model, sample, layer, delta: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """Return logits `[P, M, V]` (float64) with `delta [P, M, d]` added to the target's residual at `layer`.
+
+    The brute-force reference: each of the M perturbations reruns the whole context, with a hook adding
+    it at the target position; no cache. For tests and the benchmark.
+    """
+    network = network_of(model)
+    layer = check_layer(model, layer)
+    contexts = contexts_of(sample)
+    hook = hook_module(network, layer)
+    device = next(network.parameters()).device
+    dtype = next(network.parameters()).dtype
+    P, M, _ = delta.shape
+    out = None
+    flat = [(i, m) for i in range(P) for m in range(M)]
+    for s in range(0, len(flat), batch_size):
+        part = flat[s : s + batch_size]
+        length = max(len(contexts[i]) for i, _ in part)
+        ids = torch.zeros(len(part), length, dtype=torch.long)
+        mask = torch.zeros(len(part), length, dtype=torch.long)
+        for row, (i, _) in enumerate(part):
+            ids[row, : len(contexts[i])] = contexts[i]
+            mask[row, : len(contexts[i])] = 1
+        last = torch.tensor([len(contexts[i]) - 1 for i, _ in part], device=device)
+        add = torch.stack([delta[i, m] for i, m in part]).to(device=device, dtype=dtype)
+
+        def perturb(module, args, kwargs):
+            hidden = _hidden_of(args, kwargs).clone()
+            hidden[torch.arange(len(part), device=device), last] += add
+            return _with_hidden(args, kwargs, hidden)
+
+        handle = hook.register_forward_pre_hook(perturb, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                logits = network(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+        finally:
+            handle.remove()
+        picked = logits[torch.arange(len(part), device=device), last].double()
+        if out is None:
+            out = torch.empty(P, M, picked.shape[-1], dtype=torch.float64, device=device)
+        for row, (i, m) in enumerate(part):
+            out[i, m] = picked[row]
+    return out

@@ -1,0 +1,327 @@
+"""The decision rules of the claims ledger (`fisherlib.report.claims`): thresholds and one function per claim.
+
+Each rule reads a run's saved tables (a mapping of table name to DataFrame) and returns an
+`Outcome`: our figure, the verdict and the evidence. A rule raises `NotTestable` with the reason
+when the tables cannot decide its claim (a table not written yet, a column an older run lacks, too
+few positions). The thresholds are module constants, quoted in each claim's written rule.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .reference import ACROSS_ARCHITECTURES
+
+REPRODUCED, PARTLY, NOT_REPRODUCED, NOT_TESTABLE = "reproduced", "partly", "not reproduced", "not testable"
+VERDICTS = (REPRODUCED, PARTLY, NOT_REPRODUCED, NOT_TESTABLE)
+LEDGER_COLUMNS = ["claim", "statement", "write_up", "ours", "verdict", "evidence"]
+
+# --- thresholds (every rule below quotes these) ---------------------------------------------------
+EXACT_WITHIN = 0.08  # Table 1: |median ρ − 1| on the top eigenvector; the write-up's bound over 3 archs
+EXACT_WITHIN_QWEN = 0.01  # the write-up's bound on Qwen
+EXACT_PARTLY = 0.20
+RANK_FLAT = 0.10  # "all seven ranks within ~10% of 1" (Llama, Pythia)
+RANK_STEP_SLACK = 0.01  # a "monotone decay" may rise by at most this between consecutive ranks (Qwen)
+SHARE_MAJORITY = 0.5  # truncation share: "most of" the deviation
+SPEARMAN_LOW, SPEARMAN_PARTLY = ACROSS_ARCHITECTURES["spearman_range"][0], 0.33
+GAIN_REPRODUCED = 0.05  # calibration gain in within-50% fraction (5 percentage points)
+RANDOM_PER_CLASS_LOW = ACROSS_ARCHITECTURES["per_class_random_within50"][0]
+EFF_RANK_RATIO_LOW = ACROSS_ARCHITECTURES["eff_rank_worse_than_entropy"][0]
+TIE_RATIO = 1.05  # a stratifier wins only if the runner-up's spread is at least 5% larger
+COS_REPRODUCED, COS_PARTLY, MIN_NEAR_BINARY = 0.95, 0.80, 5
+
+Tables = Mapping[str, pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a rule found on a run: our figure, the verdict and the evidence behind it."""
+
+    ours: str
+    verdict: str
+    evidence: str
+
+
+
+class NotTestable(Exception):
+    """Raised by a rule when the run's tables cannot decide the claim; the message says why."""
+
+
+def _table(tables: Tables, name: str, columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    if name not in tables or tables[name] is None:
+        raise NotTestable(f"table {name} not written (run its notebook)")
+    table = tables[name]
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise NotTestable(f"table {name} lacks columns {missing} (written by an older version; rerun its notebook)")
+    if table.empty:
+        raise NotTestable(f"table {name} is empty")
+    return table
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _eps(x: float) -> str:
+    return f"ε = {x:g}"
+
+
+def _rows_at(table: pd.DataFrame, eps: float) -> pd.DataFrame:
+    return table[np.isclose(table["eps"].astype(float), float(eps))]
+
+
+def _large_eps(tables: Tables) -> float:
+    """Return the run's large ε: the ε of Table 2 (written by notebook 05), else of the calibration headline."""
+    for name in ("table2_rho_by_class", "calibration_headline"):
+        if name in tables and tables[name] is not None and len(tables[name]):
+            return float(tables[name]["eps"].iloc[0])
+    raise NotTestable("neither table2_rho_by_class nor calibration_headline is written: the large ε is unknown")
+
+
+def _ci(row, stat: str = "median_rho", lo: str = "ci_lo", hi: str = "ci_hi") -> str:
+    unit = f" ({row['resampled']}s resampled)" if "resampled" in row else ""
+    return f"{row[stat]:.3f} [{row[lo]:.3f}, {row[hi]:.3f}]{unit}"
+
+
+# --- the rules ---------------------------------------------------------------------------------------
+
+
+def top_eigvec_exact(tables: Tables) -> Outcome:
+    table = _table(tables, "table1_top_eigvec", ("seeds", "eps", "median_rho", "ci_lo", "ci_hi"))
+    row = table.iloc[-1]  # the "all seeds" row
+    deviation = abs(float(row["median_rho"]) - 1)
+    verdict = REPRODUCED if deviation <= EXACT_WITHIN else PARTLY if deviation <= EXACT_PARTLY else NOT_REPRODUCED
+    qwen = "within" if deviation <= EXACT_WITHIN_QWEN else "outside"
+    evidence = (
+        f"|median ρ − 1| = {deviation:.3f} at {_eps(row['eps'])} over {int(row['n_positions'])} positions "
+        f"(both signs; {qwen} Qwen's 1%)"
+    )
+    return Outcome(f"{_ci(row)}, {_eps(row['eps'])}", verdict, evidence)
+
+
+def _rank_shape(medians: np.ndarray) -> tuple[bool, bool]:
+    flat = bool(np.all(np.abs(medians - 1) <= RANK_FLAT))
+    decaying = bool(np.all(np.diff(medians) <= RANK_STEP_SLACK))
+    return flat, decaying
+
+
+def rank_profile(tables: Tables) -> Outcome:
+    table = _table(tables, "rho_by_eig_rank", ("eig_rank", "median_rho")).sort_values("eig_rank")
+    medians = table["median_rho"].to_numpy(float)
+    if len(medians) < 4:
+        raise NotTestable(f"only {len(medians)} eigenvector ranks measured (the rule needs ranks 1–4)")
+    flat, decaying = _rank_shape(medians)
+    flat4, decaying4 = _rank_shape(medians[:4])
+    if flat or decaying:
+        verdict = REPRODUCED
+    elif flat4 or decaying4:
+        verdict = PARTLY
+    else:
+        verdict = NOT_REPRODUCED
+    shapes = [name for name, holds in (("all within 10% of 1", flat), ("non-increasing with rank", decaying)) if holds]
+    ours = ", ".join(f"{int(r)}: {m:.3f}" for r, m in zip(table["eig_rank"], medians))
+    evidence = f"ranks 1–{len(medians)}: " + (" and ".join(shapes) if shapes else "neither shape holds")
+    if not (flat or decaying):
+        evidence += f"; ranks 1–4: flat {flat4}, non-increasing {decaying4}"
+    return Outcome(f"median ρ by rank at {_eps(table['eps'].iloc[0])}: {ours}", verdict, evidence)
+
+
+def truncation_not_taylor(tables: Tables) -> Outcome:
+    table = _table(tables, "rho_topk_vs_full", ("cls", "eps", "truncation_share", "median_rho", "median_rho_full"))
+    eps = float(table["eps"].min())
+    at = _rows_at(table, eps).set_index("cls")
+    if "eigvec rank 1" not in at.index:
+        raise NotTestable(f"no top-eigenvector row at {_eps(eps)}")
+    top = float(at.loc["eigvec rank 1", "truncation_share"])
+    classes = [c for c in ("eigvec", "structured", "tangent", "random") if c in at.index]
+    majority = [c for c in classes if at.loc[c, "truncation_share"] >= SHARE_MAJORITY]
+    if top >= SHARE_MAJORITY and len(majority) >= 3:
+        verdict = REPRODUCED
+    elif top >= SHARE_MAJORITY or majority:
+        verdict = PARTLY
+    else:
+        verdict = NOT_REPRODUCED
+    shares = ", ".join(f"{c} {at.loc[c, 'truncation_share']:.2f}" for c in classes)
+    row = at.loc["eigvec rank 1"]
+    evidence = (
+        f"top eigenvector: median ρ {row['median_rho']:.4f} with F_k, {row['median_rho_full']:.4f} with F; "
+        f"classes with share ≥ {SHARE_MAJORITY:g}: {', '.join(majority) or 'none'}"
+    )
+    return Outcome(f"truncation share at {_eps(eps)}: top eigvec {top:.2f}; {shares}", verdict, evidence)
+
+
+def class_signs(column: str, lo: str, hi: str) -> Callable[[Tables], Outcome]:
+    def decide(tables: Tables) -> Outcome:
+        from ..steps.direction_classes import sign_pattern
+
+        table = _table(tables, "table2_rho_by_class", ("cls", "eps", column, lo, hi))
+        pattern = sign_pattern(table, column)
+        if len(pattern) < 4:
+            raise NotTestable("Table 2 lacks some of structured, tangent, random, eigvec")
+        agree = int(pattern["agrees"].sum())
+        verdict = REPRODUCED if agree == 4 else PARTLY if agree >= 2 else NOT_REPRODUCED
+        indexed = table.set_index("cls")
+        ours = "; ".join(
+            f"{c} {indexed.loc[c, column]:.3f} [{indexed.loc[c, lo]:.3f}, {indexed.loc[c, hi]:.3f}]" for c in pattern["cls"]
+        )
+        wrong = pattern[~pattern["agrees"]]["cls"].tolist()
+        evidence = f"{agree}/4 classes on the write-up's side of 1 at {_eps(table['eps'].iloc[0])}" + (
+            f"; on the other side (or at 1): {', '.join(wrong)}" if wrong else ""
+        )
+        return Outcome(ours, verdict, evidence)
+
+    return decide
+
+
+def spearman_range(tables: Tables) -> Outcome:
+    table = _table(tables, "spearman_summary", ("predictor", "eps", "seeds", "median", "q25", "q75", "min", "max"))
+    eps = _large_eps(tables)
+    rows = _rows_at(table[table["predictor"] == "t_pred"], eps)
+    if rows.empty:
+        raise NotTestable(f"no t_pred rows at {_eps(eps)}")
+    row = rows.iloc[-1]  # all seeds when there are several
+    median = float(row["median"])
+    verdict = REPRODUCED if median >= SPEARMAN_LOW else PARTLY if median >= SPEARMAN_PARTLY else NOT_REPRODUCED
+    lo, hi = ACROSS_ARCHITECTURES["spearman_range"]
+    inside = lo <= median <= hi
+    ours = f"median {median:.2f} [IQR {row['q25']:.2f}–{row['q75']:.2f}; range {row['min']:.2f}–{row['max']:.2f}] at {_eps(eps)}"
+    evidence = f"median {'inside' if inside else 'outside'} the write-up's {lo:g}–{hi:g}; {int(row['n_positions'])} positions"
+    return Outcome(ours, verdict, evidence)
+
+
+def constant_baselines(tables: Tables) -> Outcome:
+    table = _table(tables, "spearman_summary", ("predictor", "median", "n_undefined", "n_positions"))
+    baselines = table[table["predictor"].isin(["entropy", "max_prob", "trace_f"])]
+    if baselines.empty:
+        raise NotTestable("spearman_summary holds no baseline rows")
+    zero = bool((baselines["median"] == 0).all() and (baselines["n_undefined"] == baselines["n_positions"]).all())
+    names = sorted(set(baselines["predictor"]))
+    ours = f"{', '.join(names)}: median {baselines['median'].abs().max():g}, undefined at every position: {zero}"
+    evidence = "a position-level predictor is one value for all directions, so its within-position Spearman is undefined (scored 0)"
+    return Outcome(ours, REPRODUCED if zero else NOT_REPRODUCED, evidence)
+
+
+def _headline(tables: Tables) -> tuple[pd.DataFrame, str, float]:
+    table = _table(tables, "calibration_headline", ("eps", "cls", "method", "within_50"))
+    space = str(table["space"][table["method"] != "raw"].iloc[0]) if "space" in table.columns else "log (older run)"
+    return table, space, float(table["eps"].iloc[0])
+
+
+def _value(table: pd.DataFrame, cls: str, method: str) -> float:
+    rows = table[(table["cls"] == cls) & (table["method"] == method)]
+    if rows.empty:
+        raise NotTestable(f"calibration_headline has no {cls}/{method} row")
+    return float(rows["within_50"].iloc[0])
+
+
+def calibration_gain(tables: Tables) -> Outcome:
+    table, space, eps = _headline(tables)
+    raw, pooled = _value(table, "all", "raw"), _value(table, "all", "calibrated_pooled")
+    per_class = _value(table, "all", "calibrated_per_class")
+    gain = pooled - raw
+    verdict = REPRODUCED if gain >= GAIN_REPRODUCED else PARTLY if gain > 0 else NOT_REPRODUCED
+    ours = f"raw {_pct(raw)} → pooled {_pct(pooled)} → per class {_pct(per_class)} ({space} space, {_eps(eps)})"
+    evidence = f"pooled gain {100 * gain:+.1f} points"
+    other = tables.get("calibration_within50")
+    if other is not None and "space" in other.columns:
+        at = _rows_at(other, eps)
+        for alt in sorted(set(at["space"]) - {space, "none"}):
+            alt_pooled = at[(at["cls"] == "all") & (at["method"] == "calibrated_pooled") & (at["space"] == alt)]
+            if len(alt_pooled):
+                evidence += f"; in {alt} space pooled {_pct(float(alt_pooled['within_50'].iloc[0]))}"
+    return Outcome(ours, verdict, evidence)
+
+
+def random_per_class(tables: Tables) -> Outcome:
+    table, space, eps = _headline(tables)
+    raw, calibrated = _value(table, "random", "raw"), _value(table, "random", "calibrated_per_class")
+    if calibrated >= RANDOM_PER_CLASS_LOW:
+        verdict = REPRODUCED
+    elif calibrated >= raw + GAIN_REPRODUCED:
+        verdict = PARTLY
+    else:
+        verdict = NOT_REPRODUCED
+    ours = f"random class: raw {_pct(raw)} → per-class calibrated {_pct(calibrated)} ({space} space, {_eps(eps)})"
+    return Outcome(ours, verdict, f"threshold {_pct(RANDOM_PER_CLASS_LOW)}; gain {100 * (calibrated - raw):+.1f} points")
+
+
+def stratifier_ranking(part: pd.DataFrame, column: str) -> dict:
+    """Return the winner of one selection of `stratifier_variance` by `column`, with ties and the eff-rank ratio.
+
+    `winner` is the stratifier with the smallest spread if the runner-up's is at least `TIE_RATIO`
+    times larger, else None (a tie, `tied` lists the stratifiers within that factor of the best).
+    `eff_rank_ratio` is eff_rank's spread over entropy's.
+    """
+    spread = part.set_index("stratifier")[column].astype(float)
+    order = spread.sort_values()
+    best = float(order.iloc[0])
+    tied = [s for s, v in order.items() if (v <= best * TIE_RATIO if best > 0 else v == 0)]
+    ratio = float(spread["eff_rank"] / spread["entropy"]) if spread.get("entropy", 0) > 0 else math.inf
+    return {"winner": order.index[0] if len(tied) == 1 else None, "tied": tied, "eff_rank_ratio": ratio,
+            "order": list(order.index)}  # fmt: skip
+
+
+def entropy_best(column: str) -> Callable[[Tables], Outcome]:
+    def decide(tables: Tables) -> Outcome:
+        table = _table(tables, "stratifier_variance", ("cls", "eps", "stratifier", column))
+        outcomes, parts = [], []
+        for (cls, eps), part in table.groupby(["cls", "eps"], sort=False):
+            ranking = stratifier_ranking(part, column)
+            wins = ranking["winner"] == "entropy"
+            outcomes.append((wins, wins and ranking["eff_rank_ratio"] >= EFF_RANK_RATIO_LOW))
+            leader = ranking["winner"] or "tie of " + "/".join(ranking["tied"])
+            ratio = ranking["eff_rank_ratio"]
+            parts.append(f"{cls} @ {_eps(eps)}: best {leader}, eff_rank/entropy {ratio:.2f}×" if ratio < 10 else
+                         f"{cls} @ {_eps(eps)}: best {leader}, eff_rank/entropy {ratio:.3g}×")  # fmt: skip
+        if all(full for _, full in outcomes):
+            verdict = REPRODUCED
+        elif any(wins for wins, _ in outcomes):
+            verdict = PARTLY
+        else:
+            verdict = NOT_REPRODUCED
+        evidence = f"a winner must beat the runner-up by ≥ {TIE_RATIO:g}×; {sum(w for w, _ in outcomes)}/{len(outcomes)} selections won by entropy"
+        return Outcome("; ".join(parts), verdict, evidence)
+
+    return decide
+
+
+def rank_one(tables: Tables) -> Outcome:
+    table = _table(tables, "rank_one_regime", ("pair_mass", "median_cos", "n", "median_cos_near_binary", "n_near_binary"))
+    n_near = int(table["n_near_binary"].iloc[0])
+    if n_near < MIN_NEAR_BINARY:
+        raise NotTestable(f"only {n_near} near-binary positions (the rule needs {MIN_NEAR_BINARY})")
+    cos = float(table["median_cos_near_binary"].iloc[0])
+    verdict = REPRODUCED if cos >= COS_REPRODUCED else PARTLY if cos >= COS_PARTLY else NOT_REPRODUCED
+    first, last = table.iloc[0], table.iloc[-1]
+    share = f", {_pct(float(table['share_near_binary'].iloc[0]))} of positions" if "share_near_binary" in table else ""
+    ours = f"median |cos| {cos:.3f} over {n_near} near-binary positions{share}"
+    evidence = (
+        f"median |cos| {first['median_cos']:.3f} at pair mass {first['pair_mass']} (n={int(first['n'])}) and "
+        f"{last['median_cos']:.3f} at {last['pair_mass']} (n={int(last['n'])})"
+    )
+    return Outcome(ours, verdict, evidence)
+
+
+def quartic_beats_calibration(tables: Tables) -> Outcome:
+    table = _table(tables, "predictor_comparison", ("eps", "cls", "predictor", "within_50", "n"))
+    eps = _large_eps(tables)
+    at = _rows_at(table, eps)
+    at = at[at["cls"] == "all"].set_index("predictor")
+    if "t_quartic" not in at.index:
+        raise NotTestable(f"no pooled quartic row at {_eps(eps)}")
+    calibrators = at[at.index.str.startswith("iso_")]["within_50"]
+    quartic, raw = float(at.loc["t_quartic", "within_50"]), float(at.loc["t_pred", "within_50"])
+    best_name, best = calibrators.idxmax(), float(calibrators.max())
+    verdict = REPRODUCED if quartic > best else PARTLY if quartic > raw else NOT_REPRODUCED
+    fallback = int(at.loc["t_quartic", "n_fallback"]) if "n_fallback" in at.columns else 0
+    ours = f"quartic {_pct(quartic)} vs best calibrator {_pct(best)} ({best_name}) vs raw t_pred {_pct(raw)} at {_eps(eps)}"
+    evidence = f"same {int(at.loc['t_quartic', 'n'])} rows for every predictor; quartic fell back to t_pred (F) on {fallback}"
+    return Outcome(ours, verdict, evidence)
+
+

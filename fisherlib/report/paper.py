@@ -1,0 +1,314 @@
+"""`make paper`: assemble `results/summary.md`, one table per study table, a column per run, the write-up beside.
+
+Reads only the tables the notebooks wrote under `results/<run>/`; computes nothing new.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from ..io.atomic import atomic_write_text
+from .claims import CLAIMS, LEDGER_COLUMNS, evaluate_claims, markdown_table, read_tables
+from .reference import ACROSS_ARCHITECTURES, MODEL_NAMES, WRITE_UP
+from ..io.locations import repo_root
+from ..io.tables import read_table_file
+
+logger = logging.getLogger("fisherlib")
+
+# What each notebook must write (the notebook tests check these exist, are non-empty and hold no NaN).
+EXPECTED_TABLES = {
+    "01_sample_positions": ["model_card", "sample_strata", "sample_summary"],
+    "02_fisher_geometry": ["fisher_spectrum_by_stratum", "effective_rank_summary", "rank_one_regime", "topk_vs_full_fisher"],
+    "03_direction_sweep": ["sweep_census", "boundary_check"],
+    "04_closed_form_exactness": ["table1_top_eigvec", "rho_by_eig_rank", "rho_by_eps", "rho_topk_vs_full", "predictor_accuracy"],
+    "05_direction_classes": ["table2_rho_by_class", "spearman_per_position", "spearman_summary"],
+    "06_isotonic_calibration": ["calibration_within50", "calibration_headline", "predictor_comparison"],
+    "07_entropy_stratification": ["stratifier_variance", "stable_region_axes", "claims"],
+    "08_layer_pullback": [
+        "layer_positions", "layer_table1", "layer_rho_by_eps", "layer_spearman", "layer_exactness_frontier", "layer_nonmonotone",
+    ],
+    "09_interpolation_plateaus": ["plateau_paths", "plateau_statistics", "plateau_jump_hits", "plateau_fisher_length"],
+}
+EXPECTED_FIGURES = {
+    "01_sample_positions": ["sample_entropy_by_stratum"],
+    "02_fisher_geometry": ["fisher_spectra", "rank_one_regime"],
+    "03_direction_sweep": ["kl_profiles"],
+    "04_closed_form_exactness": ["rho_by_eig_rank", "rho_by_eps", "rho_topk_vs_full"],
+    "05_direction_classes": ["rho_by_class", "spearman_histogram"],
+    "06_isotonic_calibration": ["calibration_within50_vs_eps", "calibration_curve", "predictor_comparison"],
+    "07_entropy_stratification": ["stratifier_variance", "stable_regions"],
+    "08_layer_pullback": ["layer_table1", "layer_rho_by_eps", "layer_spearman", "layer_exactness_frontier"],
+    "09_interpolation_plateaus": ["plateau_reometry", "plateau_examples", "plateau_jump_hits"],
+}
+WRITE_UP_ARCHS = ("qwen", "llama", "pythia")
+
+
+def _read(run_dir: Path, name: str) -> pd.DataFrame | None:
+    path = run_dir / f"{name}.csv"
+    return read_table_file(path) if path.is_file() else None
+
+
+def _per_run(runs: dict[str, Path], name: str, to_series) -> dict[str, pd.Series]:
+    """Return `{run: to_series(table)}` for every run that wrote table `name`."""
+    return {run: to_series(table) for run, folder in runs.items() if (table := _read(folder, name)) is not None}
+
+
+def _write_up_header(arch: str) -> str:
+    return f"write-up {MODEL_NAMES[arch]}"
+
+
+def table1(runs: dict[str, Path]) -> pd.DataFrame:
+    """Median ρ on the top eigenvector at small ε, with its 95% CI, per run."""
+    rows = {"median ρ": {}, "95% CI": {}, "seeds": {}, "ε": {}}
+    for run, folder in runs.items():
+        table = _read(folder, "table1_top_eigvec")
+        if table is None:
+            continue
+        overall = table.iloc[-1]  # the "all seeds" row
+        rows["median ρ"][run] = f"{overall['median_rho']:.3f}"
+        rows["95% CI"][run] = f"[{overall['ci_lo']:.3f}, {overall['ci_hi']:.3f}]"
+        rows["seeds"][run] = str(int(overall["n_seeds"]))
+        rows["ε"][run] = f"{overall['eps']:g}"
+    for arch in WRITE_UP_ARCHS:
+        ref = WRITE_UP[arch]["table1"]
+        column = _write_up_header(arch)
+        rows["median ρ"][column] = f"{ref['median']:.3f}"
+        rows["95% CI"][column] = f"[{ref['ci'][0]:.3f}, {ref['ci'][1]:.3f}]"
+        rows["seeds"][column] = str(ref["n_seeds"])
+        rows["ε"][column] = "small"
+    return pd.DataFrame(rows).T
+
+
+def table2(runs: dict[str, Path]) -> pd.DataFrame:
+    """Median ρ at ε = 1 nat by direction class, per run."""
+    classes = ["structured", "tangent", "random", "eigvec", "eigvec rank 1", "control"]
+    columns = _per_run(runs, "table2_rho_by_class", lambda t: t.set_index("cls")["median_rho"].map(lambda x: f"{x:.3g}"))
+    for arch in WRITE_UP_ARCHS:
+        columns[_write_up_header(arch)] = pd.Series({k: f"{v:.2f}" for k, v in WRITE_UP[arch]["table2"].items()})
+    return pd.DataFrame(columns).reindex(classes).fillna("—")
+
+
+def spearman(runs: dict[str, Path]) -> pd.DataFrame:
+    """Per-position Spearman(t_pred, t_emp): median and range over positions, per run and ε."""
+    def summarise(table: pd.DataFrame) -> pd.Series:
+        rows = table[table["predictor"] == "t_pred"].itertuples()
+        return pd.Series({f"ε = {r.eps:g}": f"{r.median:.2f} [{r.min:.2f}, {r.max:.2f}]" for r in rows})
+
+    columns = _per_run(runs, "spearman_summary", summarise)
+    low, high = ACROSS_ARCHITECTURES["spearman_range"]
+    frame = pd.DataFrame(columns)
+    frame["write-up (3 archs)"] = f"range {low:.2f}–{high:.2f}"
+    return frame.fillna("—")
+
+
+def calibration(runs: dict[str, Path]) -> pd.DataFrame:
+    """Fraction within 50% of t_emp at ε = 1: raw, pooled and per-class isotonic calibration."""
+    def headline(table: pd.DataFrame) -> pd.Series:
+        return pd.Series(
+            {
+                f"{r.cls}: {r.method}": f"{r.within_50:.0%}"
+                for r in table.itertuples()
+                if r.cls == "all" or (r.cls == "random" and r.method == "calibrated_per_class")
+            }
+        )
+
+    def with_space(table: pd.DataFrame) -> pd.Series:
+        values = headline(table)
+        spaces = table["space"][table["method"] != "raw"] if "space" in table.columns else pd.Series(["log (older run)"])
+        return pd.concat([pd.Series({"calibration space": str(spaces.iloc[0])}), values])
+
+    columns = _per_run(runs, "calibration_headline", with_space)
+    for arch in WRITE_UP_ARCHS:
+        ref = WRITE_UP[arch]["calibration"]
+        values = {"all: raw": f"{ref['raw']:.0%}", "all: calibrated_pooled": f"{ref['calibrated_pooled']:.0%}"}
+        columns[_write_up_header(arch)] = pd.Series({"calibration space": "linear", **values})
+    low, high = ACROSS_ARCHITECTURES["per_class_random_within50"]
+    frame = pd.DataFrame(columns)
+    frame.loc["random: calibrated_per_class", [c for c in frame.columns if c.startswith("write-up")]] = f"{low:.0%}–{high:.0%}"
+    return frame.fillna("—")
+
+
+def stratifiers(runs: dict[str, Path]) -> pd.DataFrame:
+    """Within-quintile variance of log ρ relative to the best stratifier, per run and measurement set."""
+    columns = _per_run(
+        runs,
+        "stratifier_variance",
+        lambda t: pd.Series({f"{r.cls} @ ε={r.eps:g}: {r.stratifier}": f"{r.ratio_to_best:.3g}×" for r in t.itertuples()}),
+    )
+    low, high = ACROSS_ARCHITECTURES["eff_rank_worse_than_entropy"]
+    frame = pd.DataFrame(columns)
+    frame["write-up (3 archs)"] = ""
+    for index in frame.index:
+        if index.endswith("entropy"):
+            frame.loc[index, "write-up (3 archs)"] = "1× (best)"
+        elif index.endswith("eff_rank"):
+            frame.loc[index, "write-up (3 archs)"] = f"{low:g}–{high:g}×"
+    return frame.fillna("—")
+
+
+def predictors(runs: dict[str, Path]) -> pd.DataFrame:
+    """Fraction within 50% of t_emp at the large ε for every predictor on one denominator (all classes), per run."""
+    def pooled(table: pd.DataFrame) -> pd.Series:
+        eps = 1.0 if (table["eps"] == 1.0).any() else float(table["eps"].max())
+        rows = table[(table["cls"] == "all") & (table["eps"] == eps)]
+        return pd.Series({f"{r.predictor} (ε = {eps:g})": f"{r.within_50:.1%}" for r in rows.itertuples()})
+
+    frame = pd.DataFrame(_per_run(runs, "predictor_comparison", pooled))
+    return frame.fillna("—") if len(frame) else pd.DataFrame({"note": ["no run wrote predictor_comparison yet"]})
+
+
+def run_ledger(folder: Path) -> pd.DataFrame:
+    """Return a run's claims ledger: its `claims.csv`, else evaluated now from the tables it holds."""
+    ledger = _read(folder, "claims")
+    if ledger is not None and list(ledger.columns) == LEDGER_COLUMNS:
+        return ledger.fillna("")
+    return evaluate_claims(read_tables(folder))
+
+
+def claims_matrix(runs: dict[str, Path]) -> pd.DataFrame:
+    """The claims ledger across runs: one row per claim, the write-up's figures beside each run's verdict and figure."""
+    frame = pd.DataFrame(
+        {"claim": [c.id for c in CLAIMS], "write-up": [c.write_up_text(None) for c in CLAIMS]}
+    ).set_index("claim")
+    for run, folder in runs.items():
+        ledger = run_ledger(folder).set_index("claim")
+        frame[run] = [
+            f"**{ledger.loc[c.id, 'verdict']}**: {ledger.loc[c.id, 'ours']}" if c.id in ledger.index else "—" for c in CLAIMS
+        ]
+    return frame
+
+
+def _holds_tables(folder: Path) -> bool:
+    return folder.is_dir() and any((folder / f"{name}.csv").is_file() for names in EXPECTED_TABLES.values() for name in names)
+
+
+def is_complete_run(folder: Path) -> bool:
+    """Return whether `folder` was published by `make reproduce`: its `run.json` says every notebook succeeded."""
+    try:
+        return bool(json.loads((folder / "run.json").read_text()).get("complete"))
+    except (OSError, ValueError):
+        return False
+
+
+def find_runs(results_root: Path) -> dict[str, Path]:
+    """Return every complete run under `results_root` (see `is_complete_run`), by name."""
+    return {
+        folder.name: folder for folder in sorted(results_root.iterdir()) if _holds_tables(folder) and is_complete_run(folder)
+    } if results_root.is_dir() else {}
+
+
+def left_out_runs(results_root: Path) -> list[str]:
+    """Return the folders with study tables that are not complete runs (a failed, partial or hand run, scratch)."""
+    return [
+        folder.name for folder in sorted(results_root.iterdir()) if _holds_tables(folder) and not is_complete_run(folder)
+    ] if results_root.is_dir() else []
+
+
+def run_overview(runs: dict[str, Path]) -> pd.DataFrame:
+    """One row per run: its model, revision and how many positions (per seed) its tables rest on."""
+    rows = []
+    for run, folder in runs.items():
+        card = read_table_file(folder / "model_card.csv").iloc[0] if (folder / "model_card.csv").is_file() else {}
+        strata = read_table_file(folder / "sample_strata.csv") if (folder / "sample_strata.csv").is_file() else None
+        positions = int(strata["total"].sum()) if strata is not None and "total" in strata else 0
+        rows.append(dict(run=run, model=card.get("model_id", "?"), revision=card.get("revision", "?"), positions=positions))
+    return pd.DataFrame(rows, columns=["run", "model", "revision", "positions"]).set_index("run")
+
+
+def _dynamics_sections(runs: dict[str, Path]) -> list[str]:
+    """One section per run that ran notebook 10: its revisions against training step (`dynamics_summary`)."""
+    from .dynamics_report import dynamics_summary, read_dynamics_tables
+
+    sections = []
+    for run, folder in runs.items():
+        tables = read_dynamics_tables(folder)
+        if tables is not None:
+            title = f"Training dynamics — `{run}` (notebook 10: the final model's positions at every revision)"
+            sections.append(f"## {title}\n\n{markdown_table(dynamics_summary(tables), index=False)}\n")
+    return sections
+
+
+def write_summary(results_root: Path | None = None) -> Path:
+    """Write `results/summary.md` from the runs found; return its path."""
+    results_root = results_root or repo_root() / "results"
+    runs = find_runs(results_root)
+    left_out = left_out_runs(results_root)
+    for name in left_out:
+        logger.warning("left out results/%s: not a complete `make reproduce` run (no run.json)", name)
+    sections = [
+        "# Summary across runs\n",
+        "Each table is read from `results/<run>/`; the write-up's numbers (SPEC §6) stand beside ours.\n",
+        markdown_table(run_overview(runs), index=True) + "\n" if runs else "No complete run yet (run `make reproduce ARCH=…`).\n",
+    ]
+    if left_out:
+        sections.append(
+            f"Left out (not complete `make reproduce` runs: failed, partial, or notebooks run by hand): "
+            f"{', '.join(f'`{name}`' for name in left_out)}.\n"
+        )
+    for title, builder in (
+        ("Table 1 — median ρ on the top eigenvector of F_k at small ε", table1),
+        ("Table 2 — median ρ at ε = 1 nat by direction class", table2),
+        ("Per-position Spearman of t_pred against t_emp (median [min, max] over positions)", spearman),
+        ("Isotonic calibration — fraction of measurements within 50% of t_emp at ε = 1", calibration),
+        ("Stratifiers — within-quintile variance of log ρ, relative to the best", stratifiers),
+        ("Every predictor on one denominator — fraction within 50% of t_emp, all classes", predictors),
+        ("Claims matrix — each claim's verdict per run (rules in `fisherlib.report.claims`, details in `results/<run>/claims.md`)",
+         claims_matrix),
+    ):
+        sections.append(f"## {title}\n\n{markdown_table(builder(runs), index=True)}\n")
+    sections += _dynamics_sections(runs)
+    path = results_root / "summary.md"
+    atomic_write_text(path, "\n".join(sections))
+    logger.info("summary of %d run(s) written to %s", len(runs), path)
+    return path
+
+
+def story(run_dir: Path | str) -> str:
+    """Return the README's story for one run, computed from its tables and claims ledger (Markdown).
+
+    `python -c "from fisherlib.report.paper import story; print(story('results/tiny'))"` after `make reproduce`.
+    Every number and verdict comes from `results/<run>/`: the model card, Table 1, the predictor
+    comparison and the ledger.
+    """
+    from .claims import verdict_counts
+
+    run_dir = Path(run_dir)
+    ledger = run_ledger(run_dir)
+    card = _read(run_dir, "model_card")
+    table1 = _read(run_dir, "table1_top_eigvec")
+    comparison = _read(run_dir, "predictor_comparison")
+    topk = _read(run_dir, "rho_topk_vs_full")
+    lines = [f"From `results/{run_dir.name}/`"]
+    if card is not None:
+        row = card.iloc[0]
+        lines[0] += f" (V = {int(row['vocab'])}, d = {int(row['width'])})"
+    lines[0] += f"; the claims ledger reads {verdict_counts(ledger)}."
+    if table1 is not None:
+        row = table1.iloc[-1]
+        unit = f"{row['resampled']}s" if "resampled" in table1.columns else "positions"
+        text = (f"Median ρ on the top eigenvector of F_k at ε = {row['eps']:g} is **{row['median_rho']:.3f}** "
+                f"[{row['ci_lo']:.3f}, {row['ci_hi']:.3f}] (bootstrap over {unit})")
+        if topk is not None:
+            at = topk[(topk["cls"] == "eigvec rank 1") & (topk["eps"] == row["eps"])]
+            if len(at):
+                text += f"; with the full F it is {at['median_rho_full'].iloc[0]:.3f}"
+        lines.append(text + ".")
+    if comparison is not None:
+        eps = 1.0 if (comparison["eps"] == 1.0).any() else float(comparison["eps"].max())
+        at = comparison[(comparison["cls"] == "all") & (comparison["eps"] == eps)].set_index("predictor")
+        calibrators = at[at.index.str.startswith("iso_")]["within_50"]
+        best = calibrators.idxmax()
+        quartic, raw = at.loc["t_quartic"], at.loc["t_pred"]
+        text = (f"At ε = {eps:g}, on the same {int(quartic['n'])} measurements, the fraction within 50% of t_emp is "
+                f"{raw['within_50']:.1%} for the raw closed form, {calibrators.max():.1%} for the best cross-validated "
+                f"isotonic calibrator ({best}) and **{quartic['within_50']:.1%}** for the quartic Taylor root "
+                f"(which fell back to t_pred with the full F on {int(quartic['n_fallback'])} rows without a root)")
+        text += (": an uncalibrated closed form beats a fitted calibrator." if quartic["within_50"] > calibrators.max()
+                 else ": the calibrator stays ahead of the closed forms.")
+        lines.append(text)
+    table = markdown_table(ledger[["claim", "verdict", "ours"]])
+    return "\n\n".join([" ".join(lines), table])

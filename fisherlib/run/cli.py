@@ -1,0 +1,77 @@
+"""Command line: `fisherlib sample …` draws positions, `fisherlib tiny` trains the embedded model, `fisherlib paper` assembles the summary."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..core.errors import FisherlibError
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from .inputs import load_sample
+    from .outputs import save_table
+    from .params import StudyParams
+    from ..data.sampling import sample_summary, strata_counts
+
+    params = StudyParams.create(
+        arch=args.arch, corpora=args.corpora, n_positions=args.n_positions, seed=args.seed, top_k=args.top_k,
+        max_context=args.max_context, device=args.device, dtype=args.dtype, run_name=args.run_name,
+    )  # fmt: skip
+    sample = load_sample(params, args.seed)
+    save_table(strata_counts(sample.table), "sample_strata", params)
+    print(sample_summary(sample.table).to_string(index=False))
+    print(f"{len(sample)} positions; tables in {params.results_dir}, cache in {params.cache_path}")
+
+
+def _tiny(args: argparse.Namespace) -> None:
+    from ..models.tiny import ensure_tiny_model, train_tiny_model
+
+    if args.train:
+        # The recipe of the shipped weights (`models/tiny`), from scratch: make tiny-model.
+        print(train_tiny_model(args.output, seed=args.seed))
+    else:
+        print(ensure_tiny_model(seed=args.seed))
+
+
+def _paper(args: argparse.Namespace) -> None:
+    from ..report.paper import write_summary
+
+    print(f"summary written to {write_summary()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = argparse.ArgumentParser(prog="fisherlib", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    sample = commands.add_parser("sample", help="draw rank-stratified positions (cached under results/<run>/cache; run: scratch unless --run-name)")
+    sample.add_argument("--arch", default="tiny", help="registry name (tiny, pythia, llama, qwen), hub id or model folder")
+    sample.add_argument("--corpora", nargs="*", default=[], help="corpus names or DOMAIN=PATH files (default: the arch's)")
+    sample.add_argument("--n-positions", type=int, default=200)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--top-k", type=int, default=64)
+    sample.add_argument("--max-context", type=int, default=256)
+    sample.add_argument("--device", default="")
+    sample.add_argument("--dtype", default="")
+    sample.add_argument("--run-name", default="", help="the run to write to (default: scratch, never a published run)")
+    sample.set_defaults(run=_sample)
+    tiny = commands.add_parser("tiny", help="train (or find) the embedded default model and print its folder")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--train", action="store_true", help="train from scratch (about 40 minutes on one core) instead of finding a copy")
+    tiny.add_argument("--output", default="models/tiny", help="where --train writes the model (default: models/tiny)")
+    tiny.set_defaults(run=_tiny)
+    paper = commands.add_parser("paper", help="assemble results/summary.md from every run so far")
+    paper.set_defaults(run=_paper)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.run(args)
+    except FisherlibError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

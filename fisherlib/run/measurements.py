@@ -1,0 +1,196 @@
+"""Each measurement step of the study, from the run's parameters, cached under the key of what it depends on.
+
+A cache entry is named by a hash of every parameter its measurement reads (`StudyParams.key`), so a
+changed parameter makes a new entry and an unchanged one is read back; entries are written atomically
+(the last file written marks an entry complete), so an interrupted run resumes. The measurements
+themselves live in `fisherlib.steps`; this module only finds their inputs and keeps their outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ..io.atomic import atomic_directory, atomic_path
+from ..layers.engine import Prefilled, check_layer, default_layers, residuals_by_layer
+from ..steps import dynamics, layer_study, plateaus
+from ..steps.sweep import measure_boundaries
+from .inputs import SAMPLE_KEYS, load_head, load_model_for, load_sample
+
+logger = logging.getLogger("fisherlib")
+
+
+# --- notebook 03: the direction sweep ---------------------------------------------------------------
+
+
+@dataclass
+class Sweep:
+    """A seed's positions (one row each) and its long-form measurements."""
+
+    positions: pd.DataFrame
+    measurements: pd.DataFrame
+
+
+def sweep_path(params, seed: int) -> Path:
+    """Return where the sweep of `params` for `seed` is cached."""
+    key = params.key(*SAMPLE_KEYS, "eps_grid", "divergence", "n_random", "n_control")
+    return params.cache_path / f"sweep-seed{seed}-{key}.parquet"
+
+
+def run_sweep(params, seed: int, progress: bool = True) -> Sweep:
+    """Return the sweep for `seed`, measuring it (and sampling its positions) unless it is cached."""
+    path = sweep_path(params, seed)
+    if path.is_file():
+        logger.info("sweep loaded from cache %s", path)
+        return load_sweep(params, seed)
+    sample = load_sample(params, seed)
+    head = load_head(params)
+    measurements = measure_boundaries(
+        head.weight, head.bias, sample.h, params.eps_grid, top_k=params.top_k, n_random=params.n_random,
+        n_control=params.n_control, seed=seed, divergence=params.divergence,
+        position_ids=sample.table["position"].to_numpy(), progress=progress,
+    )  # fmt: skip
+    positions = sample.table.assign(seed=seed)
+    # Positions first: the measurements file, written last, marks a complete entry.
+    _write_parquet_atomically(positions, _positions_path(path))
+    _write_parquet_atomically(measurements, path)
+    logger.info("sweep written to %s", path)
+    return Sweep(positions=positions, measurements=measurements)
+
+
+def _write_parquet_atomically(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as partial:  # a unique temporary: two runs of one sweep never share it
+        df.to_parquet(partial, index=False)
+
+
+def _positions_path(path: Path) -> Path:
+    return path.with_name(path.name.replace("sweep-", "sweep-positions-"))
+
+
+def load_sweep(params, seed: int) -> Sweep:
+    """Return the cached sweep for `seed`; raise FileNotFoundError saying which notebook makes it."""
+    path = sweep_path(params, seed)
+    if not path.is_file() or not _positions_path(path).is_file():
+        raise FileNotFoundError(
+            f"no sweep for run {params.name!r}, seed {seed} at {path}: run notebooks/03_direction_sweep.ipynb "
+            f"with the same parameters first (make reproduce does; after deleting a cache, `rm -r runs/{params.name}` "
+            "so that make reruns the notebooks that fill it)"
+        )
+    return Sweep(positions=pd.read_parquet(_positions_path(path)), measurements=pd.read_parquet(path))
+
+
+# --- notebook 08: the layer study -------------------------------------------------------------------
+
+
+def run_layer_study(params, seed: int | None = None, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return `(measurements, positions)` of notebook 08 for `params`, cached beside the run's sample.
+
+    `positions` holds the measured subset of the sample (`params.layer_positions`, spread over domains
+    and strata). The measurements are cached as parquet, keyed by every parameter they depend on.
+    """
+    seed = params.seed if seed is None else seed
+    path = layer_cache_file(params, seed)
+    sample = load_sample(params, seed, progress=progress)
+    rows = layer_study.choose_positions(sample.table, params.layer_positions, seed)
+    positions = sample.table.iloc[rows].reset_index(drop=True)
+    if path.is_file():
+        logger.info("layer measurements loaded from cache %s", path)
+        return pd.read_parquet(path), positions
+    model = load_model_for(params)
+    layers = list(params.layers) or default_layers(model)
+    residuals = residuals_by_layer(model, sample, layers, batch_size=params.batch_size)
+    prefilled = Prefilled(model, [sample.context_ids[i] for i in rows], batch_size=params.batch_size)
+    doc_ids = (sample.table["domain"].astype(str) + "/" + sample.table["doc_id"].astype(str)).to_numpy()
+    parts = []
+    for layer in layers:
+        logger.info("layer %s: %d positions", layer_study.layer_label(layer), len(rows))
+        parts.append(
+            layer_study.measure_layer(
+                model, prefilled, layer, residuals[layer], rows, doc_ids, sample.table["position"].to_numpy(),
+                params.eps_grid, n_eig=params.layer_eig, n_per_class=params.layer_per_class, top_k=params.top_k,
+                seed=seed, divergence=params.divergence, rtol=params.layer_rtol, batch_size=params.batch_size,
+            )  # fmt: skip
+        )
+    measurements = pd.concat(parts, ignore_index=True)
+    with atomic_path(path) as partial:
+        measurements.to_parquet(partial, index=False)
+    return measurements, positions
+
+
+def layer_cache_file(params, seed: int) -> Path:
+    """Return where `run_layer_study` caches its measurements (for tests and clean-ups)."""
+    key = params.key(*SAMPLE_KEYS, "eps_grid", "divergence", "layers", "layer_positions", "layer_eig", "layer_per_class", "layer_rtol", "top_k")
+    return params.cache_path / f"layers-seed{seed}-{key}.parquet"
+
+
+# --- notebook 09: interpolation plateaus -----------------------------------------------------------
+
+
+def run_plateaus(params, seed: int | None = None, progress: bool = True):
+    """Return `(pairs, points, steps)` of notebook 09 for `params` (cached beside the run's sample)."""
+    seed = params.seed if seed is None else seed
+    key = params.key(*SAMPLE_KEYS, "plateau_layer", "plateau_pairs", "plateau_steps")
+    base = params.cache_path / f"plateaus-seed{seed}-{key}"
+    sample = load_sample(params, seed, progress=progress)
+    pairs = plateaus.choose_pairs(sample.table, params.plateau_pairs, seed)
+    pairs = pairs.assign(position_a=sample.table["position"].to_numpy()[pairs["a"]], position_b=sample.table["position"].to_numpy()[pairs["b"]])
+    if base.with_name(base.name + ".steps.parquet").is_file():
+        logger.info("interpolation paths loaded from cache %s", base)
+        return pairs, pd.read_parquet(base.with_name(base.name + ".points.parquet")), pd.read_parquet(base.with_name(base.name + ".steps.parquet"))
+    model = load_model_for(params)
+    layer = check_layer(model, params.plateau_layer)
+    residuals = residuals_by_layer(model, sample, [layer], batch_size=params.batch_size)[layer]
+    alphas = torch.linspace(0, 1, params.plateau_steps, dtype=torch.float64)
+    logger.info("layer %s: %d pairs × %d paths × %d points", layer, len(pairs), len(plateaus.PATHS), len(alphas))
+    points, steps = plateaus.measure_paths(model, sample, pairs, layer, residuals.double().mean(0), residuals.double(), alphas)
+    for frame, suffix in ((points, ".points.parquet"), (steps, ".steps.parquet")):  # steps last: it marks a complete entry
+        with atomic_path(base.with_name(base.name + suffix)) as partial:
+            frame.to_parquet(partial, index=False)
+    return pairs, points, steps
+
+
+# --- notebook 10: training dynamics, one cache entry per revision ----------------------------------
+
+
+def measure_revision(params, sample, revision: str, seed: int, reference_model=None, progress: bool = True) -> dynamics.RevisionMeasurement:
+    """Return `dynamics.measure_checkpoint` of `params`' model at `revision`, cached per revision.
+
+    Measured at `params.small_eps` and `params.large_eps` (the two ε the dynamics tables use). A
+    revision whose tokenizer differs from `reference_model`'s is refused.
+    """
+    path = revision_cache_folder(params, revision, seed)
+    if (path / "measurements.parquet").is_file():
+        logger.info("revision %s loaded from cache %s", revision, path)
+        return dynamics.RevisionMeasurement(
+            revision, dynamics.revision_step(revision), pd.read_parquet(path / "positions.parquet"),
+            pd.read_parquet(path / "measurements.parquet"),
+        )  # fmt: skip
+    model = load_model_for(params, revision=revision)
+    if reference_model is not None:
+        dynamics.check_same_tokenizer(model, reference_model)
+    result = dynamics.measure_checkpoint(
+        model, sample, revision, seed, eps_grid={params.small_eps, params.large_eps}, top_k=params.top_k,
+        n_random=params.n_random, n_control=params.n_control, divergence=params.divergence,
+        batch_size=params.batch_size, progress=progress,
+    )  # fmt: skip
+    _write_revision(path, result.positions, result.measurements)
+    return result
+
+
+def revision_cache_folder(params, revision: str, seed: int) -> Path:
+    key = params.key(*SAMPLE_KEYS, "small_eps", "large_eps", "divergence", "n_random", "n_control")
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", revision)
+    return params.cache_path / f"dynamics-{safe}-seed{seed}-{key}"
+
+
+def _write_revision(folder: Path, positions: pd.DataFrame, measurements: pd.DataFrame) -> None:
+    """Write both tables into a sibling temporary folder and rename it into place (a rerun resumes here)."""
+    # Another process that wrote the same revision first keeps its copy: it is identical.
+    with atomic_directory(folder) as staging:
+        positions.to_parquet(staging / "positions.parquet", index=False)
+        measurements.to_parquet(staging / "measurements.parquet", index=False)

@@ -1,0 +1,117 @@
+"""The direction sweep of SPEC §5: classes, signs, orthogonality, seeding."""
+
+import pytest
+import torch
+
+import fisherlib as fl
+from fisherlib.core.errors import DegenerateInputError, InputError
+
+
+def _problem(P=3, V=60, d=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(V, d, generator=g, dtype=torch.float64)
+    h = 2 * torch.randn(P, d, generator=g, dtype=torch.float64)
+    return W, h, torch.softmax(h @ W.T, -1)
+
+
+def test_sweep_shapes_classes_and_unit_norm():
+    W, h, p = _problem()
+    U, table = fl.direction_sweep(W, h, p, top_k=8, n_random=5, n_control=3)
+    counts = table[table.position == 0]["cls"].value_counts()
+    assert dict(counts) == {"eigvec": 14, "structured": 12, "tangent": 14, "random": 5, "control": 3}
+    assert U.shape == (3, 48, 24) and len(table) == 3 * 48
+    torch.testing.assert_close(U.norm(dim=-1), torch.ones(3, 48, dtype=torch.float64))
+    assert not table.isna().any().any()
+
+
+def test_control_directions_have_no_truncated_curvature_but_some_true_curvature():
+    W, h, p = _problem()
+    U, table = fl.direction_sweep(W, h, p, top_k=8, n_random=0, n_control=4)
+    control = torch.tensor((table.cls == "control").to_numpy()).reshape(3, -1)
+    A = torch.einsum("pnd,vd->pnv", U, W)
+    curv_k = fl.curvature(p, A, top_k=8)
+    assert curv_k[control].abs().max() < 1e-20
+    assert (fl.curvature(p, A)[control] > 0).all()
+    ids = torch.topk(p, 8).indices
+    for i in range(3):
+        assert (W[ids[i]] @ U[i, control[i]].T).abs().max() < 1e-10
+
+
+def test_eigenvectors_are_oriented_toward_swapping_the_top_two_and_both_signs_present():
+    W, h, p = _problem()
+    U, table = fl.direction_sweep(W, h, p, top_k=8, n_random=0, n_control=0)
+    ids = torch.topk(p, 2).indices
+    for i in range(3):
+        rows = table[(table.position == i) & (table.cls == "eigvec")]
+        swap = W[ids[i, 1]] - W[ids[i, 0]]
+        for row in rows.itertuples():
+            assert row.sign * float(U[i, row.direction] @ swap) >= 0
+        plus = rows[rows.sign == 1].direction.tolist()
+        minus = rows[rows.sign == -1].direction.tolist()
+        torch.testing.assert_close(U[i, plus], -U[i, minus])
+
+
+def test_eigvec_directions_match_a_dense_eigendecomposition():
+    W, h, p = _problem()
+    F_k = fl.fisher_pullback(W, p, top_k=8)
+    U_dense, table = fl.direction_sweep(W, h, p, F_k=F_k, top_k=8, n_random=0, n_control=0)
+    U_gram, _ = fl.direction_sweep(W, h, p, top_k=8, n_random=0, n_control=0)
+    eig = torch.tensor((table.cls == "eigvec").to_numpy()).reshape(3, -1)
+    # Eigenvalues of F_k are distinct here, so the oriented eigenvectors agree.
+    torch.testing.assert_close(U_dense[eig], U_gram[eig], atol=1e-8, rtol=0)
+
+
+def test_tangent_directions_are_orthogonal_to_h_and_pairs_are_token_differences():
+    W, h, p = _problem()
+    U, table = fl.direction_sweep(W, h, p, top_k=8, n_random=0, n_control=0)
+    for row in table[table.cls == "tangent"].itertuples():
+        assert abs(float(U[row.position, row.direction] @ h[row.position])) < 1e-9
+    for row in table[(table.cls == "structured") & (table.sign == 1)].itertuples():
+        expected = torch.nn.functional.normalize(W[row.token_j] - W[row.token_i], dim=0)
+        torch.testing.assert_close(U[row.position, row.direction], expected)
+
+
+def test_random_directions_depend_on_seed_and_position_id_not_on_the_batch():
+    W, h, p = _problem()
+    U_all, table = fl.direction_sweep(W, h, p, top_k=8, n_random=4, n_control=2, seed=7, position_ids=[10, 11, 12])
+    U_one, _ = fl.direction_sweep(W, h[1:2], p[1:2], top_k=8, n_random=4, n_control=2, seed=7, position_ids=[11])
+    torch.testing.assert_close(U_all[1], U_one[0])
+    U_other, _ = fl.direction_sweep(W, h, p, top_k=8, n_random=4, n_control=2, seed=8, position_ids=[10, 11, 12])
+    random = torch.tensor((table[table.position == 10].cls == "random").to_numpy())
+    assert not torch.allclose(U_all[0, random], U_other[0, random])
+
+
+def test_control_needs_top_k_below_the_width():
+    W, h, p = _problem(d=8)
+    with pytest.raises(DegenerateInputError, match="lower top_k"):
+        fl.direction_sweep(W, h, p, top_k=8, n_control=2)
+    fl.direction_sweep(W, h, p, top_k=8, n_control=0)  # without controls it is fine
+
+
+def test_mismatched_shapes_and_bad_arguments_raise_one_clear_error():
+    W, h, p = _problem(P=3, V=60, d=24)
+    with pytest.raises(InputError, match=r"h must be \[P, d\] to match W \[V, d\] = \(60, 24\); got h of shape \(3, 23\)"):
+        fl.direction_sweep(W, h[:, :23], p, top_k=8)
+    with pytest.raises(InputError, match=r"p must be \[P, V\] to match .* \(P = 2, not 3\)"):
+        fl.direction_sweep(W, h, p[:2], top_k=8)
+    with pytest.raises(InputError, match=r"F_k must be \[P, d, d\]"):
+        fl.direction_sweep(W, h, p, F_k=torch.zeros(3, 24, 23, dtype=torch.float64), top_k=8)
+    bad_p = p.clone()
+    bad_p[0, 0] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        fl.direction_sweep(W, h, bad_p, top_k=8)
+    for top_k in (0, 61):
+        with pytest.raises(InputError, match="top_k must be"):
+            fl.direction_sweep(W, h, p, top_k=top_k, n_control=0)
+    with pytest.raises(InputError, match="position_ids must be P = 3"):
+        fl.direction_sweep(W, h, p, top_k=8, position_ids=[0, 1])
+    with pytest.raises(InputError, match="n_random must be an integer >= 0"):
+        fl.direction_sweep(W, h, p, top_k=8, n_random=-1)
+
+
+def test_numpy_inputs_give_the_tensor_result():
+    W, h, p = _problem(P=2)
+    U, table = fl.direction_sweep(W, h, p, top_k=8, n_random=2, n_control=1)
+    U_np, table_np = fl.direction_sweep(W.numpy(), h.numpy(), p.numpy(), top_k=8, n_random=2, n_control=1)
+    torch.testing.assert_close(U_np, U, rtol=0, atol=0)
+    assert table_np.equals(table)

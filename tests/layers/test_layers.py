@@ -1,0 +1,301 @@
+"""The layer study against brute force: full-context forward passes with a hook, bisection, finite differences."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import fisherlib as fl
+from fisherlib.layers import pullback as L
+from fisherlib.core.bisection import bisection_boundary
+from fisherlib.core.boundary import empirical_boundary
+from fisherlib.core.errors import FisherlibError
+
+VOCAB = 97
+WIDTH = 32
+
+
+def _random_lm(kind: str, seed: int = 0) -> torch.nn.Module:
+    """A small causal LM from a config, in float64, with weights scaled up so that its distributions are peaked."""
+    from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig
+
+    torch.manual_seed(seed)
+    config = {
+        # Pythia's architecture: parallel attention and MLP, rotary embeddings, LayerNorm.
+        "gpt_neox": GPTNeoXConfig(
+            vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=64,
+        ),
+        # Grouped-query attention (2 key heads for 4 query heads), RMSNorm, SiLU MLP.
+        "llama": LlamaConfig(
+            vocab_size=VOCAB, hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64,
+        ),
+        # Learned absolute positions, a tied head.
+        "gpt2": GPT2Config(vocab_size=VOCAB, n_embd=WIDTH, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0),
+    }[kind]  # fmt: skip
+    model = _norms_in_model_dtype(AutoModelForCausalLM.from_config(config).double().eval())
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.mul_(6)
+    return model
+
+
+def _norms_in_model_dtype(model: torch.nn.Module) -> torch.nn.Module:
+    """Make RMSNorms compute in the model's dtype: transformers' Llama norm upcasts to float32 only, which
+    would cap a float64 model's logits at ~1e-7 relative accuracy (measured: 3e-6 error in t at ε = 1e-3)."""
+    import types
+
+    def forward(self, hidden_states):
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
+
+    for module in model.modules():
+        if type(module).__name__.endswith("RMSNorm"):
+            module.forward = types.MethodType(forward, module)
+    return model
+
+
+def _contexts(lengths=(5, 11, 8), seed: int = 1) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, VOCAB, (n,), generator=generator) for n in lengths]
+
+
+def _directions(P: int, D: int, d: int = WIDTH, seed: int = 2) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(P, D, d, dtype=torch.float64, generator=generator), dim=-1)
+
+
+def _divergence_full_context(model, contexts, layer, U, t) -> torch.Tensor:
+    """Forward KL `[P, D]` between the unperturbed output and the output with `t [P, D]`·u added (full context)."""
+    z0 = L.full_context_logits(model, contexts, layer, torch.zeros(len(contexts), 1, U.shape[-1], dtype=torch.float64))[:, 0]
+    z = L.full_context_logits(model, contexts, layer, t[..., None] * U)
+    log_p = torch.log_softmax(z0, -1)[:, None]
+    return (log_p.exp() * (log_p - torch.log_softmax(z, -1))).sum(-1)
+
+
+def _bisection_reference(model, contexts, layer, U, eps: float, n_bisect: int = 60) -> torch.Tensor:
+    """Brute force: doubling from 1e-3 until the divergence reaches ε, then `n_bisect` bisection steps, full context."""
+    P, D, _ = U.shape
+    return bisection_boundary(
+        lambda t: _divergence_full_context(model, contexts, layer, U, t), eps,
+        torch.full((P, D), 1e-3, dtype=torch.float64), n_bisect=n_bisect,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=["gpt_neox", "llama", "gpt2"])
+def arch_model(request):
+    return request.param, _random_lm(request.param)
+
+
+# --- the head: today's study ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["gpt_neox", "llama"])
+def test_head_velocities_are_W_u_and_residuals_are_h(kind):
+    model = _random_lm(kind)
+    contexts = _contexts()
+    U = _directions(len(contexts), 4)
+    A = L.layer_velocities(model, contexts, "head", U)
+    W = model.get_output_embeddings().weight.double()
+    torch.testing.assert_close(A, U @ W.T, rtol=1e-10, atol=1e-12)
+    r = L.layer_residuals(model, contexts, "head")
+    captured = torch.stack([
+        fl.capture_final_residual(model, c[None], None, [0], [len(c) - 1]).double()[0] for c in contexts
+    ])  # fmt: skip
+    # capture_final_residual returns float32.
+    torch.testing.assert_close(r, captured, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("divergence", ["forward", "reverse"])
+@pytest.mark.parametrize("generic", [False, True])
+def test_head_boundary_equals_empirical_boundary(divergence, generic):
+    model = _random_lm("gpt_neox")
+    contexts = _contexts()
+    U = _directions(len(contexts), 5)
+    eps = [1e-3, 1e-2, 0.1, 0.5]
+    t = L.layer_boundary(model, contexts, "head", U, eps, divergence=divergence, _generic=generic)
+    z = L.full_context_logits(model, contexts, "head", torch.zeros(len(contexts), 1, WIDTH, dtype=torch.float64))[:, 0]
+    A = U @ model.get_output_embeddings().weight.double().T
+    expected = empirical_boundary(z, A, eps, divergence=divergence)
+    assert torch.equal(torch.isinf(t), torch.isinf(expected))
+    finite = torch.isfinite(expected)
+    assert finite.float().mean() > 0.5
+    torch.testing.assert_close(t[finite], expected[finite], rtol=1e-6, atol=0)
+
+
+# --- inner layers -----------------------------------------------------------------------------------
+
+
+def test_inner_boundary_matches_full_context_bisection(arch_model):
+    kind, model = arch_model
+    contexts = _contexts()
+    U = _directions(len(contexts), 3)
+    for layer in [0, L.n_layers(model) - 1, L.n_layers(model)]:
+        for eps in (1e-3, 0.05):
+            t = L.layer_boundary(model, contexts, layer, U, [eps])[..., 0]
+            reference = _bisection_reference(model, contexts, layer, U, eps)
+            torch.testing.assert_close(t, reference, rtol=1e-6, atol=0, msg=f"{kind} layer {layer} eps {eps}")
+
+
+def test_velocities_match_central_differences(arch_model):
+    kind, model = arch_model
+    contexts = _contexts()
+    U = _directions(len(contexts), 4)
+    h, rtol = 1e-6, 1e-6
+    for layer in L.default_layers(model):
+        A = L.layer_velocities(model, contexts, layer, U)
+        difference = (L.full_context_logits(model, contexts, layer, h * U) - L.full_context_logits(model, contexts, layer, -h * U)) / (2 * h)
+        scale = A.abs().amax()
+        assert (A - difference).abs().max() <= rtol * scale, f"{kind} layer {layer}"
+
+
+def _dense_pullback(model, contexts, layer, top_k=None) -> torch.Tensor:
+    """`J_ℓᵀ F J_ℓ [P, d, d]` with `J_ℓ` by central differences of full-context forward passes."""
+    h = 1e-5
+    basis = torch.eye(WIDTH, dtype=torch.float64).expand(len(contexts), -1, -1)
+    J = (L.full_context_logits(model, contexts, layer, h * basis) - L.full_context_logits(model, contexts, layer, -h * basis)) / (2 * h)
+    z = L.full_context_logits(model, contexts, layer, torch.zeros(len(contexts), 1, WIDTH, dtype=torch.float64))[:, 0]
+    F = fl.fisher_pullback(torch.eye(VOCAB, dtype=torch.float64), torch.softmax(z, -1), top_k=top_k)  # logit space
+    return J @ F @ J.transpose(1, 2)  # J is [P, d, V]: row i = ∂z/∂r_i
+
+
+@pytest.mark.parametrize("top_k", [None, 8])
+def test_layer_fisher_eigh_matches_dense_pullback(top_k):
+    model = _random_lm("gpt_neox")
+    contexts = _contexts()
+    G = _dense_pullback(model, contexts, 1, top_k=top_k)
+    dense_values, dense_vectors = torch.linalg.eigh(G)
+    k = 4
+    values, vectors = L.layer_fisher_eigh(model, contexts, 1, k=k, top_k=top_k, block=3)
+    assert values.shape == (len(contexts), k) and vectors.shape == (len(contexts), k, WIDTH)
+    expected = dense_values.flip(-1)[:, :k]
+    torch.testing.assert_close(values, expected, rtol=1e-6, atol=1e-9 * float(expected.max()))
+    alignment = (vectors * dense_vectors.flip(-1)[:, :, :k].transpose(1, 2)).sum(-1).abs()
+    assert (alignment > 1 - 1e-6).all(), alignment
+    # Rayleigh quotients along the returned vectors are the eigenvalues (uᵀGu = Var_p[a]).
+    A = L.layer_velocities(model, contexts, 1, vectors)
+    z = L.full_context_logits(model, contexts, 1, torch.zeros(len(contexts), 1, WIDTH, dtype=torch.float64))[:, 0]
+    curvature = fl.curvature(torch.softmax(z, -1), A, top_k=top_k)
+    torch.testing.assert_close(curvature, values, rtol=1e-6, atol=1e-9 * float(expected.max()))
+
+
+def test_padding_and_batching_do_not_change_results():
+    model = _random_lm("gpt_neox")
+    contexts = _contexts(lengths=(4, 13, 7, 9))
+    U = _directions(len(contexts), 3)
+    eps = [1e-3, 0.1]
+    together = L.layer_boundary(model, contexts, 1, U, eps, batch_size=4)
+    alone = torch.cat([L.layer_boundary(model, [c], 1, U[i : i + 1], eps, batch_size=1) for i, c in enumerate(contexts)])
+    torch.testing.assert_close(together, alone, rtol=1e-9, atol=0)
+    # A tiny memory budget splits one position's copies over several passes.
+    split = L.layer_boundary(model, contexts, 1, U, eps, memory_budget=1)
+    torch.testing.assert_close(split, together, rtol=1e-9, atol=0)
+    A_together = L.layer_velocities(model, contexts, 2, U, batch_size=4)
+    A_alone = torch.cat([L.layer_velocities(model, [c], 2, U[i : i + 1]) for i, c in enumerate(contexts)])
+    torch.testing.assert_close(A_together, A_alone, rtol=1e-10, atol=1e-12)
+    r_together = L.layer_residuals(model, contexts, 2, batch_size=4)
+    r_alone = torch.cat([L.layer_residuals(model, [c], 2) for c in contexts])
+    torch.testing.assert_close(r_together, r_alone, rtol=1e-10, atol=1e-12)
+
+
+def test_censoring_and_first_crossing_bookkeeping():
+    model = _random_lm("gpt_neox")
+    contexts = _contexts()
+    U = _directions(len(contexts), 2)
+    # A threshold beyond what the saturating inner layer can reach within a small cap is censored (inf).
+    t, info = L.layer_boundary(model, contexts, 1, U, [1e-3, 1e6], t_max=50.0, return_info=True)
+    assert torch.isfinite(t[..., 0]).all() and torch.isinf(t[..., 1]).all()
+    assert info["nonmonotone"].shape == (len(contexts), 2) and not info["unconverged"].any()
+    # ε given in any order comes back in that order.
+    backwards = L.layer_boundary(model, contexts, 1, U, [0.1, 1e-3])
+    forwards = L.layer_boundary(model, contexts, 1, U, [1e-3, 0.1])
+    torch.testing.assert_close(backwards, forwards.flip(-1), rtol=1e-12, atol=0)
+
+
+def test_bad_inputs_are_refused():
+    model = _random_lm("gpt_neox")
+    contexts = _contexts()
+    with pytest.raises(ValueError, match="layer"):
+        L.layer_residuals(model, contexts, 7)
+    with pytest.raises(ValueError, match="U must be"):
+        L.layer_velocities(model, contexts, 1, torch.zeros(2, 1, WIDTH))
+    with pytest.raises(FisherlibError, match="prefix"):
+        L.layer_residuals(model, [torch.tensor([3])], 1)
+    with pytest.raises(ValueError, match="ε"):
+        L.layer_boundary(model, contexts, 1, _directions(3, 1), [0.0])
+    assert L.default_layers(model) == [0, 1, 2, 3, "head"]
+
+
+# --- the stories260K fixture (Llama architecture, trained) ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stories(shared_dir):
+    model64 = fl.load_model(shared_dir / "fixtures" / "models" / "stories260K" / "hf", device="cpu", dtype=torch.float64)
+    _norms_in_model_dtype(model64.model)
+    model32 = fl.load_model(shared_dir / "fixtures" / "models" / "stories260K" / "hf", device="cpu", dtype=torch.float32)
+    text = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
+    ids = torch.tensor(model64.tokenizer(text)["input_ids"])
+    contexts = [ids[:n] for n in (9, 15, len(ids))]
+    return model64, model32, contexts
+
+
+@pytest.mark.integration
+def test_stories_boundary_matches_full_context_in_float64_and_float32(stories):
+    model64, model32, contexts = stories
+    U = _directions(len(contexts), 3, d=64)
+    for layer in (1, 4):
+        reference = _bisection_reference(model64, contexts, layer, U, 0.01)
+        t64 = L.layer_boundary(model64, contexts, layer, U, [0.01])[..., 0]
+        torch.testing.assert_close(t64, reference, rtol=1e-6, atol=0)
+        # In float32 the logits carry ~1e-7 relative rounding; the boundary is good to about 1e-4.
+        t32 = L.layer_boundary(model32, contexts, layer, U, [0.01])[..., 0]
+        torch.testing.assert_close(t32, reference, rtol=1e-4, atol=0)
+
+
+@pytest.mark.integration
+def test_stories_sample_carries_contexts(stories, tmp_path, shared_dir):
+    from fisherlib.data.corpora import fixture_corpora
+    from fisherlib.data.sampling import PositionSample
+
+    _, model32, _ = stories
+    sample = fl.sample_positions(
+        model32, fixture_corpora(shared_dir)[:2], 10, top_k=16, max_context=64, pool_factor=2, progress=False,
+    )  # fmt: skip
+    assert len(sample.context_ids) == len(sample)
+    for context, (_, row) in zip(sample.context_ids, sample.table.iterrows()):
+        assert len(context) == row["index"] + 1 and int(context[-1]) == row["token"]
+    # The target's residual at the head is the sample's h.
+    r = L.layer_residuals(model32, sample, "head")
+    torch.testing.assert_close(r, sample.h, rtol=1e-4, atol=1e-4)
+    sample.save(tmp_path / "s")
+    loaded = PositionSample.load(tmp_path / "s")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.context_ids, sample.context_ids))
+
+
+def test_missing_contexts_are_explained():
+    class Old:
+        context_ids = None
+
+    with pytest.raises(FisherlibError, match="rerun notebook 01"):
+        L.layer_residuals(_random_lm("gpt2"), Old(), 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_agrees_with_cpu():
+    model = _random_lm("gpt_neox")
+    contexts = _contexts()
+    U = _directions(len(contexts), 3)
+    eps = [1e-3, 0.1]
+    cpu = L.layer_boundary(model, contexts, 1, U, eps)
+    values_cpu, _ = L.layer_fisher_eigh(model, contexts, 1, k=3)
+    model = model.cuda()
+    gpu = L.layer_boundary(model, contexts, 1, U.cuda(), eps)
+    values_gpu, _ = L.layer_fisher_eigh(model, contexts, 1, k=3)
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-8, atol=0)
+    torch.testing.assert_close(values_gpu.cpu(), values_cpu, rtol=1e-8, atol=0)
+    assert math.isfinite(float(gpu.min()))

@@ -1,0 +1,175 @@
+"""The claims ledger: each rule flips its verdict between tables built to pass and tables built to fail it."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fisherlib.report import claims
+from fisherlib.io.tables import read_table_file
+from fisherlib.report.claims import NOT_REPRODUCED, NOT_TESTABLE, PARTLY, REPRODUCED
+
+
+def passing_tables() -> dict[str, pd.DataFrame]:
+    """Return run tables on which every claim is reproduced (the write-up's world)."""
+    table1 = pd.DataFrame({"seeds": ["0", "all seeds"], "eps": 0.01, "median_rho": [1.03, 1.03], "ci_lo": 1.02,
+                           "ci_hi": 1.04, "n_seeds": 1, "n": 800, "n_positions": 400, "resampled": "document",
+                           "n_units": 88})  # fmt: skip
+    by_rank = pd.DataFrame({"eig_rank": range(1, 8), "eps": 0.01, "median_rho": [1.03, 1.0, 0.98, 0.97, 0.95, 0.93, 0.92]})
+    classes = ["eigvec rank 1", "eigvec", "structured", "tangent", "random"]
+    topk = pd.DataFrame({"cls": classes * 2, "eps": [0.001] * 5 + [1.0] * 5, "truncation_share": [0.7, 0.6, 0.55, 0.6, 0.9] + [0.1] * 5,
+                         "median_rho": 0.97, "median_rho_full": 1.0})  # fmt: skip
+    table2 = pd.DataFrame({"cls": ["structured", "tangent", "random", "eigvec", "eigvec rank 1", "control"], "eps": 1.0,
+                           "median_rho": [1.4, 1.7, 0.4, 0.6, 1.1, 0.0], "ci_lo": [1.3, 1.6, 0.3, 0.5, 1.0, 0.0],
+                           "ci_hi": [1.5, 1.8, 0.5, 0.7, 1.2, 0.0]})  # fmt: skip
+    table2 = table2.assign(median_rho_full=table2.median_rho, ci_lo_full=table2.ci_lo, ci_hi_full=table2.ci_hi)
+    baselines = [dict(predictor=b, eps=1.0, seeds="0", n_positions=400, n_undefined=400, median=0.0, q25=0.0, q75=0.0,
+                      min=0.0, max=0.0) for b in ("entropy", "max_prob", "trace_f")]  # fmt: skip
+    spearman = pd.DataFrame([dict(predictor="t_pred", eps=1.0, seeds="0", n_positions=400, n_undefined=0, median=0.8,
+                                  q25=0.7, q75=0.9, min=0.3, max=0.99), *baselines])  # fmt: skip
+    headline = pd.DataFrame(
+        [dict(eps=1.0, cls=c, method=m, space=s, within_50=v) for c, m, s, v in [
+            ("all", "raw", "none", 0.5), ("all", "calibrated_pooled", "linear", 0.7), ("all", "calibrated_per_class", "linear", 0.72),
+            ("random", "raw", "none", 0.5), ("random", "calibrated_per_class", "linear", 0.8)]]  # fmt: skip
+    )
+    comparison = pd.DataFrame(
+        [dict(eps=1.0, cls="all", predictor=p, within_50=v, n=1000, n_fallback=0) for p, v in [
+            ("t_pred", 0.5), ("t_pred_full", 0.55), ("t_quartic", 0.9), ("iso_pooled_linear", 0.7),
+            ("iso_per_class_linear", 0.72), ("iso_pooled_log", 0.8), ("iso_per_class_log", 0.82)]]  # fmt: skip
+    )
+    strat = []
+    for cls, eps in (("eigvec rank 1", 0.01), ("all", 1.0)):
+        for name, value in (("entropy", 0.01), ("max_prob", 0.02), ("eff_rank", 0.5)):
+            strat.append(dict(cls=cls, eps=eps, stratifier=name, within_var=value, robust_within_var=value,
+                              ratio_to_best=value / 0.01))  # fmt: skip
+    rank_one = pd.DataFrame({"pair_mass": ["(0.0, 0.5]", "(0.99, 1.0]"], "n": [100, 30], "median_cos": [0.6, 0.99],
+                             "median_cos_near_binary": 0.98, "n_near_binary": 40, "share_near_binary": 0.1})  # fmt: skip
+    return {
+        "table1_top_eigvec": table1, "rho_by_eig_rank": by_rank, "rho_topk_vs_full": topk, "table2_rho_by_class": table2,
+        "spearman_summary": spearman, "calibration_headline": headline, "predictor_comparison": comparison,
+        "stratifier_variance": pd.DataFrame(strat), "rank_one_regime": rank_one,
+    }  # fmt: skip
+
+
+def _verdicts(tables):
+    ledger = claims.evaluate_claims(tables)
+    return dict(zip(ledger.claim, ledger.verdict))
+
+
+def test_every_claim_is_reproduced_on_the_write_ups_world_and_the_ledger_is_complete():
+    ledger = claims.evaluate_claims(passing_tables())
+    assert list(ledger.columns) == ["claim", "statement", "write_up", "ours", "verdict", "evidence"]
+    assert len(ledger) >= 8 and set(ledger.verdict) == {REPRODUCED}, ledger[["claim", "verdict", "evidence"]]
+    assert not ledger.isna().any().any()
+    for claim in claims.CLAIMS:
+        assert claim.rule and claim.statement and claim.write_up and claim.tables
+
+
+def _set(table, where, column, value):
+    table = table.copy()
+    table.loc[where(table), column] = value
+    return table
+
+
+FAILING = {
+    # claim id: (how to break its tables, expected verdict)
+    "top_eigvec_exact": [
+        (lambda t: {**t, "table1_top_eigvec": t["table1_top_eigvec"].assign(median_rho=1.12)}, PARTLY),
+        (lambda t: {**t, "table1_top_eigvec": t["table1_top_eigvec"].assign(median_rho=0.7)}, NOT_REPRODUCED),
+    ],
+    "rank_profile": [
+        (lambda t: {**t, "rho_by_eig_rank": t["rho_by_eig_rank"].assign(median_rho=[1.0, 0.97, 0.95, 0.92, 1.3, 0.5, 1.4])}, PARTLY),
+        (lambda t: {**t, "rho_by_eig_rank": t["rho_by_eig_rank"].assign(median_rho=[1.0, 0.5, 1.3, 0.6, 1.3, 0.5, 1.4])}, NOT_REPRODUCED),
+    ],
+    "truncation_not_taylor": [
+        (lambda t: {**t, "rho_topk_vs_full": _set(t["rho_topk_vs_full"], lambda f: (f.eps == 0.001) & (f.cls != "random"), "truncation_share", 0.2)}, PARTLY),
+        (lambda t: {**t, "rho_topk_vs_full": t["rho_topk_vs_full"].assign(truncation_share=0.1)}, NOT_REPRODUCED),
+    ],
+    "class_signs_topk": [
+        (lambda t: {**t, "table2_rho_by_class": _set(t["table2_rho_by_class"], lambda f: f.cls == "tangent", "median_rho", 0.9)}, PARTLY),
+        (lambda t: {**t, "table2_rho_by_class": t["table2_rho_by_class"].assign(median_rho=[0.9, 0.8, 1.2, 1.3, 1, 0])}, NOT_REPRODUCED),
+    ],
+    "class_signs_full": [
+        (lambda t: {**t, "table2_rho_by_class": t["table2_rho_by_class"].assign(median_rho_full=1.1)}, PARTLY),
+        (lambda t: {**t, "table2_rho_by_class": t["table2_rho_by_class"].assign(median_rho_full=[0.9, 0.8, 1.2, 1.3, 1, 0])}, NOT_REPRODUCED),
+    ],
+    "spearman_range": [
+        (lambda t: {**t, "spearman_summary": _set(t["spearman_summary"], lambda f: f.predictor == "t_pred", "median", 0.5)}, PARTLY),
+        (lambda t: {**t, "spearman_summary": _set(t["spearman_summary"], lambda f: f.predictor == "t_pred", "median", 0.1)}, NOT_REPRODUCED),
+    ],
+    "constant_baselines_zero": [
+        (lambda t: {**t, "spearman_summary": _set(t["spearman_summary"], lambda f: f.predictor == "entropy", "median", 0.2)}, NOT_REPRODUCED),
+    ],
+    "calibration_pooled_gain": [
+        (lambda t: {**t, "calibration_headline": _set(t["calibration_headline"], lambda f: f.method == "calibrated_pooled", "within_50", 0.52)}, PARTLY),
+        (lambda t: {**t, "calibration_headline": _set(t["calibration_headline"], lambda f: f.method == "calibrated_pooled", "within_50", 0.45)}, NOT_REPRODUCED),
+    ],
+    "calibration_random_per_class": [
+        (lambda t: {**t, "calibration_headline": _set(t["calibration_headline"], lambda f: (f.cls == "random") & (f.method != "raw"), "within_50", 0.6)}, PARTLY),
+        (lambda t: {**t, "calibration_headline": _set(t["calibration_headline"], lambda f: (f.cls == "random") & (f.method != "raw"), "within_50", 0.5)}, NOT_REPRODUCED),
+    ],
+    "quartic_beats_calibration": [
+        (lambda t: {**t, "predictor_comparison": _set(t["predictor_comparison"], lambda f: f.predictor == "t_quartic", "within_50", 0.6)}, PARTLY),
+        (lambda t: {**t, "predictor_comparison": _set(t["predictor_comparison"], lambda f: f.predictor == "t_quartic", "within_50", 0.4)}, NOT_REPRODUCED),
+    ],
+    "entropy_best_stratifier": [
+        # entropy wins only the first selection; effective rank only 2× worse there.
+        (lambda t: {**t, "stratifier_variance": _set(t["stratifier_variance"], lambda f: (f.cls == "all") & (f.stratifier == "max_prob"), "within_var", 0.001)}, PARTLY),
+        # a tie within 5% is not a win
+        (lambda t: {**t, "stratifier_variance": _set(t["stratifier_variance"], lambda f: f.stratifier == "max_prob", "within_var", 0.0102)}, NOT_REPRODUCED),
+    ],
+    "entropy_best_robust": [
+        (lambda t: {**t, "stratifier_variance": _set(t["stratifier_variance"], lambda f: f.stratifier == "eff_rank", "robust_within_var", 0.005)}, NOT_REPRODUCED),
+    ],
+    "rank_one_regime": [
+        (lambda t: {**t, "rank_one_regime": t["rank_one_regime"].assign(median_cos_near_binary=0.9)}, PARTLY),
+        (lambda t: {**t, "rank_one_regime": t["rank_one_regime"].assign(median_cos_near_binary=0.5)}, NOT_REPRODUCED),
+        (lambda t: {**t, "rank_one_regime": t["rank_one_regime"].assign(n_near_binary=2)}, NOT_TESTABLE),
+    ],
+}
+
+
+@pytest.mark.parametrize("claim_id", list(FAILING))
+def test_each_rule_flips_its_verdict(claim_id):
+    base = passing_tables()
+    assert _verdicts(base)[claim_id] == REPRODUCED
+    for breaking, expected in FAILING[claim_id]:
+        assert _verdicts(breaking(base))[claim_id] == expected, claim_id
+
+
+def test_every_claim_has_a_failing_case():
+    assert set(FAILING) == set(claims.CLAIMS_BY_ID)
+
+
+def test_missing_tables_and_old_columns_are_not_testable_with_the_reason():
+    tables = passing_tables()
+    del tables["predictor_comparison"]
+    tables["table2_rho_by_class"] = tables["table2_rho_by_class"].drop(columns=["median_rho_full"])
+    ledger = claims.evaluate_claims(tables).set_index("claim")
+    assert ledger.loc["quartic_beats_calibration", "verdict"] == NOT_TESTABLE
+    assert "predictor_comparison not written" in ledger.loc["quartic_beats_calibration", "evidence"]
+    assert ledger.loc["class_signs_full", "verdict"] == NOT_TESTABLE
+    assert "median_rho_full" in ledger.loc["class_signs_full", "evidence"]
+    assert ledger.loc["class_signs_topk", "verdict"] == REPRODUCED
+    assert set(claims.evaluate_claims({}).verdict) == {NOT_TESTABLE}
+
+
+def test_write_up_column_follows_the_architecture():
+    claim = claims.CLAIMS_BY_ID["top_eigvec_exact"]
+    assert claim.write_up_text("EleutherAI/pythia-1b") == "Pythia-1B: 1.080 [1.072, 1.092]"
+    assert "Qwen3-1.7B: 1.002" in claim.write_up_text("tiny") and "Llama-3.2-1B: 1.054" in claim.write_up_text(None)
+
+
+def test_write_ledger_writes_csv_and_markdown(tmp_path):
+    from fisherlib.run.outputs import write_ledger
+    from fisherlib.run.params import StudyParams
+
+    params = StudyParams.create(results_root=str(tmp_path), run_name="r")
+    params.results_dir.mkdir(parents=True)
+    for name, table in passing_tables().items():
+        table.to_csv(params.results_dir / f"{name}.csv", index=False)
+    ledger = write_ledger(params)
+    written = read_table_file(params.results_dir / "claims.csv")
+    assert written.claim.tolist() == ledger.claim.tolist() and set(written.verdict) == {REPRODUCED}
+    text = (params.results_dir / "claims.md").read_text()
+    assert "Decision rules" in text and "parameters:" in text
+    assert np.all(written.columns == claims.LEDGER_COLUMNS)

@@ -1,0 +1,65 @@
+"""`make paper`: the summary reads each run's tables and puts the write-up beside them."""
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from fisherlib.run.cli import main
+from fisherlib.io.tables import read_table_file
+from fisherlib.report.paper import EXPECTED_TABLES, find_runs, write_summary
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_summary_has_a_column_per_run_and_the_write_up(tmp_path):
+    for run in ("tiny", "another"):
+        shutil.copytree(ROOT / "results" / "tiny", tmp_path / run, ignore=shutil.ignore_patterns("cache", "*.parquet"))
+    (tmp_path / "not-a-run").mkdir()
+    shutil.copytree(ROOT / "results" / "tiny", tmp_path / "scratch", ignore=shutil.ignore_patterns("cache", "*.parquet", "run.json"))
+    assert list(find_runs(tmp_path)) == ["another", "tiny"]
+    text = write_summary(tmp_path).read_text()
+    strata = read_table_file(ROOT / "results" / "tiny" / "sample_strata.csv")
+    overview = next(line for line in text.splitlines() if line.startswith("| tiny "))
+    assert overview.rstrip(" |").endswith(f" {strata['total'].sum()}")  # the positions each run rests on
+    assert "Left out" in text and "`scratch`" in text
+    table2 = read_table_file(ROOT / "results" / "tiny" / "table2_rho_by_class.csv").set_index("cls")
+    random_row = next(line for line in text.splitlines() if line.startswith("| random "))
+    assert f"{table2.loc['random', 'median_rho']:.3g}" in random_row
+    assert "0.23" in random_row and "0.45" in random_row and "0.50" in random_row  # Qwen, Llama, Pythia
+    for header in ("tiny", "another", "write-up Qwen3-1.7B", "write-up Llama-3.2-1B", "write-up Pythia-1B"):
+        assert header in text
+
+
+def test_committed_embedded_results_hold_every_study_table():
+    missing = [name for names in EXPECTED_TABLES.values() for name in names if not (ROOT / "results" / "tiny" / f"{name}.csv").is_file()]
+    assert not missing
+
+
+def test_cli_paper_writes_the_summary(tmp_path, monkeypatch, capsys):
+    shutil.copytree(ROOT / "results" / "tiny", tmp_path / "results" / "tiny", ignore=shutil.ignore_patterns("cache", "*.parquet"))
+    monkeypatch.setattr("fisherlib.report.paper.repo_root", lambda: tmp_path)
+    assert main(["paper"]) == 0
+    assert (tmp_path / "results" / "summary.md").is_file()
+    assert "summary written" in capsys.readouterr().out
+
+
+def test_summary_has_the_claims_matrix_from_ledgers_or_tables(tmp_path):
+    from test_claims import passing_tables
+
+    from fisherlib.report.claims import CLAIMS, evaluate_claims
+
+    for run in ("written", "tables-only"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "run.json").write_text('{"complete": true}')
+        for name, table in passing_tables().items():
+            table.to_csv(tmp_path / run / f"{name}.csv", index=False)
+    ledger = evaluate_claims(passing_tables())
+    ledger.loc[ledger.claim == "top_eigvec_exact", "verdict"] = "partly"  # the written ledger is read, not recomputed
+    ledger.to_csv(tmp_path / "written" / "claims.csv", index=False)
+    text = write_summary(tmp_path).read_text()
+    assert "## Claims matrix" in text
+    row = next(line for line in text.splitlines() if line.startswith("| top_eigvec_exact"))
+    assert "**partly**" in row and "**reproduced**" in row and "Qwen3-1.7B: 1.002" in row
+    assert all(f"| {claim.id} " in text for claim in CLAIMS)
+    assert "## Every predictor on one denominator" in text and "t_quartic (ε = 1)" in text

@@ -1,0 +1,159 @@
+"""tools/runs.py: the inputs key, one notebook with one line of output, the lock, publishing a run."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import runs  # noqa: E402
+
+
+def test_the_key_is_rewritten_only_when_an_input_changed(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("one two three\n")
+    key = tmp_path / "inputs.json"
+    inputs = runs.run_inputs("r", "tiny", corpora=[f"prose={corpus}"], seeds=["0"], params_file="params/tiny.yaml")
+    assert runs.write_if_changed(key, inputs) == ["(first run)"]
+    written = key.stat().st_mtime_ns
+    assert runs.write_if_changed(key, runs.run_inputs("r", "tiny", corpora=[f"prose={corpus}"], seeds=["0"], params_file="params/tiny.yaml")) == []
+    assert key.stat().st_mtime_ns == written  # make sees no change, so nothing reruns
+    assert runs.write_if_changed(key, runs.run_inputs("r", "tiny", corpora=[f"prose={corpus}"], seeds=["0", "1"], params_file="params/tiny.yaml")) == ["seeds"]
+    corpus.write_text("one two three four\n")  # same path, new content
+    changed = runs.write_if_changed(key, runs.run_inputs("r", "tiny", corpora=[f"prose={corpus}"], seeds=["0", "1"], params_file="params/tiny.yaml"))
+    assert changed == ["files"]
+
+
+def test_the_key_tells_model_folders_of_the_same_name_apart(tmp_path):
+    first, second = tmp_path / "a" / "hf", tmp_path / "b" / "hf"
+    for folder in (first, second):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+    assert runs.run_inputs("r", "tiny", model=str(first))["model"] != runs.run_inputs("r", "tiny", model=str(second))["model"]
+
+
+def test_notebook_parameters_follow_papermill(tmp_path):
+    params_file = tmp_path / "p.yaml"
+    params_file.write_text("top_k: 64\nn_positions: 400\n")
+    parameters = runs.notebook_parameters([str(params_file)], ["seeds: [0, 1]"], [["top_k", "32"], ["arch", "tiny"], ["layer_rtol", "1e-3"]])
+    assert parameters == dict(top_k=32, n_positions=400, seeds=[0, 1], arch="tiny", layer_rtol=1e-3)
+
+
+def test_publish_copies_staged_outputs_and_records_the_run(tmp_path):
+    stage = tmp_path / "runs" / "r" / "staged"
+    (stage / "results" / "r" / "cache").mkdir(parents=True)
+    (stage / "results" / "r" / "table.csv").write_text("a\n1\n")
+    (stage / "results" / "r" / "cache" / "big.pt").write_text("cached")
+    (stage / "figures" / "r").mkdir(parents=True)
+    (stage / "figures" / "r" / "fig.png").write_bytes(b"png")
+    results, figures = tmp_path / "results", tmp_path / "figures"
+    assert runs.publish("r", stage, ["01_a"], results, figures) == (2, 0)
+    assert (results / "r" / "table.csv").read_text() == "a\n1\n" and (figures / "r" / "fig.png").read_bytes() == b"png"
+    assert not (results / "r" / "cache").exists()
+    assert runs.publish("r", stage, ["10_b"], results, figures) == (0, 2)
+    assert json.loads((results / "r" / "run.json").read_text()) == {"run": "r", "complete": True, "notebooks": ["01_a", "10_b"]}
+    probe = tmp_path / "probe"
+    probe.write_text("x")
+    assert (results / "r" / "table.csv").stat().st_mode == probe.stat().st_mode  # a table's permissions
+
+
+def test_a_second_holder_of_a_notebook_lock_waits_and_says_so(tmp_path):
+    said: list[str] = []
+    order: list[str] = []
+    with runs.notebook_lock(tmp_path, "01_x", said.append):
+        waiter = threading.Thread(target=lambda: _take(tmp_path, said, order))
+        waiter.start()
+        time.sleep(0.5)
+        order.append("first done")
+    waiter.join(timeout=10)
+    assert order == ["first done", "second in"]
+    assert len(said) == 1 and "in progress in pid" in said[0] and "waiting" in said[0]
+
+
+def _take(folder: Path, said: list[str], order: list[str]) -> None:
+    with runs.notebook_lock(folder, "01_x", said.append):
+        order.append("second in")
+
+
+def _notebook(path: Path, *sources: str) -> Path:
+    notebook = nbformat.v4.new_notebook()
+    parameters = nbformat.v4.new_code_cell("run_name = ''")
+    parameters.metadata["tags"] = ["parameters"]
+    notebook.cells = [parameters, *(nbformat.v4.new_code_cell(s) for s in sources)]
+    nbformat.write(notebook, path)
+    return path
+
+
+def _execute(folder: Path, name: str, *sources: str) -> tuple[int, list[str]]:
+    """Run a notebook of `sources` into `folder/run/`; return the exit code and the terminal's lines."""
+    terminal = io.StringIO()
+    code = runs.run_notebook(_notebook(folder / f"{name}.ipynb", *sources), folder / "run" / f"{name}.ipynb", "r", {}, "python3", folder, [], terminal)
+    return code, terminal.getvalue().splitlines()
+
+
+@pytest.mark.notebooks
+def test_a_notebook_prints_one_line_and_logs_the_rest(tmp_path):
+    code, lines = _execute(tmp_path, "01_ok", "for i in range(300):\n    print('noise', i)", "import warnings; warnings.warn('loud')")
+    assert code == 0 and len(lines) == 1 and lines[0].split()[:1] == ["01_ok"]
+    assert (tmp_path / "run" / "01_ok.ipynb").is_file()
+    log = (tmp_path / "run" / "logs" / "01_ok.log").read_text()
+    assert "noise 299" in log and "loud" in log
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".ipynb") and p.name.startswith(".")]
+
+
+@pytest.mark.notebooks
+def test_a_failing_notebook_ends_with_its_error_and_the_log(tmp_path):
+    code, lines = _execute(tmp_path, "02_bad", "print('work')", "raise ValueError('top_k=9 must be below V=8')")
+    assert code == 1 and len(lines) == 2
+    assert "FAILED" in lines[0] and lines[0].endswith("ValueError: top_k=9 must be below V=8")
+    assert "run/logs/02_bad.log" in lines[1] and "02_bad.failed.ipynb" in lines[1]
+    assert not (tmp_path / "run" / "02_bad.ipynb").exists()  # make reruns it next time
+
+
+@pytest.mark.notebooks
+def test_progress_from_inside_the_kernel_reaches_the_terminal(tmp_path, monkeypatch):
+    # Relative paths, and a kernel working elsewhere (papermill's cwd), as under make.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    source = _notebook(
+        Path("03_slow.ipynb"),
+        "import time\nfrom fisherlib.io.progress import progress\nfor _ in progress(range(8), desc='capturing h', unit='pos'):\n"
+        "    time.sleep(0.25)",
+    )  # fmt: skip
+    terminal = io.StringIO()
+    assert runs.run_notebook(source, Path("run") / "03_slow.ipynb", "r", {}, "python3", tmp_path / "elsewhere", [], terminal) == 0
+    progress_lines = [line for line in terminal.getvalue().splitlines() if "capturing h" in line]
+    assert progress_lines and any("/8 pos" in line for line in progress_lines)
+    assert not (tmp_path / "elsewhere" / "run").exists()  # the kernel wrote where the runner reads
+
+
+def test_up_to_date_compares_with_every_prerequisite(tmp_path):
+    output, prerequisite = tmp_path / "out.ipynb", tmp_path / "in.ipynb"
+    prerequisite.write_text("x")
+    assert not runs.up_to_date(output, [str(prerequisite)])
+    output.write_text("y")
+    os.utime(prerequisite, ns=(output.stat().st_mtime_ns + 10**9,) * 2)
+    assert not runs.up_to_date(output, [str(prerequisite)])
+    os.utime(output, ns=(prerequisite.stat().st_mtime_ns + 10**9,) * 2)
+    assert runs.up_to_date(output, [str(prerequisite)])
+
+
+def test_a_dry_run_compares_without_touching_the_key(tmp_path, capsys):
+    key = tmp_path / "inputs.json"
+    args = ["key", "--out", str(key), "--run", "r", "--arch", "tiny", "--params-file", "params/tiny.yaml"]
+    assert runs.main(args) == 0
+    written = key.read_bytes()
+    assert runs.main([*args, "--seeds", "0 1", "--dry-run"]) == 0
+    assert "inputs changed (seeds); its notebooks would rerun" in capsys.readouterr().out
+    assert key.read_bytes() == written and (tmp_path / "inputs.json.dry-run").is_file()
+    assert runs.main([*args, "--dry-run"]) == 0 and capsys.readouterr().out == ""
