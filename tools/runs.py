@@ -319,7 +319,15 @@ def run_notebook(
 
 
 def command_notebook(args: argparse.Namespace) -> int:
+    from fisherlib.core.errors import ParameterError
+    from fisherlib.run.params import check_parameter_names
+
     parameters = notebook_parameters(args.file, args.yaml, args.parameter)
+    try:
+        check_parameter_names(parameters)  # before the kernel starts: a misspelled name would be ignored
+    except ParameterError as error:
+        print(f"  {Path(args.source).stem:<{NAME_WIDTH}} FAILED before running: ParameterError: {error}", flush=True)
+        return 2
     return run_notebook(
         Path(args.source), Path(args.output), args.run, parameters, args.kernel, Path(args.cwd), args.prerequisites,
     )  # fmt: skip

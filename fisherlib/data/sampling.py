@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..io.atomic import atomic_directory
+from ..io.cache import read_folder, write_folder
 from .corpora import Document, load_corpus
 from .corpora import corpus_options as resolve_corpus_options
 from ..core.errors import FisherlibError, ParameterError
@@ -77,20 +77,20 @@ class PositionSample:
         return len(self.table)
 
     def save(self, folder: Path) -> Path:
-        """Write the sample to `folder` atomically: a sibling temporary folder is renamed into place."""
-        folder = Path(folder)
+        """Write the sample to `folder` atomically, with its checksums (`fisherlib.io.cache`)."""
         # A sibling staging folder renamed into place; another run that finished first keeps its copy.
-        with atomic_directory(folder) as staging:
-            self.table.to_parquet(staging / "positions.parquet", index=False)
-            tensors = {"h": self.h.cpu(), "topk_ids": self.topk_ids.cpu(), "topk_probs": self.topk_probs.cpu()}
-            if self.context_ids is not None:
-                # One flat tensor and the lengths: a list of tensors would pickle one object per position.
-                tensors["context_flat"] = torch.cat([c.reshape(-1).long().cpu() for c in self.context_ids])
-                tensors["context_lengths"] = torch.tensor([len(c) for c in self.context_ids], dtype=torch.long)
-            torch.save(tensors, staging / "tensors.pt")
-            (staging / "params.json").write_text(json.dumps(self.params, indent=2, sort_keys=True) + "\n")
-            (staging / "manifest.json").write_text(json.dumps(self.manifest, indent=2, sort_keys=True, default=str) + "\n")
-        return folder
+        return write_folder(folder, self._write)
+
+    def _write(self, staging: Path) -> None:
+        self.table.to_parquet(staging / "positions.parquet", index=False)
+        tensors = {"h": self.h.cpu(), "topk_ids": self.topk_ids.cpu(), "topk_probs": self.topk_probs.cpu()}
+        if self.context_ids is not None:
+            # One flat tensor and the lengths: a list of tensors would pickle one object per position.
+            tensors["context_flat"] = torch.cat([c.reshape(-1).long().cpu() for c in self.context_ids])
+            tensors["context_lengths"] = torch.tensor([len(c) for c in self.context_ids], dtype=torch.long)
+        torch.save(tensors, staging / "tensors.pt")
+        (staging / "params.json").write_text(json.dumps(self.params, indent=2, sort_keys=True) + "\n")
+        (staging / "manifest.json").write_text(json.dumps(self.manifest, indent=2, sort_keys=True, default=str) + "\n")
 
     @classmethod
     def load(cls, folder: Path) -> PositionSample:
@@ -169,9 +169,10 @@ def sample_positions(
     folder = None
     if cache_dir is not None:
         folder = Path(cache_dir) / f"positions-{sampling_key(params)}"
-        if (folder / "manifest.json").is_file():
+        cached = read_folder(folder, PositionSample.load)
+        if cached is not None:
             logger.info("positions loaded from cache %s", folder)
-            return PositionSample.load(folder)
+            return cached
 
     rng = np.random.default_rng(seed)
     documents = _documents_by_domain(model, sources, n_positions, pool_factor, n_docs, seed, render, options)

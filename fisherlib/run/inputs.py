@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from ..core.errors import ParameterError
-from ..io.atomic import atomic_path
+from ..io.cache import read_file, read_folder, write_file
 from .params import StudyParams
 
 logger = logging.getLogger("fisherlib")
@@ -106,9 +106,9 @@ def load_sample(params: StudyParams, seed: int, progress: bool = True):
     from ..data.sampling import PositionSample, sample_positions
 
     folder = sample_folder(params, seed)
-    if (folder / "manifest.json").is_file():
+    sample = read_folder(folder, PositionSample.load)
+    if sample is not None:
         logger.info("positions loaded from cache %s", folder)
-        sample = PositionSample.load(folder)
         check_sample_size(params, sample, seed)
         return sample
     model = load_model_for(params)
@@ -130,8 +130,8 @@ def load_head(params: StudyParams):
     from ..models.surgery import LMHead
 
     path = params.cache_path / f"head-v2-{params.key('arch', 'revision', 'dtype')}.pt"
-    if path.is_file():
-        stored = torch.load(path, weights_only=True)
+    stored = read_file(path, lambda file: torch.load(file, weights_only=True))
+    if stored is not None:
         return LMHead(
             weight=stored["weight"], bias=stored["bias"], module=None, logit_scale=stored.get("logit_scale", 1.0),
             logit_scale_source=stored.get("logit_scale_source"), n_tokens=stored.get("n_tokens"),
@@ -143,6 +143,5 @@ def load_head(params: StudyParams):
         "logit_scale": head.logit_scale, "logit_scale_source": head.logit_scale_source, "n_tokens": head.n_tokens,
     }  # fmt: skip
     # A unique temporary name: notebooks 02 and 03 may get here at once under `make -j`.
-    with atomic_path(path) as partial:
-        torch.save(stored, partial)
+    write_file(path, lambda file: torch.save(stored, file))
     return head

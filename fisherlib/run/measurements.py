@@ -1,8 +1,9 @@
 """Each measurement step of the study, from the run's parameters, cached under the key of what it depends on.
 
 A cache entry is named by a hash of every parameter its measurement reads (`StudyParams.key`), so a
-changed parameter makes a new entry and an unchanged one is read back; entries are written atomically
-(the last file written marks an entry complete), so an interrupted run resumes. The measurements
+changed parameter makes a new entry and an unchanged one is read back. Entries are written atomically
+with their checksums (`fisherlib.io.cache`), so an interrupted run resumes and an entry that no longer
+verifies (truncated, altered) is reported in one line and recomputed. The measurements
 themselves live in `fisherlib.steps`; this module only finds their inputs and keeps their outputs.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..io.atomic import atomic_directory, atomic_path
+from ..io.cache import read_file, read_folder, write_file, write_folder
 from ..layers.engine import Prefilled, check_layer, default_layers, residuals_by_layer
 from ..steps import dynamics, layer_study, plateaus
 from ..steps.sweep import measure_boundaries
@@ -45,9 +46,10 @@ def sweep_path(params, seed: int) -> Path:
 def run_sweep(params, seed: int, progress: bool = True) -> Sweep:
     """Return the sweep for `seed`, measuring it (and sampling its positions) unless it is cached."""
     path = sweep_path(params, seed)
-    if path.is_file():
+    cached = _cached_sweep(path)
+    if cached is not None:
         logger.info("sweep loaded from cache %s", path)
-        return load_sweep(params, seed)
+        return cached
     sample = load_sample(params, seed)
     head = load_head(params)
     measurements = measure_boundaries(
@@ -56,16 +58,25 @@ def run_sweep(params, seed: int, progress: bool = True) -> Sweep:
         position_ids=sample.table["position"].to_numpy(), progress=progress,
     )  # fmt: skip
     positions = sample.table.assign(seed=seed)
-    # Positions first: the measurements file, written last, marks a complete entry.
-    _write_parquet_atomically(positions, _positions_path(path))
-    _write_parquet_atomically(measurements, path)
+    _write_parquet(positions, _positions_path(path))
+    _write_parquet(measurements, path)
     logger.info("sweep written to %s", path)
     return Sweep(positions=positions, measurements=measurements)
 
 
-def _write_parquet_atomically(df: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as partial:  # a unique temporary: two runs of one sweep never share it
-        df.to_parquet(partial, index=False)
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    # A unique temporary, then the checksum: two runs of one sweep never share a file, and a reader
+    # never takes a partial one.
+    write_file(path, lambda file: df.to_parquet(file, index=False))
+
+
+def _read_parquet(path: Path) -> pd.DataFrame | None:
+    return read_file(path, pd.read_parquet)
+
+
+def _cached_sweep(path: Path) -> Sweep | None:
+    positions, measurements = _read_parquet(_positions_path(path)), _read_parquet(path)
+    return None if positions is None or measurements is None else Sweep(positions, measurements)
 
 
 def _positions_path(path: Path) -> Path:
@@ -75,13 +86,14 @@ def _positions_path(path: Path) -> Path:
 def load_sweep(params, seed: int) -> Sweep:
     """Return the cached sweep for `seed`; raise FileNotFoundError saying which notebook makes it."""
     path = sweep_path(params, seed)
-    if not path.is_file() or not _positions_path(path).is_file():
+    cached = _cached_sweep(path)
+    if cached is None:
         raise FileNotFoundError(
             f"no sweep for run {params.name!r}, seed {seed} at {path}: run notebooks/03_direction_sweep.ipynb "
             f"with the same parameters first (make reproduce does; after deleting a cache, `rm -r runs/{params.name}` "
             "so that make reruns the notebooks that fill it)"
         )
-    return Sweep(positions=pd.read_parquet(_positions_path(path)), measurements=pd.read_parquet(path))
+    return cached
 
 
 # --- notebook 08: the layer study -------------------------------------------------------------------
@@ -98,9 +110,10 @@ def run_layer_study(params, seed: int | None = None, progress: bool = True) -> t
     sample = load_sample(params, seed, progress=progress)
     rows = layer_study.choose_positions(sample.table, params.layer_positions, seed)
     positions = sample.table.iloc[rows].reset_index(drop=True)
-    if path.is_file():
+    cached = _read_parquet(path)
+    if cached is not None:
         logger.info("layer measurements loaded from cache %s", path)
-        return pd.read_parquet(path), positions
+        return cached, positions
     model = load_model_for(params)
     layers = list(params.layers) or default_layers(model)
     residuals = residuals_by_layer(model, sample, layers, batch_size=params.batch_size)
@@ -117,8 +130,7 @@ def run_layer_study(params, seed: int | None = None, progress: bool = True) -> t
             )  # fmt: skip
         )
     measurements = pd.concat(parts, ignore_index=True)
-    with atomic_path(path) as partial:
-        measurements.to_parquet(partial, index=False)
+    _write_parquet(measurements, path)
     return measurements, positions
 
 
@@ -139,18 +151,18 @@ def run_plateaus(params, seed: int | None = None, progress: bool = True):
     sample = load_sample(params, seed, progress=progress)
     pairs = plateaus.choose_pairs(sample.table, params.plateau_pairs, seed)
     pairs = pairs.assign(position_a=sample.table["position"].to_numpy()[pairs["a"]], position_b=sample.table["position"].to_numpy()[pairs["b"]])
-    if base.with_name(base.name + ".steps.parquet").is_file():
+    points, steps = (_read_parquet(base.with_name(base.name + suffix)) for suffix in (".points.parquet", ".steps.parquet"))
+    if points is not None and steps is not None:
         logger.info("interpolation paths loaded from cache %s", base)
-        return pairs, pd.read_parquet(base.with_name(base.name + ".points.parquet")), pd.read_parquet(base.with_name(base.name + ".steps.parquet"))
+        return pairs, points, steps
     model = load_model_for(params)
     layer = check_layer(model, params.plateau_layer)
     residuals = residuals_by_layer(model, sample, [layer], batch_size=params.batch_size)[layer]
     alphas = torch.linspace(0, 1, params.plateau_steps, dtype=torch.float64)
     logger.info("layer %s: %d pairs × %d paths × %d points", layer, len(pairs), len(plateaus.PATHS), len(alphas))
     points, steps = plateaus.measure_paths(model, sample, pairs, layer, residuals.double().mean(0), residuals.double(), alphas)
-    for frame, suffix in ((points, ".points.parquet"), (steps, ".steps.parquet")):  # steps last: it marks a complete entry
-        with atomic_path(base.with_name(base.name + suffix)) as partial:
-            frame.to_parquet(partial, index=False)
+    for frame, suffix in ((points, ".points.parquet"), (steps, ".steps.parquet")):
+        _write_parquet(frame, base.with_name(base.name + suffix))
     return pairs, points, steps
 
 
@@ -164,12 +176,13 @@ def measure_revision(params, sample, revision: str, seed: int, reference_model=N
     revision whose tokenizer differs from `reference_model`'s is refused.
     """
     path = revision_cache_folder(params, revision, seed)
-    if (path / "measurements.parquet").is_file():
+    cached = read_folder(path, lambda folder: dynamics.RevisionMeasurement(
+        revision, dynamics.revision_step(revision), pd.read_parquet(folder / "positions.parquet"),
+        pd.read_parquet(folder / "measurements.parquet"),
+    ))  # fmt: skip
+    if cached is not None:
         logger.info("revision %s loaded from cache %s", revision, path)
-        return dynamics.RevisionMeasurement(
-            revision, dynamics.revision_step(revision), pd.read_parquet(path / "positions.parquet"),
-            pd.read_parquet(path / "measurements.parquet"),
-        )  # fmt: skip
+        return cached
     model = load_model_for(params, revision=revision)
     if reference_model is not None:
         dynamics.check_same_tokenizer(model, reference_model)
@@ -190,7 +203,10 @@ def revision_cache_folder(params, revision: str, seed: int) -> Path:
 
 def _write_revision(folder: Path, positions: pd.DataFrame, measurements: pd.DataFrame) -> None:
     """Write both tables into a sibling temporary folder and rename it into place (a rerun resumes here)."""
-    # Another process that wrote the same revision first keeps its copy: it is identical.
-    with atomic_directory(folder) as staging:
+
+    def write(staging: Path) -> None:
         positions.to_parquet(staging / "positions.parquet", index=False)
         measurements.to_parquet(staging / "measurements.parquet", index=False)
+
+    # Another process that wrote the same revision first keeps its copy: it is identical.
+    write_folder(folder, write)

@@ -8,7 +8,9 @@ to `figures/<run>/` (PNG and PDF), caches to `results/<run>/cache/`.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
 import hashlib
 import json
 import os
@@ -77,7 +79,13 @@ class StudyParams:
 
     @classmethod
     def from_namespace(cls, namespace: dict[str, Any]) -> StudyParams:
-        """Build from a notebook's globals: pick the known names, check their types, fill defaults."""
+        """Build from a notebook's globals: pick the known names, check their types, fill defaults.
+
+        In a kernel, the cells run so far (IPython's `In`) are read too: a name assigned in the parameters
+        cell or in papermill's injected cell that is not a parameter (`n_postions = 100`) is refused, since
+        it would otherwise be ignored silently.
+        """
+        check_parameter_names(parameter_cell_names(namespace.get("In") or []))
         values = {f.name: namespace[f.name] for f in dataclasses.fields(cls) if f.name in namespace}
         return cls.create(**values)
 
@@ -85,9 +93,7 @@ class StudyParams:
     def create(cls, **values: Any) -> StudyParams:
         """Build from keyword values, converting where safe and refusing wrong types with a clear message."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            raise ParameterError(f"unknown parameters {unknown}; the notebooks take {sorted(fields)}")
+        check_parameter_names(values)
         checked = {name: _check_type(name, value, fields[name]) for name, value in values.items()}
         params = cls(**checked)
         params._check_values()
@@ -175,6 +181,57 @@ class StudyParams:
         """Return a short hash of the named parameters (the cache key of a step that depends on them)."""
         chosen = {name: getattr(self, name) for name in names}
         return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def parameter_names() -> list[str]:
+    """Return the name of every notebook parameter (every notebook takes them all)."""
+    return [f.name for f in dataclasses.fields(StudyParams)]
+
+
+def check_parameter_names(names) -> None:
+    """Raise ParameterError (one line) naming each of `names` that is not a parameter, with the closest known one."""
+    known = parameter_names()
+    unknown = sorted(set(names) - set(known))
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]}?)" if close else ""))
+    raise ParameterError(
+        f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(hints)}: nothing was run. "
+        "The notebooks' parameters are listed in docs/parameters.md."
+    )
+
+
+def parameter_cell_names(cells) -> list[str]:
+    """Return the names assigned in those of `cells` (sources) that are parameter cells.
+
+    A parameter cell is papermill's injected `# Parameters` cell, or a cell (the notebook's `parameters`
+    cell) that holds only assignments of literals to names, at least one of them a parameter; analysis
+    cells, which compute their values, are never taken for one.
+    """
+    known = set(parameter_names())
+    names: list[str] = []
+    for source in cells:
+        try:
+            body = ast.parse(source).body
+        except SyntaxError:
+            continue
+        targets = []
+        for statement in body:
+            if not (isinstance(statement, ast.Assign) and all(isinstance(t, ast.Name) for t in statement.targets)):
+                break
+            try:
+                ast.literal_eval(statement.value)
+            except ValueError:
+                break
+            targets += [t.id for t in statement.targets]
+        else:
+            # papermill's injected cell opens with this comment, and may hold only misspelled names.
+            if known & set(targets) or source.startswith("# Parameters\n"):
+                names += targets
+    return names
 
 
 def parameters_cell_source() -> str:

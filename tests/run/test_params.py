@@ -30,7 +30,7 @@ def test_defaults_and_conversions():
         (dict(eps_grid="0.1"), "expected a list of positive numbers"),
         (dict(top_k=True), "top_k=True has type bool"),
         (dict(seeds=[0, "1"]), "expected a list of integers"),
-        (dict(n_position=3), "unknown parameters ['n_position']"),
+        (dict(n_position=3), "unknown parameter 'n_position' (did you mean n_positions?)"),
         (dict(divergence="js"), "divergence must be 'forward' or 'reverse'"),
         (dict(large_eps=0.7), "must be in eps_grid"),
         (dict(n_positions=2), "at least 5"),
@@ -99,3 +99,25 @@ def test_a_short_sample_is_an_error_not_a_warning():
 def test_a_list_parameter_of_the_wrong_type_says_how_to_pass_a_list():
     with pytest.raises(ParameterError, match=r'-y "eps_grid: \['):
         StudyParams.create(eps_grid="0.1")
+
+
+def test_a_misspelled_parameter_is_refused_with_the_closest_name():
+    from fisherlib.core.errors import ParameterError
+
+    with pytest.raises(ParameterError, match=r"unknown parameter 'n_postions' \(did you mean n_positions\?\): nothing was run"):
+        StudyParams.create(n_postions=100)
+    with pytest.raises(ParameterError, match=r"unknown parameters 'lyers' \(did you mean layers\?\), 'zzz'"):
+        StudyParams.create(lyers=[1], zzz=1)
+
+
+def test_from_namespace_reads_the_parameter_cells_a_kernel_ran():
+    """papermill's injected cell (or the parameters cell edited by hand) is in IPython's `In`."""
+    from fisherlib.core.errors import ParameterError
+    from fisherlib.run.params import parameters_cell_source
+
+    for injected in ('# Parameters\nn_postions = 100\nrun_name = "x"\n', "# Parameters\nn_postions = 100\n"):
+        with pytest.raises(ParameterError, match="did you mean n_positions"):
+            StudyParams.from_namespace({"In": ["", parameters_cell_source(), injected], "n_postions": 100})
+    # Analysis cells that assign (a computed value, or a literal but no parameter) are not parameter cells.
+    analysis = ["seed0 = params.seed_list[0]\nunit = params.resample_unit", "threshold = 0.5\nlabel = 'x'"]
+    assert StudyParams.from_namespace({"In": ["", parameters_cell_source(), *analysis]}).n_positions == 400

@@ -157,3 +157,37 @@ def test_a_dry_run_compares_without_touching_the_key(tmp_path, capsys):
     assert "inputs changed (seeds); its notebooks would rerun" in capsys.readouterr().out
     assert key.read_bytes() == written and (tmp_path / "inputs.json.dry-run").is_file()
     assert runs.main([*args, "--dry-run"]) == 0 and capsys.readouterr().out == ""
+
+
+def test_make_refuses_a_misspelled_parameter_before_the_kernel_starts(tmp_path):
+    """`n_postions: 100` in a params file: one line naming the closest parameter, exit 2, nothing written."""
+    import subprocess
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("n_postions: 100\n")
+    output = tmp_path / "run" / "02_fisher_geometry.ipynb"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "runs.py"), "notebook", str(ROOT / "notebooks" / "02_fisher_geometry.ipynb"),
+         str(output), "--run", "r", "--kernel", "python3", "--cwd", str(tmp_path), "-f", str(ROOT / "params" / "tiny.yaml"),
+         "-f", str(bad)],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    [line] = result.stdout.splitlines()
+    assert "FAILED before running" in line and "unknown parameter 'n_postions' (did you mean n_positions?)" in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.notebooks
+def test_a_papermill_hand_run_refuses_a_misspelled_parameter(tmp_path):
+    """papermill itself only warns ("Passed unknown parameter"); the notebook's first cell refuses it."""
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError) as caught:
+        papermill.execute_notebook(
+            str(ROOT / "notebooks" / "02_fisher_geometry.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(ROOT / "notebooks"),
+            parameters={"n_postions": 100, "results_root": str(tmp_path), "figures_root": str(tmp_path), "cache_dir": str(tmp_path)},
+            kernel_name="fisher-boundary", progress_bar=False,
+        )  # fmt: skip
+    assert caught.value.ename == "ParameterError" and "did you mean n_positions?" in caught.value.evalue
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "out.ipynb"]  # nothing was written
