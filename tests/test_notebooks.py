@@ -1,15 +1,17 @@
-"""The notebooks: one parameters cell each, committed without outputs, and a smoke run of all seven.
+"""The notebooks: one parameters cell each, committed without outputs, a smoke run of all, and hand runs.
 
-The smoke run executes 01→07 through papermill with small parameters on the embedded default (`tiny`)
-and on the stories260K fixture (the local tier), then checks every expected table and figure.
+The smoke run executes every notebook through papermill with small parameters on the embedded default
+(`tiny`, published as a run) and 01→09 on the stories260K fixture (the local tier), then checks every
+expected table and figure. The hand runs then tweak one parameter of each notebook, as a reader would: a
+notebook stands on its own, reusing the published run's caches read-only and computing the rest.
 """
 
 from __future__ import annotations
 
-from fisherlib.io.tables import read_table_file
-
 import ast
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -18,6 +20,7 @@ import pytest
 import yaml
 
 from fisherlib.data.corpora import fixture_corpora
+from fisherlib.io.tables import read_table_file
 from fisherlib.report.paper import EXPECTED_FIGURES, EXPECTED_TABLES
 from fisherlib.run.params import StudyParams
 
@@ -30,6 +33,7 @@ SMOKE = dict(
     max_context=96, pool_factor=2, batch_size=8, layer_positions=8, layer_eig=1, layer_per_class=2, plateau_pairs=6,
     plateau_steps=21,
 )  # fmt: skip
+REVISIONS = ["step98", "step2000"]  # notebook 10 over two checkpoints keeps the smoke run small
 
 
 def _parameters(path: Path) -> dict:
@@ -64,17 +68,21 @@ def test_params_files_only_set_declared_parameters(params_file):
     StudyParams.create(**values)
 
 
-def _run_all(tmp_path: Path, **parameters) -> Path:
+def _run_all(tmp_path: Path, notebooks=NOTEBOOKS, **parameters) -> Path:
     import papermill
 
-    parameters = SMOKE | parameters | dict(results_root=str(tmp_path / "results"), figures_root=str(tmp_path / "figures"))
+    parameters = SMOKE | parameters | _locations(tmp_path)
     (tmp_path / "runs").mkdir()
-    for path in NOTEBOOKS:
+    for path in notebooks:
         papermill.execute_notebook(
             str(path), str(tmp_path / "runs" / path.name), parameters=parameters, kernel_name="python3",
             cwd=str(ROOT / "notebooks"), progress_bar=False,
         )  # fmt: skip
     return tmp_path
+
+
+def _locations(root: Path) -> dict[str, str]:
+    return dict(results_root=str(root / "results"), figures_root=str(root / "figures"))
 
 
 def _check_outputs(root: Path, run: str) -> None:
@@ -93,11 +101,18 @@ def _check_outputs(root: Path, run: str) -> None:
                 assert figure.is_file() and figure.stat().st_size > 1000, f"{notebook} did not write {figure}"
 
 
+@pytest.fixture(scope="module")
+def tiny_smoke_run(tmp_path_factory):
+    """Every notebook (10 over two checkpoints) on the embedded default, published as run `tiny` (its run.json)."""
+    root = _run_all(tmp_path_factory.mktemp("smoke"), ALL_NOTEBOOKS, arch="tiny", run_name="tiny", revisions=REVISIONS)
+    (root / "results" / "tiny" / "run.json").write_text(json.dumps({"run": "tiny", "complete": True}) + "\n")
+    return root
+
+
 @pytest.mark.notebooks
 @pytest.mark.slow
-def test_all_notebooks_run_on_the_embedded_default(tmp_path):
-    root = _run_all(tmp_path, arch="tiny", run_name="tiny-smoke")
-    _check_outputs(root, "tiny-smoke")
+def test_all_notebooks_run_on_the_embedded_default(tiny_smoke_run):
+    _check_outputs(tiny_smoke_run, "tiny")
 
 
 @pytest.mark.notebooks
@@ -110,3 +125,66 @@ def test_all_notebooks_run_on_the_local_tier(tmp_path, shared_dir):
     _check_outputs(root, "stories-smoke")
     manifest = json.loads(next((root / "results" / "stories-smoke" / "cache").glob("positions-*/manifest.json")).read_text())
     assert manifest["model_id"].endswith("stories260K/hf")
+
+
+# --- hand runs: a tweaked notebook stands on its own ------------------------------------------------
+
+NOTEBOOK = {path.stem[:2]: path for path in ALL_NOTEBOOKS}
+TWEAKS = {  # one analysis parameter per notebook: none of them is in a measurement's cache key
+    "02": dict(resample_unit="position"),
+    "03": dict(large_eps=0.1),
+    "04": dict(small_eps=0.1),
+    "05": dict(large_eps=0.1),
+    "06": dict(calibration_space="log"),
+    "07": dict(resample_unit="position"),
+    "08": dict(small_eps=0.1),
+    "09": dict(plateau_jump=3.0),
+    "10": dict(resample_unit="position"),
+}
+
+
+def _hand_run(path: Path, out: Path, root: Path, **tweak) -> str:
+    """Run `path` as a reader would (no run_name, no cache_dir) after `tweak`; return what it printed."""
+    import papermill
+
+    parameters = SMOKE | dict(revisions=REVISIONS) | _locations(root) | tweak
+    papermill.execute_notebook(str(path), str(out), parameters=parameters, kernel_name="python3", cwd=str(ROOT / "notebooks"), progress_bar=False)
+    outputs = [o for cell in json.loads(out.read_text())["cells"] for o in cell.get("outputs", [])]
+    return "".join("".join(o["text"]) if isinstance(o.get("text"), list) else o.get("text", "") for o in outputs)
+
+
+def _tree(*folders: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _scratch_entries(root: Path) -> list[str]:
+    cache = root / "results" / "scratch" / "cache"
+    return sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) if cache.is_dir() else []
+
+
+@pytest.mark.notebooks
+@pytest.mark.slow
+@pytest.mark.parametrize("number", sorted(TWEAKS))
+def test_a_tweaked_notebook_reuses_the_published_caches(tiny_smoke_run, number, tmp_path):
+    root = tiny_smoke_run
+    before = _tree(root / "results" / "tiny", root / "figures" / "tiny")
+    printed = _hand_run(NOTEBOOK[number], tmp_path / f"{number}.ipynb", root, **TWEAKS[number])
+    assert _scratch_entries(root) == [], "the hand run measured what the published run holds"
+    assert _tree(root / "results" / "tiny", root / "figures" / "tiny") == before
+    assert "(published run tiny, read-only)" in printed  # the one line that says which cache it used
+
+
+@pytest.mark.notebooks
+@pytest.mark.slow
+def test_a_measurement_parameter_recomputes_only_its_step(tiny_smoke_run, tmp_path):
+    root = tiny_smoke_run
+    before = _tree(root / "results" / "tiny", root / "figures" / "tiny")
+    try:
+        printed = _hand_run(NOTEBOOK["04"], tmp_path / "04.ipynb", root, top_k=32)
+        made = _scratch_entries(root)
+        tabled = (root / "results" / "scratch" / "table1_top_eigvec.csv").is_file()
+    finally:
+        shutil.rmtree(root / "results" / "scratch", ignore_errors=True)  # the other hand runs start from none
+    assert "direction sweep (seed 0): computed and written to" in printed
+    assert any(name.startswith("sweep-seed0-") for name in made) and any(name.startswith("positions-seed0-") for name in made)
+    assert _tree(root / "results" / "tiny", root / "figures" / "tiny") == before and tabled

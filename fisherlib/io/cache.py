@@ -51,8 +51,12 @@ def write_file(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def read_file(path: str | os.PathLike, read: Callable[[Path], T]) -> T | None:
-    """Return `read(path)` when the file entry exists and verifies; None when it is absent or was corrupt."""
+def read_file(path: str | os.PathLike, read: Callable[[Path], T], discard: bool = True) -> T | None:
+    """Return `read(path)` when the file entry exists and verifies; None when it is absent or corrupt.
+
+    A corrupt entry is reported and removed; with `discard=False` (a cache that is not ours to change)
+    it is reported and left in place.
+    """
     path = Path(path)
     if not path.is_file():
         return None
@@ -62,7 +66,7 @@ def read_file(path: str | os.PathLike, read: Callable[[Path], T]) -> T | None:
             return read(path)
         except Exception as error:  # noqa: BLE001 - any reader's failure on a verified file is still a bad entry
             problem = f"{type(error).__name__}: {error}"
-    _discard(path, problem, lambda: (path.unlink(missing_ok=True), checksum_file(path).unlink(missing_ok=True)))
+    _discard(path, problem, discard and (lambda: (path.unlink(missing_ok=True), checksum_file(path).unlink(missing_ok=True))))
     return None
 
 
@@ -76,8 +80,8 @@ def write_folder(folder: str | os.PathLike, write: Callable[[Path], None]) -> Pa
     return folder
 
 
-def read_folder(folder: str | os.PathLike, read: Callable[[Path], T]) -> T | None:
-    """Return `read(folder)` when the folder entry exists and verifies; None when it is absent or was corrupt."""
+def read_folder(folder: str | os.PathLike, read: Callable[[Path], T], discard: bool = True) -> T | None:
+    """Return `read(folder)` when the folder entry exists and verifies; None when it is absent or corrupt (as `read_file`)."""
     folder = Path(folder)
     if not folder.is_dir():
         return None
@@ -87,7 +91,7 @@ def read_folder(folder: str | os.PathLike, read: Callable[[Path], T]) -> T | Non
             return read(folder)
         except Exception as error:  # noqa: BLE001
             problem = f"{type(error).__name__}: {error}"
-    _discard(folder, problem, lambda: shutil.rmtree(folder, ignore_errors=True))
+    _discard(folder, problem, discard and (lambda: shutil.rmtree(folder, ignore_errors=True)))
     return None
 
 
@@ -122,6 +126,9 @@ def _mismatch(path: Path, expected: dict) -> str | None:
     return None
 
 
-def _discard(path: Path, problem: str, remove: Callable[[], object]) -> None:
+def _discard(path: Path, problem: str, remove: Callable[[], object] | bool) -> None:
+    if not remove:
+        logger.warning("cache entry %s is corrupt (%s); not using it (read-only here)", path, problem)
+        return
     logger.warning("cache entry %s is corrupt (%s); recomputing it", path, problem)
     remove()

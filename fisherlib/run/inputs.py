@@ -2,6 +2,12 @@
 
 Every measurement step starts here: `load_model_for` (one load per process), `load_sample` (notebook
 01's positions, sampled once and cached under the sample's key) and `load_head` (`W`, `b` beside them).
+
+Cache entries are found by `read_entry`: in the caches of the published (complete) runs under the same
+`results_root` first, read-only, then in the run's own cache; what is computed goes to the run's own
+cache only. So a notebook run by hand in a scratch run reuses `make reproduce`'s measurements with the
+same key, and computes (with a progress bar) what no run has: it never asks for another notebook first.
+Every entry used or made is named in one log line.
 """
 
 from __future__ import annotations
@@ -19,6 +25,44 @@ from ..io.cache import read_file, read_folder, write_file
 from .params import StudyParams
 
 logger = logging.getLogger("fisherlib")
+
+
+def published_caches(params: StudyParams) -> list[tuple[str, Path]]:
+    """Return `(run, cache folder)` of every complete run under `params`' results root, other than its own.
+
+    The run named for `params`' model (`make`'s name: the arch with `/` as `--`, plus `-<revision>`) comes first.
+    """
+    own = params.cache_path.resolve()
+    runs = []
+    for record in sorted(params.results_dir.parent.glob("*/run.json")):
+        try:
+            complete = json.loads(record.read_text()).get("complete", False)
+        except (OSError, ValueError):
+            continue
+        cache = record.parent / "cache"
+        if complete and cache.is_dir() and cache.resolve() != own:
+            runs.append((record.parent.name, cache))
+    model_run = params.arch.replace("/", "--") + (f"-{params.revision}" if params.revision else "")
+    return sorted(runs, key=lambda run: run[0] != model_run)
+
+
+def read_entry(params: StudyParams, name: str, read, what: str, folder: bool = False):
+    """Return the cache entry `name` read by `read`, from a published run's cache or the run's own; None if none has it."""
+    reader = read_folder if folder else read_file
+    for run, cache in published_caches(params):
+        value = reader(cache / name, read, discard=False)
+        if value is not None:
+            logger.info("%s: read from %s (published run %s, read-only)", what, cache / name, run)
+            return value
+    path = params.cache_path / name
+    value = reader(path, read)
+    if value is not None:
+        logger.info("%s: read from %s", what, path)
+    return value
+
+
+def wrote_entry(what: str, path: Path) -> None:
+    logger.info("%s: computed and written to %s", what, path)
 
 
 SAMPLE_KEYS = ("arch", "revision", "corpora", "render", "n_positions", "top_k", "max_context", "min_prefix", "pool_factor", "n_docs", "dtype")
@@ -106,9 +150,8 @@ def load_sample(params: StudyParams, seed: int, progress: bool = True):
     from ..data.sampling import PositionSample, sample_positions
 
     folder = sample_folder(params, seed)
-    sample = read_folder(folder, PositionSample.load)
+    sample = read_entry(params, folder.name, PositionSample.load, f"positions (seed {seed})", folder=True)
     if sample is not None:
-        logger.info("positions loaded from cache %s", folder)
         check_sample_size(params, sample, seed)
         return sample
     model = load_model_for(params)
@@ -121,7 +164,7 @@ def load_sample(params: StudyParams, seed: int, progress: bool = True):
     check_sample_size(params, sample, seed)
     sample.params["study"] = params.as_dict()
     sample.save(folder)
-    logger.info("positions written to %s", folder)
+    wrote_entry(f"positions (seed {seed})", folder)
     return sample
 
 
@@ -130,7 +173,7 @@ def load_head(params: StudyParams):
     from ..models.surgery import LMHead
 
     path = params.cache_path / f"head-v2-{params.key('arch', 'revision', 'dtype')}.pt"
-    stored = read_file(path, lambda file: torch.load(file, weights_only=True))
+    stored = read_entry(params, path.name, lambda file: torch.load(file, weights_only=True), "LM head")
     if stored is not None:
         return LMHead(
             weight=stored["weight"], bias=stored["bias"], module=None, logit_scale=stored.get("logit_scale", 1.0),
@@ -144,4 +187,5 @@ def load_head(params: StudyParams):
     }  # fmt: skip
     # A unique temporary name: notebooks 02 and 03 may get here at once under `make -j`.
     write_file(path, lambda file: torch.save(stored, file))
+    wrote_entry("LM head", path)
     return head

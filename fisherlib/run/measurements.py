@@ -17,11 +17,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..io.cache import read_file, read_folder, write_file, write_folder
+from ..io.cache import write_file, write_folder
 from ..layers.engine import Prefilled, check_layer, default_layers, residuals_by_layer
 from ..steps import dynamics, layer_study, plateaus
 from ..steps.sweep import measure_boundaries
-from .inputs import SAMPLE_KEYS, load_head, load_model_for, load_sample
+from .inputs import SAMPLE_KEYS, load_head, load_model_for, load_sample, read_entry, wrote_entry
 
 logger = logging.getLogger("fisherlib")
 
@@ -46,9 +46,8 @@ def sweep_path(params, seed: int) -> Path:
 def run_sweep(params, seed: int, progress: bool = True) -> Sweep:
     """Return the sweep for `seed`, measuring it (and sampling its positions) unless it is cached."""
     path = sweep_path(params, seed)
-    cached = _cached_sweep(path)
+    cached = _cached_sweep(params, path)
     if cached is not None:
-        logger.info("sweep loaded from cache %s", path)
         return cached
     sample = load_sample(params, seed)
     head = load_head(params)
@@ -60,7 +59,7 @@ def run_sweep(params, seed: int, progress: bool = True) -> Sweep:
     positions = sample.table.assign(seed=seed)
     _write_parquet(positions, _positions_path(path))
     _write_parquet(measurements, path)
-    logger.info("sweep written to %s", path)
+    wrote_entry(f"direction sweep (seed {seed})", path)
     return Sweep(positions=positions, measurements=measurements)
 
 
@@ -70,12 +69,14 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     write_file(path, lambda file: df.to_parquet(file, index=False))
 
 
-def _read_parquet(path: Path) -> pd.DataFrame | None:
-    return read_file(path, pd.read_parquet)
+def _read_parquet(params, path: Path, what: str) -> pd.DataFrame | None:
+    return read_entry(params, path.name, pd.read_parquet, what)
 
 
-def _cached_sweep(path: Path) -> Sweep | None:
-    positions, measurements = _read_parquet(_positions_path(path)), _read_parquet(path)
+def _cached_sweep(params, path: Path) -> Sweep | None:
+    what = path.stem.split("-")[1]
+    positions = _read_parquet(params, _positions_path(path), f"sweep positions ({what})")
+    measurements = _read_parquet(params, path, f"direction sweep ({what})")
     return None if positions is None or measurements is None else Sweep(positions, measurements)
 
 
@@ -84,14 +85,16 @@ def _positions_path(path: Path) -> Path:
 
 
 def load_sweep(params, seed: int) -> Sweep:
-    """Return the cached sweep for `seed`; raise FileNotFoundError saying which notebook makes it."""
+    """Return the cached sweep for `seed` (this run's or a published run's); raise FileNotFoundError if none has it.
+
+    Notebooks call `run_sweep`, which measures what no cache holds; this is for code that must not measure.
+    """
     path = sweep_path(params, seed)
-    cached = _cached_sweep(path)
+    cached = _cached_sweep(params, path)
     if cached is None:
         raise FileNotFoundError(
-            f"no sweep for run {params.name!r}, seed {seed} at {path}: run notebooks/03_direction_sweep.ipynb "
-            f"with the same parameters first (make reproduce does; after deleting a cache, `rm -r runs/{params.name}` "
-            "so that make reruns the notebooks that fill it)"
+            f"no sweep for run {params.name!r}, seed {seed} at {path} nor in a published run's cache: "
+            "`fisherlib.run.measurements.run_sweep` measures it"
         )
     return cached
 
@@ -110,9 +113,8 @@ def run_layer_study(params, seed: int | None = None, progress: bool = True) -> t
     sample = load_sample(params, seed, progress=progress)
     rows = layer_study.choose_positions(sample.table, params.layer_positions, seed)
     positions = sample.table.iloc[rows].reset_index(drop=True)
-    cached = _read_parquet(path)
+    cached = _read_parquet(params, path, f"layer measurements (seed {seed})")
     if cached is not None:
-        logger.info("layer measurements loaded from cache %s", path)
         return cached, positions
     model = load_model_for(params)
     layers = list(params.layers) or default_layers(model)
@@ -131,6 +133,7 @@ def run_layer_study(params, seed: int | None = None, progress: bool = True) -> t
         )
     measurements = pd.concat(parts, ignore_index=True)
     _write_parquet(measurements, path)
+    wrote_entry(f"layer measurements (seed {seed})", path)
     return measurements, positions
 
 
@@ -151,9 +154,11 @@ def run_plateaus(params, seed: int | None = None, progress: bool = True):
     sample = load_sample(params, seed, progress=progress)
     pairs = plateaus.choose_pairs(sample.table, params.plateau_pairs, seed)
     pairs = pairs.assign(position_a=sample.table["position"].to_numpy()[pairs["a"]], position_b=sample.table["position"].to_numpy()[pairs["b"]])
-    points, steps = (_read_parquet(base.with_name(base.name + suffix)) for suffix in (".points.parquet", ".steps.parquet"))
+    points, steps = (
+        _read_parquet(params, base.with_name(base.name + suffix), f"interpolation paths ({suffix[1:6]}, seed {seed})")
+        for suffix in (".points.parquet", ".steps.parquet")
+    )
     if points is not None and steps is not None:
-        logger.info("interpolation paths loaded from cache %s", base)
         return pairs, points, steps
     model = load_model_for(params)
     layer = check_layer(model, params.plateau_layer)
@@ -163,6 +168,7 @@ def run_plateaus(params, seed: int | None = None, progress: bool = True):
     points, steps = plateaus.measure_paths(model, sample, pairs, layer, residuals.double().mean(0), residuals.double(), alphas)
     for frame, suffix in ((points, ".points.parquet"), (steps, ".steps.parquet")):
         _write_parquet(frame, base.with_name(base.name + suffix))
+    wrote_entry(f"interpolation paths (seed {seed})", base)
     return pairs, points, steps
 
 
@@ -176,12 +182,11 @@ def measure_revision(params, sample, revision: str, seed: int, reference_model=N
     revision whose tokenizer differs from `reference_model`'s is refused.
     """
     path = revision_cache_folder(params, revision, seed)
-    cached = read_folder(path, lambda folder: dynamics.RevisionMeasurement(
+    cached = read_entry(params, path.name, lambda folder: dynamics.RevisionMeasurement(
         revision, dynamics.revision_step(revision), pd.read_parquet(folder / "positions.parquet"),
         pd.read_parquet(folder / "measurements.parquet"),
-    ))  # fmt: skip
+    ), f"revision {revision}", folder=True)  # fmt: skip
     if cached is not None:
-        logger.info("revision %s loaded from cache %s", revision, path)
         return cached
     model = load_model_for(params, revision=revision)
     if reference_model is not None:
@@ -192,6 +197,7 @@ def measure_revision(params, sample, revision: str, seed: int, reference_model=N
         batch_size=params.batch_size, progress=progress,
     )  # fmt: skip
     _write_revision(path, result.positions, result.measurements)
+    wrote_entry(f"revision {revision}", path)
     return result
 
 

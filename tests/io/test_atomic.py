@@ -78,7 +78,7 @@ def small_tmpfs(tmp_path):
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
     yield mount
-    subprocess.run(["umount", str(mount)], check=False)
+    subprocess.run(["umount", "--lazy", str(mount)], check=False)
 
 
 def test_a_real_full_filesystem_then_a_rerun_with_space(small_tmpfs):
