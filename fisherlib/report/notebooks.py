@@ -10,8 +10,9 @@ unchanged rerun rewrites byte for byte, and that renders on a code host without 
 - **absolute paths go**: every `(prefix, replacement)` of `replacements` is applied to all output text, so
   `/…/runs/tiny/staged/results/tiny` reads `results/tiny` (where `publish` put the tables) and the
   repository's own path disappears.
-- **what depends on the cache, not the result, goes**: progress-bar widgets and the log lines saying a
-  measurement was loaded from, or written to, the cache.
+- **what depends on the cache or the checkout, not the result, goes**: progress-bar widgets, the log lines
+  saying a measurement was loaded from, or written to, the cache, and the git commit a cached sample's
+  manifest records (written `<commit>`: a notebook cannot hold the commit it is committed in).
 - **stream outputs keep a fixed order**: the kernel flushes stdout and stderr on its own timer, so between
   two rich outputs a cell's printed text comes first and its log lines (stderr) after, each merged.
 - **figures are linked, not embedded**: a figure a cell saved with `save_figure` (its log line names it) and
@@ -37,6 +38,8 @@ PAPERMILL_KEPT = ("default_parameters", "environment_variables", "exception", "i
 FIGURE_LINE = re.compile(r"INFO fisherlib: figure (\S+) written to ")
 # Cache traffic: the same result says "loaded from cache" on a warm run and "written to …/cache/…" on a cold one.
 CACHE_LINE = re.compile(r"^INFO fisherlib: .*(loaded from cache|written to \S*cache/)")
+# (pattern, replacement) applied to every output text after the paths.
+VOLATILE_TEXT = ((re.compile(r"""(['"]git_commit['"]: ['"])[0-9a-f]{7,40}(['"])"""), r"\1<commit>\2"),)
 TEXT_MIMES = ("text/plain", "text/html", "text/markdown", "text/latex")
 
 
@@ -72,6 +75,8 @@ def publishable_text(
 def _replace(text: str, replacements: list[tuple[str, str]]) -> str:
     for prefix, replacement in replacements:
         text = text.replace(prefix, replacement)
+    for pattern, replacement in VOLATILE_TEXT:
+        text = pattern.sub(replacement, text)
     return text
 
 
@@ -112,17 +117,6 @@ def _outputs(outputs: list, replacements: list[tuple[str, str]], figure_link) ->
         kept.append(output)
     flush()
     return kept
-
-
-def figure_names(notebook: nbformat.NotebookNode) -> list[str]:
-    """Return the figures the published `notebook` links to, in order."""
-    found = []
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            match = re.fullmatch(r"!\[([^\]]+)\]\(([^)]+)\)", output.get("data", {}).get("text/markdown", ""))
-            if match:
-                found.append(match.group(1))
-    return found
 
 
 def link_target(output: dict[str, Any]) -> str | None:
