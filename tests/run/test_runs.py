@@ -157,3 +157,17 @@ def test_a_dry_run_compares_without_touching_the_key(tmp_path, capsys):
     assert "inputs changed (seeds); its notebooks would rerun" in capsys.readouterr().out
     assert key.read_bytes() == written and (tmp_path / "inputs.json.dry-run").is_file()
     assert runs.main([*args, "--dry-run"]) == 0 and capsys.readouterr().out == ""
+
+
+def test_publish_writes_each_executed_notebook_without_the_checkout_s_paths(tmp_path):
+    stage = tmp_path / "runs" / "r" / "staged"
+    (stage / "results" / "r").mkdir(parents=True)
+    executed = _notebook(tmp_path / "runs" / "r" / "01_a.ipynb", "print('x')")
+    notebook = nbformat.read(executed, as_version=4)
+    notebook.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"tables -> {stage.resolve()}/results/r\n")]
+    nbformat.write(notebook, executed)
+    results, figures = tmp_path / "results", tmp_path / "figures"
+    assert runs.publish("r", stage, ["01_a"], results, figures, [executed]) == (1, 0)
+    published = (results / "r" / "notebooks" / "01_a.ipynb").read_text()
+    assert "tables -> results/r\\n" in published and str(tmp_path) not in published
+    assert runs.publish("r", stage, ["01_a"], results, figures, [executed]) == (0, 1)  # unchanged: not rewritten
