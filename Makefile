@@ -49,7 +49,7 @@ RUNNER_ARGS := --run $(RUN_NAME) --kernel $(KERNEL) --cwd notebooks -f $(PARAMS)
 	$(if $(REVISION),-p revision "$(REVISION)") \
 	$(if $(REVISIONS),-y "revisions: [$(foreach r,$(REVISIONS),'$(r)',)]")
 
-.PHONY: all venv constraints test test-unit test-integration test-notebooks bench bench-real bench-layers gpu-check reproduce dynamics tiny-model paper clean help
+.PHONY: all venv constraints test test-unit test-integration test-notebooks bench bench-real bench-layers gpu-check reproduce dynamics tiny-model paper book clean help
 all: help
 
 help:
@@ -59,6 +59,7 @@ help:
 	@echo "make dynamics [ARCH=tiny|pythia REVISIONS='step1000 step8000 ...']       notebook 10 over training checkpoints"
 	@echo "make tiny-model   retrain the shipped embedded model models/tiny from scratch (~40 min, one core)"
 	@echo "make paper        assemble results/summary.md across the architectures run so far"
+	@echo "make book         the static site of every complete run: build/book/html/index.html (offline)"
 	@echo "make test         unit + integration + notebook tests (creates .venv)"
 	@echo "make constraints  rewrite constraints.txt (the exact versions the set-up installs) from .venv"
 	@echo "make test-unit | test-integration | test-notebooks | bench"
@@ -149,10 +150,14 @@ dynamics: $(RUN_DIR)/01_sample_positions.ipynb
 	@$(PY) tools/runs.py publish --run $(RUN_NAME) --stage $(STAGE) --notebooks $(RUN_DIR)/01_sample_positions.ipynb $(RUN_DIR)/10_training_dynamics.ipynb
 
 tiny-model: $(STAMP)
-	$(PY) -m fisherlib.cli tiny --train --output models/tiny
+	$(PY) -m fisherlib.run.cli tiny --train --output models/tiny
 
 paper: $(STAMP)
-	$(PY) -m fisherlib.cli paper
+	$(PY) -m fisherlib.run.cli paper
+
+# The site of every complete run, from the stored outputs (nothing executes): build/book/html/index.html.
+book: $(STAMP)
+	@$(PY) -m fisherlib.run.cli book
 
 clean:
 	rm -rf runs .pytest_cache

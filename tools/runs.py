@@ -17,7 +17,9 @@ of a run makes a second `make` of the same run wait rather than do the work twic
 
 `publish` copies the staged tables and figures of a run (`runs/<run>/staged/`) into `results/<run>/`
 and `figures/<run>/` once every notebook asked for has succeeded, with `results/<run>/run.json` saying
-so: a failed run never touches the published results.
+so: a failed run never touches the published results. The executed notebooks go to
+`results/<run>/notebooks/`, made byte-stable by `fisherlib.report.notebooks` (no timings, kernel
+state or absolute paths; figures linked to the committed PNGs), so an unchanged rerun changes no file.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ sys.path.insert(0, str(ROOT))  # `key` runs before the environment exists (make 
 from fisherlib.io.atomic import atomic_write_bytes, make_shared  # noqa: E402 - stdlib only, no torch
 PROGRESS_ENV = "FISHERLIB_PROGRESS"  # fisherlib.io.progress.PROGRESS_ENV; not imported: `key` runs without torch
 NAME_WIDTH = 28
+NOTEBOOKS_FOLDER = "notebooks"  # results/<run>/notebooks/: the executed notebooks, published
 
 
 # --- the inputs key -------------------------------------------------------------------------------
@@ -336,13 +339,24 @@ def command_notebook(args: argparse.Namespace) -> int:
 # --- publishing a run ------------------------------------------------------------------------------
 
 
-def publish(run: str, stage: Path, notebooks: list[str], results_root: Path, figures_root: Path) -> tuple[int, int]:
+def publish(
+    run: str, stage: Path, notebooks: list[str], results_root: Path, figures_root: Path, executed: list[Path] = (),
+) -> tuple[int, int]:  # fmt: skip
     """Copy the staged outputs of `run` into `results_root/run` and `figures_root/run`; return (copied, unchanged).
 
     The cache stays where it is (it is shared by the staged and published run); `run.json` records the
-    notebooks that made the published outputs and the positions per seed.
+    notebooks that made the published outputs. Each of the `executed` notebooks is written, made
+    publishable, to `results_root/run/notebooks/`.
     """
     copied = unchanged = 0
+    for path in executed:
+        target = results_root / run / NOTEBOOKS_FOLDER / Path(path).name
+        data = published_notebook(Path(path), stage, target.parent, figures_root / run).encode()
+        if target.is_file() and target.read_bytes() == data:
+            unchanged += 1
+            continue
+        atomic_write_bytes(target, data)
+        copied += 1
     for kind, target_root in (("results", results_root), ("figures", figures_root)):
         source = stage / kind / run
         if not source.is_dir():
@@ -367,14 +381,27 @@ def publish(run: str, stage: Path, notebooks: list[str], results_root: Path, fig
     return copied, unchanged
 
 
+def published_notebook(executed: Path, stage: Path, folder: Path, figures: Path) -> str:
+    """Return the executed notebook `executed` as published into `folder`: paths relative to the repository,
+    the staged folder read as the published one, figures linked to `figures/<name>.png` relative to `folder`."""
+    from fisherlib.report.notebooks import publishable_text
+
+    replacements = [(f"{Path(stage).resolve()}/", ""), (f"{ROOT}/", ""), (f"{Path.home()}/", "~/")]
+    link = lambda name: os.path.relpath(Path(figures).resolve() / f"{name}.png", Path(folder).resolve())  # noqa: E731
+    return publishable_text(executed.read_text(encoding="utf-8"), replacements, link)
+
+
 def command_publish(args: argparse.Namespace) -> int:
     results_root, figures_root = ROOT / args.results_root, ROOT / args.figures_root
     with open(_lock_path(Path(args.stage).parent), "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        copied, unchanged = publish(args.run, Path(args.stage), [Path(n).stem for n in args.notebooks], results_root, figures_root)
+        copied, unchanged = publish(
+            args.run, Path(args.stage), [Path(n).stem for n in args.notebooks], results_root, figures_root,
+            [Path(n) for n in args.notebooks if Path(n).is_file()],
+        )  # fmt: skip
     where = f"{os.path.relpath(results_root / args.run, ROOT)}/ and {os.path.relpath(figures_root / args.run, ROOT)}/"
     print(f"run {args.run}: {_count(copied, 'file')} published to {where} ({unchanged} unchanged); "
-          f"executed notebooks and logs in {args.stage.rsplit('/', 1)[0]}/")  # fmt: skip
+          f"notebooks in {os.path.relpath(results_root / args.run / NOTEBOOKS_FOLDER, ROOT)}/, logs in {args.stage.rsplit('/', 1)[0]}/logs/")  # fmt: skip
     return 0
 
 

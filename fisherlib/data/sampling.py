@@ -458,12 +458,16 @@ def _git_commit() -> str | None:
 
 
 def _manifest(model, **extra) -> dict[str, Any]:
-    """Return what a cached result needs to be traced back: versions, model, device, commit."""
+    """Return what a cached result needs to be traced back: versions, model, device, commit.
+
+    In the form `PositionSample.load` reads it back (keys sorted, plain JSON values), so a fresh sample and a
+    cached one show the same manifest (notebook 01 displays it; its published copy is compared byte for byte).
+    """
     import transformers
 
     from .. import __version__
 
-    return dict(
+    manifest = dict(
         fisherlib=__version__,
         torch=torch.__version__,
         transformers=transformers.__version__,
@@ -480,6 +484,7 @@ def _manifest(model, **extra) -> dict[str, Any]:
         git_commit=_git_commit(),
         **extra,
     )
+    return json.loads(json.dumps(manifest, sort_keys=True, default=str))
 
 
 def strata_counts(positions: pd.DataFrame) -> pd.DataFrame:

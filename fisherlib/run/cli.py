@@ -41,6 +41,12 @@ def _paper(args: argparse.Namespace) -> None:
     print(f"summary written to {write_summary()}")
 
 
+def _book(args: argparse.Namespace) -> None:
+    from ..report.book import build_book
+
+    print(f"book written to {build_book(out=args.out)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = argparse.ArgumentParser(prog="fisherlib", description=__doc__)
@@ -63,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     tiny.set_defaults(run=_tiny)
     paper = commands.add_parser("paper", help="assemble results/summary.md from every run so far")
     paper.set_defaults(run=_paper)
+    book = commands.add_parser("book", help="build the static site of every complete run (default: build/book/html/index.html)")
+    book.add_argument("--out", default=None, help="the book's folder (default: build/book)")
+    book.set_defaults(run=_book)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -191,3 +191,17 @@ def test_a_papermill_hand_run_refuses_a_misspelled_parameter(tmp_path):
         )  # fmt: skip
     assert caught.value.ename == "ParameterError" and "did you mean n_positions?" in caught.value.evalue
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "out.ipynb"]  # nothing was written
+
+
+def test_publish_writes_each_executed_notebook_without_the_checkout_s_paths(tmp_path):
+    stage = tmp_path / "runs" / "r" / "staged"
+    (stage / "results" / "r").mkdir(parents=True)
+    executed = _notebook(tmp_path / "runs" / "r" / "01_a.ipynb", "print('x')")
+    notebook = nbformat.read(executed, as_version=4)
+    notebook.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"tables -> {stage.resolve()}/results/r\n")]
+    nbformat.write(notebook, executed)
+    results, figures = tmp_path / "results", tmp_path / "figures"
+    assert runs.publish("r", stage, ["01_a"], results, figures, [executed]) == (1, 0)
+    published = (results / "r" / "notebooks" / "01_a.ipynb").read_text()
+    assert "tables -> results/r\\n" in published and str(tmp_path) not in published
+    assert runs.publish("r", stage, ["01_a"], results, figures, [executed]) == (0, 1)  # unchanged: not rewritten
