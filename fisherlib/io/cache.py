@@ -58,16 +58,8 @@ def read_file(path: str | os.PathLike, read: Callable[[Path], T], discard: bool 
     it is reported and left in place.
     """
     path = Path(path)
-    if not path.is_file():
-        return None
-    problem = _file_problem(path)
-    if problem is None:
-        try:
-            return read(path)
-        except Exception as error:  # noqa: BLE001 - any reader's failure on a verified file is still a bad entry
-            problem = f"{type(error).__name__}: {error}"
-    _discard(path, problem, discard and (lambda: (path.unlink(missing_ok=True), checksum_file(path).unlink(missing_ok=True))))
-    return None
+    remove = lambda: (path.unlink(missing_ok=True), checksum_file(path).unlink(missing_ok=True))  # noqa: E731
+    return _read(path, path.is_file(), _file_problem, read, discard and remove)
 
 
 def write_folder(folder: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -83,15 +75,19 @@ def write_folder(folder: str | os.PathLike, write: Callable[[Path], None]) -> Pa
 def read_folder(folder: str | os.PathLike, read: Callable[[Path], T], discard: bool = True) -> T | None:
     """Return `read(folder)` when the folder entry exists and verifies; None when it is absent or corrupt (as `read_file`)."""
     folder = Path(folder)
-    if not folder.is_dir():
+    return _read(folder, folder.is_dir(), _folder_problem, read, discard and (lambda: shutil.rmtree(folder, ignore_errors=True)))
+
+
+def _read(entry: Path, exists: bool, problem_of, read: Callable[[Path], T], remove) -> T | None:
+    if not exists:
         return None
-    problem = _folder_problem(folder)
+    problem = problem_of(entry)
     if problem is None:
         try:
-            return read(folder)
-        except Exception as error:  # noqa: BLE001
+            return read(entry)
+        except Exception as error:  # noqa: BLE001 - any reader's failure on a verified entry is still a bad entry
             problem = f"{type(error).__name__}: {error}"
-    _discard(folder, problem, discard and (lambda: shutil.rmtree(folder, ignore_errors=True)))
+    _discard(entry, problem, remove)
     return None
 
 
