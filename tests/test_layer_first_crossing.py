@@ -122,3 +122,102 @@ def test_an_interval_that_cannot_be_resolved_is_reported():
                                                       torch.tensor([1.0], dtype=torch.float64), 1e-12, RATIO)  # fmt: skip
     assert unresolved[0, 0] >= 1 and not unconverged.any()
     assert abs(float(t[0, 0]) - math.sqrt(2)) <= 1e-12 * math.sqrt(2)  # past the unresolved interval: ½ s² = 1
+
+
+# --- real lines, against a dense full-context brute force ---------------------------------------------
+
+
+def _dense_reference(model, contexts, layer, U, eps, ratio=1.02, n_bisect=40):
+    """First crossings `[P, D, E]`: a geometric grid (ratio 1.02, from 1/20 of the smallest `t_pred`) of
+    full-context forward passes up to the first point ≥ ε, then bisection to ~1e-12; inf where none by the grid's end `t_end [P, D]` (10·t_pred(ε_max))."""
+    P, D, d = U.shape
+    eps = torch.as_tensor(eps, dtype=torch.float64)
+    curv = L.layer_curvature(model, contexts, layer, U)["curv"]
+    z0 = L.full_context_logits(model, contexts, layer, torch.zeros(P, 1, d, dtype=torch.float64))[:, 0]
+    log_p = torch.log_softmax(z0, -1)
+
+    def divergence(t):  # [P, D, M] -> [P, D, M]
+        M = t.shape[-1]
+        z = L.full_context_logits(model, contexts, layer, (t[..., None] * U[:, :, None]).reshape(P, D * M, d), batch_size=256)
+        lq = torch.log_softmax(z, -1).reshape(P, D, M, -1)
+        return (log_p.exp()[:, None, None] * (log_p[:, None, None] - lq)).sum(-1)
+
+    t_pred = torch.sqrt(2 * eps / curv[..., None])
+    K = int(math.log(200 * float(eps.max() / eps.min()) ** 0.5) / math.log(ratio)) + 1
+    grid = t_pred[..., :1] / 20 * ratio ** torch.arange(K, dtype=torch.float64)
+    values = torch.cat([divergence(grid[..., k : k + 64]) for k in range(0, K, 64)], -1)
+    above = values[..., None, :] >= eps[:, None]  # [P, D, E, K]
+    first = above.long().argmax(-1)
+    has = above.any(-1)
+    hi = grid[..., None, :].expand_as(above).gather(-1, first[..., None])[..., 0]
+    lo = torch.where(first > 0, grid[..., None, :].expand_as(above).gather(-1, (first - 1).clamp_min(0)[..., None])[..., 0], 0.0)
+    hi = torch.where(has, hi, torch.ones_like(hi))
+    for _ in range(n_bisect):
+        mid = (lo + hi) / 2
+        below = divergence(mid.reshape(P, D, -1)).reshape(mid.shape) < eps
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    crossings = (above[..., 1:] & ~above[..., :-1]).sum(-1) + above[..., 0].long()
+    return torch.where(has, (lo + hi) / 2, math.inf), crossings, grid[..., -1]
+
+
+@pytest.fixture(scope="module")
+def stories_lines(shared_dir):
+    """stories260K in float64 (norms too), 10 positions from GSM8K and WikiText-2, 3 random unit directions each."""
+    import fisherlib as fl
+    from fisherlib.corpora import load_corpus
+
+    from test_layers import _norms_in_model_dtype
+
+    model = fl.load_model(shared_dir / "fixtures" / "models" / "stories260K" / "hf", device="cpu", dtype=torch.float64)
+    _norms_in_model_dtype(model.model)
+    corpora = shared_dir / "fixtures" / "corpora"
+    g = torch.Generator().manual_seed(0)
+    contexts = []
+    for corpus in (corpora / "gsm8k" / "test.jsonl", corpora / "wikitext2" / "wiki.test.raw.head"):
+        docs = [d for d in load_corpus(str(corpus), 20, 0, tokenizer=model.tokenizer)]
+        for doc in docs:
+            ids = model.tokenizer(doc.text, truncation=True, max_length=64)["input_ids"]
+            if len(ids) > 10 and len(contexts) < (5 if corpus.parent.name == "gsm8k" else 10):
+                contexts.append(torch.tensor(ids[: int(torch.randint(9, len(ids), (1,), generator=g)) + 1]))
+    U = torch.nn.functional.normalize(torch.randn(len(contexts), 3, 64, dtype=torch.float64, generator=g), dim=-1)
+    return model, contexts, U
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("layer", [0, 2])
+def test_stories_first_crossings_against_dense_brute_force(stories_lines, layer):
+    model, contexts, U = stories_lines
+    eps = [0.01, 1.0, 5.0]
+    reference, crossings, t_end = _dense_reference(model, contexts, layer, U, eps)
+    assert (crossings >= 2).sum() >= 1  # some lines cross an ε more than once
+    for rtol in (1e-6, 1e-8):
+        t, info = L.layer_boundary(model, contexts, layer, U, eps, rtol=rtol, return_info=True)
+        seen = torch.isfinite(reference) | (t <= t_end[..., None])  # censoring is compared within the grid
+        assert torch.equal(torch.isinf(t)[seen], torch.isinf(reference)[seen])
+        finite = torch.isfinite(reference)
+        error = ((t - reference).abs() / reference)[finite]
+        assert float(error.max()) <= rtol, (rtol, float(error.max()), int((error > rtol).sum()))
+        assert not info["unresolved"].any() and not info["unconverged"].any()
+    # Each ε alone, in other company, other batches and chunks: the same answer.
+    together = L.layer_boundary(model, contexts, layer, U, eps)
+    for e, x in enumerate(eps):
+        alone = L.layer_boundary(model, contexts, layer, U, [x], batch_size=3)[..., 0]
+        torch.testing.assert_close(alone, together[..., e], rtol=1e-9, atol=0)
+    split = L.layer_boundary(model, contexts, layer, U, [1.0, 0.01], memory_budget=1)
+    torch.testing.assert_close(split, together[..., [1, 0]], rtol=1e-9, atol=0)
+
+
+@pytest.mark.integration
+def test_stories_float32_reaches_its_stated_accuracy(stories_lines, shared_dir):
+    """In float32 the logits' rounding bounds `t` to ~2e-5 relative (docstring of `layer_boundary`), whatever `rtol`."""
+    import fisherlib as fl
+
+    model64, contexts, U = stories_lines
+    model32 = fl.load_model(shared_dir / "fixtures" / "models" / "stories260K" / "hf", device="cpu", dtype=torch.float32)
+    eps = [0.01, 1.0]
+    reference, _, _ = _dense_reference(model64, contexts, 2, U, eps)
+    finite = torch.isfinite(reference)
+    for rtol in (1e-6, 1e-4):
+        t = L.layer_boundary(model32, contexts, 2, U, eps, rtol=rtol)
+        assert torch.equal(torch.isfinite(t), finite)
+        assert float(((t - reference).abs() / reference)[finite].max()) <= 5e-5
