@@ -4,8 +4,9 @@ Naive: for every (position, direction, ε), the whole context is forwarded again
 doubling bracket (from `t = 1e-3`) followed by 50 bisection steps, with a hook adding `t u` to the target
 token's residual at the layer; all lines of a step share forward passes (batched over lines, as a careful
 user would). `fisherlib`: the prefix is run once and its keys and values reused, each evaluation forwards
-copies of the target token only, and a geometric scan plus safeguarded Newton (forward-mode slopes)
-solves every ε of a line together.
+copies of the target token only, and one geometric scan with forward-mode slopes serves every ε of a
+line; suspect intervals (where the divergence may rise above ε and fall back) are split, and each first
+crossing's bracket is shrunk to `rtol` by safeguarded Newton.
 
 Both run the model in float64 (the comparison is at 1e-6; float32 logits cannot resolve it), on the CPU
 unless `--device cuda`. Prints one row per method and ends with `speedup <ratio>x max_rel_err <error>`.

@@ -48,7 +48,9 @@ __all__ = [
 
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of per-copy work arrays in one forward pass
 T_MAX_FACTOR = 100.0  # default search cap at inner layers, times ‖r_ℓ‖: past it the normalised input is within 1% of u
-_MAX_REFINE = 64
+_MAX_REFINE = 200  # evaluations per (line, ε) after the scan
+_TURN_WIDTH = 2**-5  # an interval whose ends show a turn is split down to this relative length
+_MAX_SPLITS = 48  # evaluations spent splitting one suspect interval before it is left unresolved
 _HUGE_T = 1e150
 
 
@@ -191,13 +193,25 @@ def layer_boundary(
     once per chunk of `batch_size` positions.
 
     At `"head"` the logits are affine in `t`, `z + t W u`, so the root is that of `empirical_boundary`
-    on the JVP velocities. At inner layers the divergence need not be monotone in `t`: a geometric scan
-    (ratio `scan_ratio`, from a quarter of the smallest closed-form `t_pred`) brackets the first
-    crossing of each ε, then a safeguarded Newton iteration (JVP slopes, bisection fallback) solves it to
-    relative accuracy `rtol` (float64 line search; the model's dtype sets the attainable accuracy: about
-    1e-6 in float64, 1e-4 in float32). A crossing that enters and leaves ε between two scan points is
-    missed; `return_info` adds `nonmonotone [P, D]` (the divergence fell somewhere along the scan) and
-    `unconverged [P, D, E]` (the refinement stopped at its iteration cap) to the result.
+    on the JVP velocities. At inner layers the divergence need not be monotone in `t`. A geometric scan on
+    the line's own lattice `t_j = scan_ratio^j / sqrt(curv)` (values and JVP slopes) serves every ε: ε
+    reads the points from a quarter of its `t_pred` on, so its answer is the same whatever other ε, batch
+    or memory budget is asked (the same points, the same arithmetic). Walking from `t = 0`, every interval
+    whose ends' values and slopes leave room for a window above ε (a slope that changes sign, a value that
+    falls, a Hermite interpolant or a slope bound reaching ε) is split until a point at or above ε turns up
+    or the interval cannot hold one; the first crossing's bracket is then shrunk (Newton on `sqrt(2D)` and
+    on `D`, bisection as safeguard) until its width is at most `rtol` times its lower end, so the answer is
+    within `rtol` of a crossing, and of the first crossing wherever the scan's data can see a window (a
+    bump that leaves no trace at the scan points, rising at both ends, cannot be seen). Accuracy: `rtol`
+    holds in float64 (tested at 1e-6 and 1e-8; give a float64 model float64 norms too, see
+    `tests/test_layers.py::_norms_in_model_dtype`: transformers' RMSNorm computes in float32 and caps `t`
+    at ~2e-6); in float32 the logits' rounding (~1e-7) limits `t` to about 2e-5 relative whatever `rtol`
+    (measured on stories260K, layers 0, 2 and 4: at most 1.7e-5).
+
+    `return_info` adds `nonmonotone [P, D]` (the divergence fell, or a slope was negative, somewhere along
+    the scan before the largest ε was reached), `unconverged [P, D, E]` (the refinement stopped at its
+    iteration cap; the bracket's midpoint is returned) and `unresolved [P, D, E]` (how many intervals
+    that may hold a window above ε were left after `_MAX_SPLITS` splits; the walk goes on past them).
     """
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, not {divergence!r}")
@@ -219,6 +233,7 @@ def layer_boundary(
     t_emp = torch.full((P, D, E), math.inf, dtype=torch.float64)
     nonmonotone = torch.zeros(P, D, dtype=torch.bool)
     unconverged = torch.zeros(P, D, E, dtype=torch.bool)
+    unresolved = torch.zeros(P, D, E, dtype=torch.long)
     hook = hook_module(network, layer)
     vocab = network.get_output_embeddings().weight.shape[0]
     max_queries = query_budget(network, vocab, width, memory_budget)
@@ -254,12 +269,13 @@ def layer_boundary(
             def evaluate(lines: torch.Tensor, t: torch.Tensor, slopes: bool = True):
                 return _evaluate(prefix, hook, U_lines, line_row, z0, log_p, lines, t, divergence, max_queries, slopes)
 
-            t, flat, stuck = _first_crossing(evaluate, curv, cap, eps.to(prefix.device), rtol, scan_ratio)
+            t, flat, stuck, left = _first_crossing(evaluate, curv, cap, eps.to(prefix.device), rtol, scan_ratio)
             t_emp[chunk] = t.reshape(len(chunk), D, E).cpu()
             nonmonotone[chunk] = flat.reshape(len(chunk), D).cpu()
             unconverged[chunk] = stuck.reshape(len(chunk), D, E).cpu()
+            unresolved[chunk] = left.reshape(len(chunk), D, E).cpu()
     if return_info:
-        return t_emp, dict(nonmonotone=nonmonotone, unconverged=unconverged)
+        return t_emp, dict(nonmonotone=nonmonotone, unconverged=unconverged, unresolved=unresolved)
     return t_emp
 
 
@@ -290,115 +306,270 @@ def _evaluate(prefix, hook, U_lines, line_row, z0, log_p, lines, t, divergence, 
 
 
 def _first_crossing(evaluate, curv, cap, eps, rtol, scan_ratio, steps_per_round: int = 8):
-    """Solve `D(t) = ε` at the first crossing for every line `[L]` and ε `[E]`; return `(t [L, E], nonmonotone [L], unconverged [L, E])`.
+    """Solve `D(t) = ε` at the first crossing for every line `[L]` and ε `[E]`.
 
-    Scan: `t_j = ¼ t_pred(ε_min) · ratio^j` in rounds of `steps_per_round`, every live line together,
-    until the divergence reaches the largest ε or `t` passes the line's cap; the first scan point at or
-    above ε and the one before it bracket ε's first crossing. Refine: Newton on `sqrt(2D)` (near linear
-    in `t`) and on `D`, kept inside the bracket, with bisection where Newton leaves it or stops halving.
+    Returns `(t [L, E], nonmonotone [L], unconverged [L, E], unresolved [L, E])`.
+
+    Scan: the lattice `t_j = ratio^j / sqrt(curv)` (a line's own scale, whatever ε is asked), with values and
+    JVP slopes, in rounds of `steps_per_round` points per live line. ε uses the points from
+    `j₀(ε) = floor(log_ratio(¼ sqrt(2ε)))` (a quarter of its `t_pred`) on, with `t = 0` before them, up to
+    its first point at or above ε, so its answer does not depend on the other ε asked. Then each (line, ε)
+    walks its intervals from the left (`_Walk`): an interval whose values and slopes allow a window above
+    ε (`_may_exceed`) is split until a point at or above ε turns up (the first crossing's bracket) or it
+    cannot hide one (resolved, or shorter than `rtol` relative); the first bracket is shrunk (Newton on
+    `sqrt(2D)` and on `D`, bisection as safeguard, each new point below ε checked the same way) until its
+    width is at most `rtol` times its lower end; the secant root of `sqrt(2D)` inside it is returned.
+    The walks are plain Python, one evaluation per walk per round, all of a round in one `evaluate` call.
     """
     device = curv.device
     L, E = len(curv), len(eps)
-    order = torch.argsort(eps)
-    eps_sorted = eps[order]
-    t_out = torch.full((L, E), math.inf, dtype=torch.float64, device=device)
-    unconverged = torch.zeros(L, E, dtype=torch.bool, device=device)
-    nonmonotone = torch.zeros(L, dtype=torch.bool, device=device)
+    eps_list = [float(x) for x in eps.cpu()]
     usable = (curv > 0) & torch.isfinite(curv)
-    start = 0.25 * torch.sqrt(2 * eps_sorted[0] / torch.where(usable, curv, torch.ones_like(curv)))
-    lo = torch.zeros(L, E, dtype=torch.float64, device=device)
-    hi = torch.full((L, E), math.inf, dtype=torch.float64, device=device)
-    v_lo = torch.zeros(L, E, dtype=torch.float64, device=device)
-    v_hi = torch.full((L, E), math.inf, dtype=torch.float64, device=device)
-    last_t = torch.zeros(L, dtype=torch.float64, device=device)
-    last_v = torch.zeros(L, dtype=torch.float64, device=device)
+    scale = 1 / torch.sqrt(torch.where(usable, curv, torch.ones_like(curv)))
+    j_start = [math.floor(math.log(0.25 * math.sqrt(2 * x)) / math.log(scan_ratio)) for x in eps_list]
+    top = max(eps_list)
+    limit = torch.minimum(cap, torch.full_like(cap, _HUGE_T))
+    nonmonotone = torch.zeros(L, dtype=torch.bool, device=device)
+    # Scan: every live line at the same lattice indices; a line lives until every ε has a point ≥ ε or the cap.
+    scan_t, scan_v, scan_s = [], [], []
     live = usable.clone()
-    j = 0
+    reached = torch.zeros(L, E, dtype=torch.bool, device=device)
+    j = j_first = min(j_start)
     while live.any():
         lines = torch.nonzero(live).flatten()
-        powers = scan_ratio ** torch.arange(j, j + steps_per_round, dtype=torch.float64, device=device)
-        t_grid = start[lines, None] * powers  # [n, S]
-        values, _ = evaluate(lines.repeat_interleave(steps_per_round), t_grid.reshape(-1), slopes=False)
-        values = values.reshape(len(lines), steps_per_round)
-        prev_t = torch.cat([last_t[lines, None], t_grid[:, :-1]], 1)
-        prev_v = torch.cat([last_v[lines, None], values[:, :-1]], 1)
-        # Past the cap a step does not count.
-        inside = t_grid <= torch.minimum(cap[lines], torch.tensor(_HUGE_T, device=device))[:, None]
-        # A fall before the divergence first reaches the largest ε could hide an earlier crossing.
-        before_top = torch.cumsum((values >= eps_sorted[-1]).long(), 1) == 0
-        nonmonotone[lines] |= ((values < prev_v) & inside & before_top).any(1)
-        open_ = torch.isinf(hi[lines])  # [n, E]: not yet bracketed
-        crossed = (values[:, None, :] >= eps_sorted[None, :, None]) & inside[:, None, :]  # [n, E, S]
-        has = crossed.any(-1) & open_
-        first = crossed.long().argmax(-1)  # [n, E]
-        take = lambda x: torch.gather(x[:, None, :].expand(-1, E, -1), 2, first[..., None])[..., 0]  # noqa: E731
-        lo[lines] = torch.where(has, take(prev_t), lo[lines])
-        v_lo[lines] = torch.where(has, take(prev_v), v_lo[lines])
-        hi[lines] = torch.where(has, take(t_grid), hi[lines])
-        v_hi[lines] = torch.where(has, take(values), v_hi[lines])
-        last_t[lines] = t_grid[:, -1]
-        last_v[lines] = values[:, -1]
-        done = ~torch.isinf(hi[lines]).any(1) | ~inside[:, -1]
+        powers = torch.tensor([scan_ratio**k for k in range(j, j + steps_per_round)], dtype=torch.float64, device=device)
+        t_grid = scale[lines, None] * powers  # [n, S]
+        values, slopes = evaluate(lines.repeat_interleave(steps_per_round), t_grid.reshape(-1), slopes=True)
+        T = torch.full((L, steps_per_round), math.nan, dtype=torch.float64, device=device)
+        V, S = T.clone(), T.clone()
+        inside = t_grid <= limit[lines, None]
+        T[lines] = torch.where(inside, t_grid, math.nan)
+        V[lines] = values.reshape(len(lines), -1)
+        S[lines] = slopes.reshape(len(lines), -1)
+        scan_t.append(T), scan_v.append(V), scan_s.append(S)
+        for k in range(steps_per_round):
+            ok = inside[:, k]
+            for e in range(E):
+                if j + k >= j_start[e]:
+                    reached[lines, e] |= ok & (V[lines, k] >= eps_list[e])
+        done = reached[lines].all(1) | ~inside[:, -1]
         live[lines[done]] = False
         j += steps_per_round
+    if scan_t:
+        T, V, S = torch.cat(scan_t, 1).cpu(), torch.cat(scan_v, 1).cpu(), torch.cat(scan_s, 1).cpu()
+    else:
+        T = V = S = torch.zeros(L, 0, dtype=torch.float64)
+    # A fall (a value below the one before, or a negative slope) before the largest ε is first reached.
+    nonmonotone_cpu = torch.zeros(L, dtype=torch.bool)
 
-    # Refinement of every bracketed (line, ε).
-    items = torch.nonzero(torch.isfinite(hi))
-    line, e = items[:, 0], items[:, 1]
-    target = eps_sorted[e]
-    a, b, fa, fb = lo[line, e], hi[line, e], v_lo[line, e], v_hi[line, e]
-    root_target = torch.sqrt(2 * target)
-    ga, gb = torch.sqrt(2 * fa), torch.sqrt(2 * fb)
-    # Secant on sqrt(2D), which is close to linear in t: a start accurate to second order in the bracket.
-    t = a + (root_target - ga) / torch.where(gb > ga, gb - ga, torch.ones_like(ga)) * (b - a)
-    t = torch.where((t > a) & (t < b), t, (a + b) / 2)
-    result = torch.full_like(t, math.inf)
-    pending = torch.ones_like(t, dtype=torch.bool)
-    last_step = torch.full_like(t, math.inf)
-    step_before = torch.full_like(t, math.inf)
-    nan = torch.tensor(math.nan, dtype=torch.float64, device=device)
+    walks, where = [], []
+    Tl, Vl, Sl = T.tolist(), V.tolist(), S.tolist()
+    usable_l = usable.cpu().tolist()
+    for line in range(L):
+        if not usable_l[line]:
+            continue
+        row_t, row_v, row_s = Tl[line], Vl[line], Sl[line]
+        n = next((k for k, x in enumerate(row_t) if not x == x), len(row_t))  # points inside the cap (t not NaN)
+        prev = 0.0
+        for k in range(n):
+            if row_v[k] >= top:
+                break
+            if row_v[k] < prev or row_s[k] < 0:
+                nonmonotone_cpu[line] = True
+            prev = row_v[k]
+        for e in range(E):
+            first = max(0, j_start[e] - j_first)
+            points = [(0.0, 0.0, 0.0)]
+            for k in range(first, n):
+                points.append((row_t[k], row_v[k], row_s[k]))
+                if row_v[k] >= eps_list[e]:
+                    break
+            walks.append(_Walk(points, eps_list[e], rtol))
+            where.append((line, e))
+    nonmonotone |= nonmonotone_cpu.to(device)
+
     for _ in range(_MAX_REFINE):
-        if not pending.any():
+        asking = [(i, w) for i, w in enumerate(walks) if w.advance()]
+        if not asking:
             break
-        idx = torch.nonzero(pending).flatten()
-        value, slope = evaluate(line[idx], t[idx])
-        tt, aa, bb, goal, goal_root = t[idx], a[idx], b[idx], target[idx], root_target[idx]
-        below = value < goal
-        aa = torch.where(below, tt, aa)
-        bb = torch.where(below, bb, tt)
-        root = torch.sqrt(2 * value)
-        g_slope = slope / torch.where(root > 0, root, torch.ones_like(root))
-        newton_root = tt - (root - goal_root) / torch.where(g_slope > 0, g_slope, nan)
-        newton_plain = tt - (value - goal) / torch.where(slope > 0, slope, nan)
-        first, second = torch.where(below, newton_root, newton_plain), torch.where(below, newton_plain, newton_root)
+        lines = torch.tensor([where[i][0] for i, _ in asking], device=device)
+        t = torch.tensor([w.ask for _, w in asking], dtype=torch.float64, device=device)
+        values, slopes = evaluate(lines, t)
+        for (_, w), v, s in zip(asking, values.tolist(), slopes.tolist()):
+            w.tell(v, s)
+    t_out = torch.full((L, E), math.inf, dtype=torch.float64)
+    unconverged = torch.zeros(L, E, dtype=torch.bool)
+    unresolved = torch.zeros(L, E, dtype=torch.long)
+    for (line, e), w in zip(where, walks):
+        t_out[line, e], unconverged[line, e], unresolved[line, e] = w.result()
+    return t_out.to(device), nonmonotone, unconverged.to(device), unresolved.to(device)
 
-        def in_bracket(x):
-            return torch.isfinite(x) & (x > aa) & (x < bb)
 
-        newton = torch.where(in_bracket(first), first, second)
-        step = torch.abs(newton - tt)
-        cycling = step > 0.5 * step_before[idx]
-        use_newton = in_bracket(newton) & ~cycling
-        step_before[idx] = last_step[idx]
-        last_step[idx] = torch.where(use_newton, step, math.inf)
-        t_next = torch.where(use_newton, newton, (aa + bb) / 2)
-        # Newton's error after a step is about (step/t)² in relative terms: a step below 0.01·sqrt(rtol)·t
-        # leaves an error near 1e-4·rtol.
-        tiny = torch.isfinite(newton) & in_bracket(newton) & (step <= 1e-2 * math.sqrt(rtol) * tt)
-        # A bracket this narrow pins the root to 0.05·rtol whichever point of it is taken.
-        narrow = (bb - aa) <= 0.1 * rtol * aa
-        finished = tiny | narrow
-        settled = torch.where(in_bracket(newton), newton, (aa + bb) / 2)
-        result[idx] = torch.where(finished, settled, result[idx])
-        t[idx], a[idx], b[idx] = t_next, aa, bb
-        pending[idx] = ~finished
-    # Lines that hit the iteration cap keep their bracket's midpoint and are flagged.
-    result = torch.where(pending, (a + b) / 2, result)
-    t_out[line, e] = result
-    unconverged[line, e] = pending
-    # Back to the caller's order of ε.
-    inverse = torch.argsort(order)
-    return t_out[:, inverse], nonmonotone, unconverged[:, inverse]
+def _may_exceed(a, b, eps) -> bool:
+    """Whether the divergence may exceed `eps` between points `a = (t, D, D')` and `b`, both below `eps`.
+
+    Seen from the ends' values and slopes: the cubic Hermite interpolant's maximum; where the data show a
+    turn (a negative slope, or a value that falls), also the tangents' intersection (a bound where the
+    divergence is concave) and a bound from the steepest slope seen (`(D_a + D_b + M h) / 2`, `M` twice
+    the largest of `|D'_a|`, `|D'_b|` and the chord's slope: a bump between turning ends can be steeper than both).
+    """
+    ta, va, sa = a
+    tb, vb, sb = b
+    h = tb - ta
+    if h <= 0:
+        return False
+    # Cubic Hermite on [0, 1]: p(x) = va h00 + h sa h10 + vb h01 + h sb h11; its critical points.
+    m0, m1 = h * sa, h * sb
+    c3 = 2 * va + m0 - 2 * vb + m1
+    c2 = -3 * va - 2 * m0 + 3 * vb - m1
+    c1 = m0
+    best = max(va, vb)
+    roots = []
+    A, B, C = 3 * c3, 2 * c2, c1
+    if abs(A) > 1e-300:
+        disc = B * B - 4 * A * C
+        if disc >= 0:
+            q = -0.5 * (B + math.copysign(math.sqrt(disc), B))
+            roots = [q / A] + ([C / q] if q != 0 else [])
+    elif abs(B) > 1e-300:
+        roots = [-C / B]
+    for x in roots:
+        if 0 < x < 1:
+            best = max(best, ((c3 * x + c2) * x + c1) * x + va)
+    # A turn: a maximum inside (a slope that changes sign), or values against both slopes (a maximum and a
+    # minimum inside). Such an interval is split until it is short (relative length 2^-5), where the bounds
+    # below are trustworthy; a bump can be steeper than both of its ends.
+    turn = (sa >= 0 > sb) or (vb < va and sa >= 0 and sb >= 0) or (vb > va and sa < 0 and sb < 0)
+    if turn and h > _TURN_WIDTH * tb:
+        return True
+    if sa < 0 or sb < 0 or vb < va:
+        if sa > 0 > sb:
+            x = (vb - va - sb * h) / (sa - sb)  # tangents meet at ta + x
+            best = max(best, va + sa * x)
+        steep = 4 * max(abs(sa), abs(sb), abs(vb - va) / h)
+        best = max(best, (va + vb + steep * h) / 2)
+    return best >= eps
+
+
+def _inside_secant(a, b, eps) -> float:
+    """The root of the secant of `sqrt(2D)` through `a < ε ≤ b`, kept in the bracket: within its width of the
+    root whatever, and second-order accurate in it (so that two runs whose brackets differ agree closely)."""
+    ga, gb = math.sqrt(2 * a[1]), math.sqrt(2 * b[1])
+    if not gb > ga:
+        return 0.5 * (a[0] + b[0])
+    return min(max(a[0] + (math.sqrt(2 * eps) - ga) / (gb - ga) * (b[0] - a[0]), a[0]), b[0])
+
+
+class _Walk:
+    """One (line, ε): its points `(t, D, D')` from `t = 0`, walked from the left to the first crossing.
+
+    `advance()` settles what it can without evaluating and says whether it wants `D, D'` at `ask`;
+    `tell(value, slope)` gives them. Intervals left of the cursor cannot hold a window above ε.
+    """
+
+    def __init__(self, points, eps, rtol):
+        self.points, self.eps, self.rtol = points, eps, rtol
+        self.cursor = 0
+        self.ask = None
+        self.done = False
+        self.unresolved = 0
+        self.splits = 0  # evaluations spent splitting the suspect interval (as first seen) at the cursor
+        self.splitting = False
+        self.split_end = math.inf
+        self.widths = []  # bracket widths, for the bisection safeguard
+        self.answer = math.inf
+        self.converged = True
+
+    def advance(self) -> bool:
+        while not self.done:
+            if self.cursor + 1 >= len(self.points):
+                self.done = True  # no crossing before the cap: censored
+                break
+            a, b = self.points[self.cursor], self.points[self.cursor + 1]
+            if b[1] >= self.eps:
+                width = b[0] - a[0]
+                if a[0] > 0 and width <= self.rtol * a[0]:
+                    self.answer = _inside_secant(a, b, self.eps)
+                    self.done = True
+                    break
+                self.ask = self._bracket_step(a, b)
+                self.splitting = False
+                return True
+            if _may_exceed(a, b, self.eps) and (b[0] - a[0]) > self.rtol * max(a[0], 1e-300):
+                if self.split_end == math.inf:
+                    self.split_end = b[0]  # the right end of the suspect interval as first seen
+                if self.splits < _MAX_SPLITS:
+                    self.ask = self._split_point(a, b)
+                    self.splitting = True
+                    return True
+                # Left unresolved: the walk goes on from the right end of the whole suspect interval.
+                self.unresolved += 1
+                while self.points[self.cursor + 1][0] < self.split_end:
+                    self.cursor += 1
+            self.cursor += 1
+            if self.points[self.cursor][0] >= self.split_end:
+                self.splits, self.split_end = 0, math.inf  # past the whole suspect interval: a fresh budget
+        self.ask = None
+        return False
+
+    def tell(self, value, slope):
+        point = (self.ask, value, slope)
+        self.points.insert(self.cursor + 1, point)
+        self.splits += self.splitting
+        if value >= self.eps:
+            del self.points[self.cursor + 2 :]  # past a point at or above ε nothing matters
+
+    def _split_point(self, a, b):
+        """A point inside a suspect interval: where the Hermite interpolant peaks, kept in its middle 80%."""
+        h = b[0] - a[0]
+        x = 0.5
+        if a[2] > 0 > b[2]:
+            x = (b[1] - a[1] - b[2] * h) / ((a[2] - b[2]) * h)  # where the tangents meet
+        if self.splits % 2 == 1 or not 0.1 <= x <= 0.9:
+            x = 0.5  # every other split a bisection: the interval at least halves every two steps
+        return a[0] + x * h
+
+    def _bracket_step(self, a, b):
+        """The next point in the bracket `a < ε ≤ b`: Newton on `sqrt(2D)` from `a` or on `D` from `b`, else bisection."""
+        ta, va, sa = a
+        tb, vb, sb = b
+        width = tb - ta
+        self.widths.append(width)
+        mid = 0.5 * (ta + tb)
+        # Bisect when the last two steps did not halve the bracket.
+        if len(self.widths) >= 3 and width > 0.5 * self.widths[-3]:
+            self.widths.clear()
+            return mid
+        goal = math.sqrt(2 * self.eps)
+        candidates = []
+        ga = math.sqrt(2 * va)
+        if ga > 0 and sa > 0:
+            candidates.append((ta, ta + (goal - ga) * ga / sa))
+        if sb > 0:
+            candidates.append((tb, tb - (vb - self.eps) / sb))
+        gb = math.sqrt(2 * vb)
+        if gb > ga:
+            candidates.append((None, ta + (goal - ga) / (gb - ga) * width))  # secant on sqrt(2D)
+        # The smallest step first (Newton is most accurate close to its origin).
+        for origin, x in sorted(candidates, key=lambda c: abs(c[1] - c[0]) if c[0] is not None else math.inf):
+            if not ta < x < tb:
+                continue
+            if origin is not None and abs(x - origin) <= 0.25 * self.rtol * x:
+                # Newton has (nearly) converged: step past its root by rtol/4, so that the bracket closes.
+                x = x + math.copysign(0.25 * self.rtol * x, x - origin)
+                if not ta < x < tb:
+                    continue
+            return x
+        return mid
+
+    def result(self):
+        """`(t, unconverged, unresolved)`; a walk stopped by the iteration cap gives its bracket's midpoint."""
+        if self.done:
+            return self.answer, False, self.unresolved
+        for k in range(self.cursor, len(self.points) - 1):
+            if self.points[k + 1][1] >= self.eps:
+                return 0.5 * (self.points[k][0] + self.points[k + 1][0]), True, self.unresolved + (k > self.cursor)
+        return math.inf, True, self.unresolved + 1
 
 
 def layer_fisher_eigh(
