@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from fisherlib import layers as L
+from fisherlib.layers import pullback as L
 
 RATIO = 2**0.5
 
