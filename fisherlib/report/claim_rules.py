@@ -19,7 +19,8 @@ from .reference import ACROSS_ARCHITECTURES
 
 REPRODUCED, PARTLY, NOT_REPRODUCED, NOT_TESTABLE = "reproduced", "partly", "not reproduced", "not testable"
 VERDICTS = (REPRODUCED, PARTLY, NOT_REPRODUCED, NOT_TESTABLE)
-LEDGER_COLUMNS = ["claim", "statement", "write_up", "ours", "verdict", "evidence"]
+LEDGER_COLUMNS = ["claim", "source", "statement", "write_up", "ours", "verdict", "evidence"]
+WRITE_UP_SOURCE = "write-up"  # the source of the write-up's own claims (and of this project's, checked beside them)
 
 # --- thresholds (every rule below quotes these) ---------------------------------------------------
 EXACT_WITHIN = 0.08  # Table 1: |median ρ − 1| on the top eigenvector; the write-up's bound over 3 archs

@@ -5,7 +5,11 @@ whose tables decide it, and a decision rule whose thresholds are module constant
 text. `evaluate_claims` applies every rule to a run's saved tables (`results/<run>/*.csv`) and
 returns the ledger, one row per claim:
 
-    claim, statement, write_up, ours, verdict, evidence
+    claim, source, statement, write_up, ours, verdict, evidence
+
+`source` says whose claim it is: `write-up` for the write-up's claims (and this project's checks beside
+them), else the short citation of the paper a newer claim comes from (e.g. `Ferreira da Silva &
+Heimersheim 2026`); `write_up` then holds that paper's figure.
 
 with verdict one of `reproduced`, `partly`, `not reproduced`, `not testable` (the evidence then
 says why: a table not written yet, a column an older run lacks, too few positions). Verdicts are a
@@ -42,6 +46,7 @@ from .claim_rules import (  # noqa: F401  (re-exported: the ledger's thresholds 
     SPEARMAN_PARTLY,
     TIE_RATIO,
     VERDICTS,
+    WRITE_UP_SOURCE,
     NotTestable,
     Outcome,
     Tables,
@@ -72,6 +77,7 @@ class Claim:
     rule: str
     tables: tuple[str, ...]
     decide: Callable[[Tables], Outcome]
+    source: str = WRITE_UP_SOURCE  # whose claim: the write-up, or a paper's short citation
 
     def write_up_text(self, arch: str | None = None) -> str:
         """Return the write-up's figure for `arch` when it is one of its models, else every figure it gives."""
@@ -246,6 +252,7 @@ def evaluate_claims(tables: Tables, arch: str | None = None, notebook: str | Non
         rows.append(
             {
                 "claim": claim.id,
+                "source": claim.source,
                 "statement": claim.statement,
                 "write_up": claim.write_up_text(arch),
                 "ours": outcome.ours,

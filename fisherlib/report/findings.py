@@ -464,13 +464,19 @@ def stable_region_findings(axes: pd.DataFrame) -> str:
 # --- claims ---------------------------------------------------------------------------------------------
 
 
+def _source_label(row) -> str:
+    """Return `Write-up` for the write-up's claims, else the paper's citation (ledgers without `source`: the write-up)."""
+    source = getattr(row, "source", "write-up") or "write-up"
+    return "Write-up" if source == "write-up" else source
+
+
 def claims_section(ledger: pd.DataFrame, notebook: str) -> str:
     """Return the verdicts of `notebook`'s claims as Markdown (from `claims.write_ledger`)."""
     from .claims import CLAIMS_BY_ID
 
     rows = ledger[ledger["claim"].map(lambda c: CLAIMS_BY_ID[c].notebook == notebook if c in CLAIMS_BY_ID else False)]
     lines = [
-        f"**`{r.claim}` — {r.verdict}.** {r.statement} *Write-up:* {r.write_up}. *This run:* {r.ours}. *Evidence:* "
+        f"**`{r.claim}` — {r.verdict}.** {r.statement} *{_source_label(r)}:* {r.write_up}. *This run:* {r.ours}. *Evidence:* "
         f"{r.evidence}. *Rule:* {CLAIMS_BY_ID[r.claim].rule}"
         for r in rows.itertuples()
     ]

@@ -172,7 +172,8 @@ def run_ledger(folder: Path) -> pd.DataFrame:
 def claims_matrix(runs: dict[str, Path]) -> pd.DataFrame:
     """The claims ledger across runs: one row per claim, the write-up's figures beside each run's verdict and figure."""
     frame = pd.DataFrame(
-        {"claim": [c.id for c in CLAIMS], "write-up": [c.write_up_text(None) for c in CLAIMS]}
+        {"claim": [c.id for c in CLAIMS], "source": [c.source for c in CLAIMS],
+         "write-up / paper": [c.write_up_text(None) for c in CLAIMS]}
     ).set_index("claim")
     for run, folder in runs.items():
         ledger = run_ledger(folder).set_index("claim")

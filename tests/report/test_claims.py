@@ -57,7 +57,8 @@ def _verdicts(tables):
 
 def test_every_claim_is_reproduced_on_the_write_ups_world_and_the_ledger_is_complete():
     ledger = claims.evaluate_claims(passing_tables())
-    assert list(ledger.columns) == ["claim", "statement", "write_up", "ours", "verdict", "evidence"]
+    assert list(ledger.columns) == ["claim", "source", "statement", "write_up", "ours", "verdict", "evidence"]
+    assert set(ledger.source) >= {"write-up"} and ledger.source.map(bool).all()
     assert len(ledger) >= 8 and set(ledger.verdict) == {REPRODUCED}, ledger[["claim", "verdict", "evidence"]]
     assert not ledger.isna().any().any()
     for claim in claims.CLAIMS:
@@ -151,6 +152,21 @@ def test_missing_tables_and_old_columns_are_not_testable_with_the_reason():
     assert "median_rho_full" in ledger.loc["class_signs_full", "evidence"]
     assert ledger.loc["class_signs_topk", "verdict"] == REPRODUCED
     assert set(claims.evaluate_claims({}).verdict) == {NOT_TESTABLE}
+
+
+def test_source_names_the_write_up_or_a_paper_and_the_findings_quote_it():
+    from fisherlib.report.findings import claims_section
+
+    ledger = claims.evaluate_claims(passing_tables())
+    by_id = ledger.set_index("claim")
+    assert by_id.loc["top_eigvec_exact", "source"] == "write-up"
+    for claim in claims.CLAIMS:
+        assert by_id.loc[claim.id, "source"] == claim.source
+    text = claims_section(ledger, "04_closed_form_exactness")
+    assert "*Write-up:*" in text
+    papers = [c for c in claims.CLAIMS if c.source != "write-up"]
+    for claim in papers:
+        assert f"*{claim.source}:*" in claims_section(ledger, claim.notebook)
 
 
 def test_write_up_column_follows_the_architecture():

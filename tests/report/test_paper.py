@@ -61,5 +61,8 @@ def test_summary_has_the_claims_matrix_from_ledgers_or_tables(tmp_path):
     assert "## Claims matrix" in text
     row = next(line for line in text.splitlines() if line.startswith("| top_eigvec_exact"))
     assert "**partly**" in row and "**reproduced**" in row and "Qwen3-1.7B: 1.002" in row
+    assert "| write-up " in row  # the source column
+    header = next(line for line in text.splitlines() if line.startswith("| claim"))
+    assert "source" in header and "write-up / paper" in header
     assert all(f"| {claim.id} " in text for claim in CLAIMS)
     assert "## Every predictor on one denominator" in text and "t_quartic (ε = 1)" in text
