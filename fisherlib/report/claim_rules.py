@@ -326,3 +326,69 @@ def quartic_beats_calibration(tables: Tables) -> Outcome:
     return Outcome(ours, verdict, evidence)
 
 
+
+
+# --- newer papers' claims ------------------------------------------------------------------------------
+
+POWER_LAW_SOURCE = "Ferreira da Silva & Heimersheim 2026"
+P_QUADRATIC, P_TOLERANCE = 2.0, 0.25  # "p ≈ 2": |median p − 2| ≤ 0.25; "p > 2": CI above 2 and median > 2.25
+
+
+def _power_cells(table: pd.DataFrame, contrastive: str, by: list[str]) -> list[dict]:
+    """Per (by, band): the contrastive and random median exponents and which halves of the claim hold."""
+    cells = []
+    for key, part in table.groupby([*by, "band"], sort=False):
+        indexed = part.set_index("cls")
+        if contrastive not in indexed.index or "random" not in indexed.index:
+            continue
+        c, r = indexed.loc[contrastive], indexed.loc["random"]
+        key = key if isinstance(key, tuple) else (key,)
+        cells.append(
+            {
+                "label": " ".join(f"{name} {value}" for name, value in zip([*by, "band"], key)),
+                "contrastive": float(c["median_p"]), "c_lo": float(c["ci_lo"]), "c_hi": float(c["ci_hi"]),
+                "random": float(r["median_p"]),
+                "above": bool(c["ci_lo"] > P_QUADRATIC and c["median_p"] > P_QUADRATIC + P_TOLERANCE),
+                "quadratic": bool(abs(r["median_p"] - P_QUADRATIC) <= P_TOLERANCE),
+                "separated": bool(c["median_p"] > r["median_p"] + P_TOLERANCE),
+            }
+        )  # fmt: skip
+    return cells
+
+
+def _power_outcome(cells: list[dict], contrastive: str) -> Outcome:
+    both = [c["label"] for c in cells if c["above"] and c["quadratic"]]
+    if both:
+        verdict = REPRODUCED
+    elif any(c["above"] or (c["quadratic"] and c["separated"]) for c in cells):
+        verdict = PARTLY
+    else:
+        verdict = NOT_REPRODUCED
+    ours = "; ".join(
+        f"{c['label']}: {contrastive} {c['contrastive']:.2f} [{c['c_lo']:.2f}, {c['c_hi']:.2f}], random {c['random']:.2f}"
+        for c in cells
+    )
+    above = [c["label"] for c in cells if c["above"]]
+    quadratic = [c["label"] for c in cells if c["quadratic"]]
+    evidence = (
+        f"{contrastive} p > 2 in {len(above)}/{len(cells)} cells ({', '.join(above) or 'none'}); random p ≈ 2 in "
+        f"{len(quadratic)}/{len(cells)}; both in {', '.join(both) or 'none'}"
+    )
+    return Outcome(ours, verdict, evidence)
+
+
+def power_law_by_class(tables: Tables) -> Outcome:
+    table = _table(tables, "power_law_by_class", ("band", "cls", "median_p", "ci_lo", "ci_hi"))
+    cells = _power_cells(table, "contrastive", [])
+    if not cells:
+        raise NotTestable("power_law_by_class lacks the contrastive or the random class")
+    return _power_outcome(cells, "contrastive")
+
+
+def power_law_inner_layers(tables: Tables) -> Outcome:
+    table = _table(tables, "layer_power_law", ("layer", "band", "cls", "median_p", "ci_lo", "ci_hi"))
+    inner = table[table["layer"].astype(str) != "head"]
+    cells = _power_cells(inner, "actdiff", ["layer"])
+    if not cells:
+        raise NotTestable("layer_power_law has no inner layer with both actdiff and random directions")
+    return _power_outcome(cells, "actdiff")

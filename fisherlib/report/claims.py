@@ -47,6 +47,8 @@ from .claim_rules import (  # noqa: F401  (re-exported: the ledger's thresholds 
     TIE_RATIO,
     VERDICTS,
     WRITE_UP_SOURCE,
+    P_TOLERANCE,
+    POWER_LAW_SOURCE,
     NotTestable,
     Outcome,
     Tables,
@@ -56,6 +58,8 @@ from .claim_rules import (  # noqa: F401  (re-exported: the ledger's thresholds 
     entropy_best,
     quartic_beats_calibration,
     random_per_class,
+    power_law_by_class,
+    power_law_inner_layers,
     rank_one,
     rank_profile,
     spearman_range,
@@ -228,6 +232,30 @@ CLAIMS: tuple[Claim, ...] = (
         ("stratifier_variance",), entropy_best("robust_within_var"),
     ),  # fmt: skip
 )
+_POWER_RULE = (
+    f"Per ε band (the grid's consecutive pairs in thirds), median local exponent p = Δlog ε / Δlog t_emp: "
+    f"contrastive p > 2 means its CI lies above 2 and its median above {2 + P_TOLERANCE:g}; random p ≈ 2 means "
+    f"|median − 2| ≤ {P_TOLERANCE:g}. Reproduced if both hold in one band; partly if contrastive p > 2 in some band, "
+    f"or random p ≈ 2 with contrastive's median more than {P_TOLERANCE:g} above random's; else not reproduced."
+)
+NEWER_CLAIMS: tuple[Claim, ...] = (
+    Claim(
+        "power_law_by_class", "05_direction_classes",
+        "The divergence grows as t^p with p ≈ 2 along random directions but p > 2 along contrastive ones "
+        "(small pushes along feature directions are absorbed); here contrastive = structured w_b − w_a and tangent.",
+        {"all": "p ≈ 2 for random and PCA directions; p > 2 for contrastive, MELBO and SAE-decoder directions"},
+        _POWER_RULE, ("power_law_by_class",), power_law_by_class, source=POWER_LAW_SOURCE,
+    ),  # fmt: skip
+    Claim(
+        "power_law_inner_layers", "08_layer_pullback",
+        "At inner layers, where they saw the plateaus, activation-difference directions have p > 2 while random "
+        "directions have p ≈ 2.",
+        {"all": "p > 2 for contrastive directions in the residual stream of inner layers; p ≈ 2 for random"},
+        _POWER_RULE.replace("contrastive", "actdiff") + " Cells are (inner layer, band); the head is left out.",
+        ("layer_power_law",), power_law_inner_layers, source=POWER_LAW_SOURCE,
+    ),  # fmt: skip
+)
+CLAIMS = CLAIMS + NEWER_CLAIMS
 CLAIMS_BY_ID = {claim.id: claim for claim in CLAIMS}
 
 

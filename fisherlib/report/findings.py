@@ -481,3 +481,66 @@ def claims_section(ledger: pd.DataFrame, notebook: str) -> str:
         for r in rows.itertuples()
     ]
     return "### Claims decided by this notebook\n\n" + "\n\n".join(lines) if lines else "No claim is decided here."
+
+
+# --- the power law of the divergence by direction class (Ferreira da Silva & Heimersheim 2026) ---------
+
+
+def _exponent_side(row) -> str:
+    from .claim_rules import P_QUADRATIC, P_TOLERANCE
+
+    if row["ci_lo"] > P_QUADRATIC and row["median_p"] > P_QUADRATIC + P_TOLERANCE:
+        return "above 2"
+    if abs(row["median_p"] - P_QUADRATIC) <= P_TOLERANCE:
+        return "≈ 2"
+    return "above 2 (CI not clear of it)" if row["median_p"] > P_QUADRATIC else "below 2"
+
+
+def _band_sentence(part: pd.DataFrame, contrastive: str) -> str:
+    first = part.iloc[0]
+    classes = [c for c in (contrastive, "random", "structured", "tangent", "covariance", "eigvec") if c in set(part["cls"])]
+    indexed = part.set_index("cls")
+    values = ", ".join(
+        f"{c} {indexed.loc[c, 'median_p']:.2f} [{indexed.loc[c, 'ci_lo']:.2f}, {indexed.loc[c, 'ci_hi']:.2f}] ({_exponent_side(indexed.loc[c])})"
+        for c in classes
+    )
+    plateaus = int(part["n_plateau"].sum()) if "n_plateau" in part else 0
+    extra = f"; {plateaus} pairs with a boundary that did not move (p = inf)" if plateaus else ""
+    return f"{first['band']} ε ({first['eps_lo']:g}–{first['eps_hi']:g}): {values}{extra}"
+
+
+def power_law_findings(table: pd.DataFrame, contrastive: str = "contrastive") -> str:
+    """Sentences on the median local exponent p per ε band and class (`power_law.exponents_by_class`)."""
+    table = as_saved(table)
+    if table.empty:
+        return "**This run:** no pair of consecutive ε had an uncensored boundary at both; no exponent measured."
+    lines = [_band_sentence(part, contrastive) for _, part in table.groupby("band", sort=False)]
+    row = table.iloc[0]
+    dropped = int(table.loc[table["cls"] != "contrastive", "n_dropped"].sum())  # the pooled group counted once
+    return (
+        f"**This run** (median local exponent p = Δlog ε / Δlog t_emp, {_resampled(row)}; {dropped} pairs with a "
+        f"censored boundary dropped). " + _join(lines) + "."
+    )
+
+
+def layer_power_law_findings(table: pd.DataFrame, contrastive: str = "actdiff") -> str:
+    """Per inner layer and band: where the contrastive exponent is above 2 while random stays ≈ 2."""
+    table = as_saved(table)
+    if table.empty:
+        return "**This run:** no layer had an uncensored pair of consecutive ε; no exponent measured."
+    lines = []
+    for layer, part in table.groupby("layer", sort=False):
+        bands = []
+        for _, cell in part.groupby("band", sort=False):
+            indexed = cell.set_index("cls")
+            if contrastive in indexed.index and "random" in indexed.index:
+                c, r = indexed.loc[contrastive], indexed.loc["random"]
+                bands.append(f"{c['band']} {contrastive} {c['median_p']:.2f} ({_exponent_side(c)}) vs random {r['median_p']:.2f} ({_exponent_side(r)})")
+        if bands:
+            lines.append(f"layer {layer}: " + "; ".join(bands))
+    above = [
+        f"{r.layer}/{r.band}" for r in table[table["cls"] == contrastive].itertuples()
+        if str(r.layer) != "head" and _exponent_side(table.loc[r.Index]) == "above 2"
+    ]  # fmt: skip
+    summary = f"{contrastive} exponent above 2 at inner layer/band {', '.join(above)}" if above else f"{contrastive} exponent nowhere clearly above 2 at an inner layer"
+    return f"**This run:** {summary}.\n\n" + bullets(lines)

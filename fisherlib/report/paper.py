@@ -25,11 +25,12 @@ EXPECTED_TABLES = {
     "02_fisher_geometry": ["fisher_spectrum_by_stratum", "effective_rank_summary", "rank_one_regime", "topk_vs_full_fisher"],
     "03_direction_sweep": ["sweep_census", "boundary_check"],
     "04_closed_form_exactness": ["table1_top_eigvec", "rho_by_eig_rank", "rho_by_eps", "rho_topk_vs_full", "predictor_accuracy"],
-    "05_direction_classes": ["table2_rho_by_class", "spearman_per_position", "spearman_summary"],
+    "05_direction_classes": ["table2_rho_by_class", "spearman_per_position", "spearman_summary", "power_law_by_class"],
     "06_isotonic_calibration": ["calibration_within50", "calibration_headline", "predictor_comparison"],
     "07_entropy_stratification": ["stratifier_variance", "stable_region_axes", "claims"],
     "08_layer_pullback": [
         "layer_positions", "layer_table1", "layer_rho_by_eps", "layer_spearman", "layer_exactness_frontier", "layer_nonmonotone",
+        "layer_power_law",
     ],
     "09_interpolation_plateaus": ["plateau_paths", "plateau_statistics", "plateau_jump_hits", "plateau_fisher_length"],
 }
@@ -38,10 +39,10 @@ EXPECTED_FIGURES = {
     "02_fisher_geometry": ["fisher_spectra", "rank_one_regime"],
     "03_direction_sweep": ["kl_profiles"],
     "04_closed_form_exactness": ["rho_by_eig_rank", "rho_by_eps", "rho_topk_vs_full"],
-    "05_direction_classes": ["rho_by_class", "spearman_histogram"],
+    "05_direction_classes": ["rho_by_class", "spearman_histogram", "power_law_by_class"],
     "06_isotonic_calibration": ["calibration_within50_vs_eps", "calibration_curve", "predictor_comparison"],
     "07_entropy_stratification": ["stratifier_variance", "stable_regions"],
-    "08_layer_pullback": ["layer_table1", "layer_rho_by_eps", "layer_spearman", "layer_exactness_frontier"],
+    "08_layer_pullback": ["layer_table1", "layer_rho_by_eps", "layer_spearman", "layer_exactness_frontier", "layer_power_law"],
     "09_interpolation_plateaus": ["plateau_reometry", "plateau_examples", "plateau_jump_hits"],
 }
 WRITE_UP_ARCHS = ("qwen", "llama", "pythia")

@@ -43,7 +43,12 @@ def passing_tables() -> dict[str, pd.DataFrame]:
                               ratio_to_best=value / 0.01))  # fmt: skip
     rank_one = pd.DataFrame({"pair_mass": ["(0.0, 0.5]", "(0.99, 1.0]"], "n": [100, 30], "median_cos": [0.6, 0.99],
                              "median_cos_near_binary": 0.98, "n_near_binary": 40, "share_near_binary": 0.1})  # fmt: skip
+    power = pd.DataFrame({"band": ["small"] * 3 + ["large"] * 3, "cls": ["contrastive", "random", "eigvec"] * 2,
+                          "median_p": [2.0, 2.0, 2.0, 2.6, 2.1, 2.0], "ci_lo": [1.9, 1.9, 1.9, 2.4, 2.0, 1.9],
+                          "ci_hi": [2.1, 2.1, 2.1, 2.8, 2.2, 2.1]})  # fmt: skip
+    layer_power = pd.concat([power.assign(layer=layer, cls=power.cls.replace("contrastive", "actdiff")) for layer in ("1", "head")])
     return {
+        "power_law_by_class": power, "layer_power_law": layer_power,
         "table1_top_eigvec": table1, "rho_by_eig_rank": by_rank, "rho_topk_vs_full": topk, "table2_rho_by_class": table2,
         "spearman_summary": spearman, "calibration_headline": headline, "predictor_comparison": comparison,
         "stratifier_variance": pd.DataFrame(strat), "rank_one_regime": rank_one,
@@ -72,6 +77,15 @@ def _set(table, where, column, value):
 
 
 FAILING = {
+    "power_law_by_class": [
+        (lambda t: {**t, "power_law_by_class": t["power_law_by_class"].assign(median_p=[2.0, 2.0, 2.0, 2.6, 2.5, 2.0])}, PARTLY),
+        (lambda t: {**t, "power_law_by_class": t["power_law_by_class"].assign(median_p=2.0, ci_lo=1.9)}, NOT_REPRODUCED),
+    ],
+    "power_law_inner_layers": [
+        (lambda t: {**t, "layer_power_law": _set(t["layer_power_law"], lambda f: f.layer == "1", "median_p", 2.6)}, PARTLY),
+        (lambda t: {**t, "layer_power_law": _set(t["layer_power_law"], lambda f: f.layer == "1", "median_p", 2.0)}, NOT_REPRODUCED),
+        (lambda t: {**t, "layer_power_law": t["layer_power_law"][t["layer_power_law"].layer == "head"]}, NOT_TESTABLE),
+    ],
     # claim id: (how to break its tables, expected verdict)
     "top_eigvec_exact": [
         (lambda t: {**t, "table1_top_eigvec": t["table1_top_eigvec"].assign(median_rho=1.12)}, PARTLY),
