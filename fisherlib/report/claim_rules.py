@@ -392,3 +392,35 @@ def power_law_inner_layers(tables: Tables) -> Outcome:
     if not cells:
         raise NotTestable("layer_power_law has no inner layer with both actdiff and random directions")
     return _power_outcome(cells, "actdiff")
+
+
+FISHBACK_SOURCE = "FishBack (arXiv 2605.17231)"
+EFF_DIM_SHARE = (0.02, 0.17)  # FishBack's effective dimension on GPT-2, as a share of d
+REL_SPECTRAL_LOW = 0.97  # FishBack: the metric differs from the Euclidean one by more than 97% (relative spectral norm)
+
+
+def effective_dimension_range(tables: Tables) -> Outcome:
+    table = _table(tables, "layer_effective_dimension", ("layer", "d", "eff_rank_share", "participation_share", "rel_spectral"))
+    lo, hi = EFF_DIM_SHARE
+    cells = []
+    for row in table.itertuples():
+        in_range = lo <= float(row.eff_rank_share) <= hi
+        far = float(row.rel_spectral) > REL_SPECTRAL_LOW
+        cells.append((str(row.layer), in_range, far, row))
+    both = [layer for layer, a, b, _ in cells if a and b]
+    if len(both) == len(cells):
+        verdict = REPRODUCED
+    elif both or any(a or b for _, a, b, _ in cells):
+        verdict = PARTLY
+    else:
+        verdict = NOT_REPRODUCED
+    ours = "; ".join(
+        f"layer {layer}: eff. dim {_pct(float(r.eff_rank_share))} of d = {int(r.d)} (participation {_pct(float(r.participation_share))}), "
+        f"rel. spectral difference {_pct(float(r.rel_spectral))}"
+        for layer, _, _, r in cells
+    )
+    evidence = (
+        f"eff. dim (entropy) within {_pct(lo)}–{_pct(hi)} of d at {sum(a for _, a, _, _ in cells)}/{len(cells)} layers; "
+        f"difference > {_pct(REL_SPECTRAL_LOW)} at {sum(b for _, _, b, _ in cells)}/{len(cells)}; both at {', '.join(both) or 'none'}"
+    )
+    return Outcome(ours, verdict, evidence)

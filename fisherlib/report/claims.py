@@ -47,8 +47,11 @@ from .claim_rules import (  # noqa: F401  (re-exported: the ledger's thresholds 
     TIE_RATIO,
     VERDICTS,
     WRITE_UP_SOURCE,
+    EFF_DIM_SHARE,
+    FISHBACK_SOURCE,
     P_TOLERANCE,
     POWER_LAW_SOURCE,
+    REL_SPECTRAL_LOW,
     NotTestable,
     Outcome,
     Tables,
@@ -58,6 +61,7 @@ from .claim_rules import (  # noqa: F401  (re-exported: the ledger's thresholds 
     entropy_best,
     quartic_beats_calibration,
     random_per_class,
+    effective_dimension_range,
     power_law_by_class,
     power_law_inner_layers,
     rank_one,
@@ -253,6 +257,20 @@ NEWER_CLAIMS: tuple[Claim, ...] = (
         {"all": "p > 2 for contrastive directions in the residual stream of inner layers; p ≈ 2 for random"},
         _POWER_RULE.replace("contrastive", "actdiff") + " Cells are (inner layer, band); the head is left out.",
         ("layer_power_law",), power_law_inner_layers, source=POWER_LAW_SOURCE,
+    ),  # fmt: skip
+    Claim(
+        "effective_dimension_range", "08_layer_pullback",
+        f"The Fisher metric pulled back to the residual stream is far from Euclidean: its effective dimension is "
+        f"{EFF_DIM_SHARE[0]:.0%}–{EFF_DIM_SHARE[1]:.0%} of d and it differs from the identity by more than "
+        f"{REL_SPECTRAL_LOW:.0%} in relative spectral norm.",
+        {"all": f"GPT-2: effective dimension {EFF_DIM_SHARE[0]:.0%}–{EFF_DIM_SHARE[1]:.0%} of d; relative spectral-norm "
+                f"difference from the Euclidean metric > {REL_SPECTRAL_LOW:.0%}"},
+        f"Per layer, medians over the layer study's positions of the full spectrum of G_ℓ: effective rank exp(H(λ/Σλ)) as a "
+        f"share of d within {EFF_DIM_SHARE[0]:.0%}–{EFF_DIM_SHARE[1]:.0%}, and ‖G/‖G‖₂ − I‖₂ = 1 − λ_min/λ_max > "
+        f"{REL_SPECTRAL_LOW:.0%} (the best multiple of the identity, min_c ‖G − cI‖₂/‖G‖₂, is at most ½, so it is "
+        "reported but not compared). Reproduced if both hold at every layer; partly if either holds at some layer; "
+        "else not reproduced.",
+        ("layer_effective_dimension",), effective_dimension_range, source=FISHBACK_SOURCE,
     ),  # fmt: skip
 )
 CLAIMS = CLAIMS + NEWER_CLAIMS

@@ -544,3 +544,31 @@ def layer_power_law_findings(table: pd.DataFrame, contrastive: str = "actdiff") 
     ]  # fmt: skip
     summary = f"{contrastive} exponent above 2 at inner layer/band {', '.join(above)}" if above else f"{contrastive} exponent nowhere clearly above 2 at an inner layer"
     return f"**This run:** {summary}.\n\n" + bullets(lines)
+
+
+# --- effective dimension of the pulled-back metric (FishBack) ---------------------------------------------
+
+
+def effective_dimension_findings(table: pd.DataFrame) -> str:
+    """Sentences on `effective_dimension.effective_dimension_by_layer`: share of d per layer, distance from Euclidean."""
+    from .claim_rules import EFF_DIM_SHARE, REL_SPECTRAL_LOW
+
+    table = as_saved(table)
+    if table.empty:
+        return "**This run:** no layer spectrum was measured."
+    lo, hi = EFF_DIM_SHARE
+    lines = [
+        f"layer {r.layer}: effective rank {r.eff_rank:.1f} = {_pct(r.eff_rank_share)} of d = {int(r.d)} "
+        f"(quartiles {_pct(r.eff_rank_share_q25)}–{_pct(r.eff_rank_share_q75)}; participation ratio {_pct(r.participation_share)}); "
+        f"‖G/‖G‖ − I‖₂ {_pct(r.rel_spectral)}, best multiple of I {_pct(r.rel_spectral_best)} (spectral), "
+        f"{_pct(r.rel_frobenius_best)} (Frobenius)"
+        for r in table.itertuples()
+    ]
+    inside = [str(r.layer) for r in table.itertuples() if lo <= r.eff_rank_share <= hi]
+    far = [str(r.layer) for r in table.itertuples() if r.rel_spectral > REL_SPECTRAL_LOW]
+    summary = (
+        f"effective dimension within FishBack's {_pct(lo)}–{_pct(hi)} of d at {len(inside)} of {len(table)} layers"
+        f"{' (' + ', '.join(inside) + ')' if inside else ''}; relative spectral difference above {_pct(REL_SPECTRAL_LOW)} at "
+        f"{len(far)} of {len(table)}; medians over {int(table['n_positions'].max())} positions"
+    )
+    return f"**This run:** {summary}.\n\n" + bullets(lines)

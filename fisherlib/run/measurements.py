@@ -19,7 +19,7 @@ import torch
 
 from ..io.cache import write_file, write_folder
 from ..layers.engine import Prefilled, check_layer, default_layers, residuals_by_layer
-from ..steps import dynamics, layer_study, plateaus
+from ..steps import dynamics, effective_dimension, layer_study, plateaus
 from ..steps.sweep import measure_boundaries
 from .inputs import SAMPLE_KEYS, load_head, load_model_for, load_sample, read_entry, wrote_entry
 
@@ -135,6 +135,36 @@ def run_layer_study(params, seed: int | None = None, progress: bool = True) -> t
     _write_parquet(measurements, path)
     wrote_entry(f"layer measurements (seed {seed})", path)
     return measurements, positions
+
+
+def run_layer_spectra(params, seed: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """Return the full-spectrum summary of `G_ℓ` per layer and position of notebook 08 (`effective_dimension`).
+
+    The positions are the layer study's (`params.layer_positions`); `G_ℓ` is formed densely, `d` JVPs
+    per position and layer. Cached as parquet beside the run's sample.
+    """
+    seed = params.seed if seed is None else seed
+    key = params.key(*SAMPLE_KEYS, "layers", "layer_positions")
+    path = params.cache_path / f"layer-spectra-seed{seed}-{key}.parquet"
+    cached = _read_parquet(params, path, f"layer spectra (seed {seed})")
+    if cached is not None:
+        return cached
+    sample = load_sample(params, seed, progress=progress)
+    rows = layer_study.choose_positions(sample.table, params.layer_positions, seed)
+    model = load_model_for(params)
+    layers = list(params.layers) or default_layers(model)
+    residuals = residuals_by_layer(model, sample, layers[:1], batch_size=params.batch_size)
+    width = int(next(iter(residuals.values())).shape[-1])
+    prefilled = Prefilled(model, [sample.context_ids[i] for i in rows], batch_size=params.batch_size)
+    position_ids = sample.table["position"].to_numpy()[rows]
+    parts = []
+    for layer in layers:
+        logger.info("layer %s: full spectrum of G at %d positions", layer_study.layer_label(layer), len(rows))
+        parts.append(effective_dimension.measure_spectra(model, prefilled, layer, width, position_ids, batch_size=params.batch_size))
+    spectra = pd.concat(parts, ignore_index=True)
+    _write_parquet(spectra, path)
+    wrote_entry(f"layer spectra (seed {seed})", path)
+    return spectra
 
 
 def layer_cache_file(params, seed: int) -> Path:

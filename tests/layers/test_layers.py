@@ -183,6 +183,18 @@ def test_layer_fisher_eigh_matches_dense_pullback(top_k):
     torch.testing.assert_close(curvature, values, rtol=1e-6, atol=1e-9 * float(expected.max()))
 
 
+@pytest.mark.parametrize("layer", [1, "head"])
+def test_layer_fisher_matrix_is_the_dense_pullback(layer):
+    model = _random_lm("gpt_neox")
+    contexts = _contexts()
+    G = L.layer_fisher_matrix(model, contexts, layer, WIDTH, batch_size=2)
+    expected = _dense_pullback(model, contexts, layer) if layer != "head" else None
+    if expected is not None:
+        torch.testing.assert_close(G, expected, rtol=1e-5, atol=1e-7 * float(expected.abs().max()))
+    values, _ = L.layer_fisher_eigh(model, contexts, layer, k=2)
+    torch.testing.assert_close(torch.linalg.eigvalsh(G).flip(-1)[:, :2], values, rtol=1e-6, atol=1e-9 * float(values.max()))
+
+
 def test_padding_and_batching_do_not_change_results():
     model = _random_lm("gpt_neox")
     contexts = _contexts(lengths=(4, 13, 7, 9))

@@ -47,7 +47,10 @@ def passing_tables() -> dict[str, pd.DataFrame]:
                           "median_p": [2.0, 2.0, 2.0, 2.6, 2.1, 2.0], "ci_lo": [1.9, 1.9, 1.9, 2.4, 2.0, 1.9],
                           "ci_hi": [2.1, 2.1, 2.1, 2.8, 2.2, 2.1]})  # fmt: skip
     layer_power = pd.concat([power.assign(layer=layer, cls=power.cls.replace("contrastive", "actdiff")) for layer in ("1", "head")])
+    dimension = pd.DataFrame({"layer": ["0", "1", "head"], "d": 256, "eff_rank_share": [0.05, 0.1, 0.15],
+                              "participation_share": 0.03, "rel_spectral": [0.99, 0.995, 0.999]})  # fmt: skip
     return {
+        "layer_effective_dimension": dimension,
         "power_law_by_class": power, "layer_power_law": layer_power,
         "table1_top_eigvec": table1, "rho_by_eig_rank": by_rank, "rho_topk_vs_full": topk, "table2_rho_by_class": table2,
         "spearman_summary": spearman, "calibration_headline": headline, "predictor_comparison": comparison,
@@ -77,6 +80,10 @@ def _set(table, where, column, value):
 
 
 FAILING = {
+    "effective_dimension_range": [
+        (lambda t: {**t, "layer_effective_dimension": t["layer_effective_dimension"].assign(eff_rank_share=[0.05, 0.5, 0.5])}, PARTLY),
+        (lambda t: {**t, "layer_effective_dimension": t["layer_effective_dimension"].assign(eff_rank_share=0.6, rel_spectral=0.5)}, NOT_REPRODUCED),
+    ],
     "power_law_by_class": [
         (lambda t: {**t, "power_law_by_class": t["power_law_by_class"].assign(median_p=[2.0, 2.0, 2.0, 2.6, 2.5, 2.0])}, PARTLY),
         (lambda t: {**t, "power_law_by_class": t["power_law_by_class"].assign(median_p=2.0, ci_lo=1.9)}, NOT_REPRODUCED),
