@@ -161,6 +161,11 @@ def layer_fisher_matrix(
     return torch.cat(parts) if parts else torch.zeros(0, width, width, dtype=torch.float64)
 
 
+def layer_velocity_chunks(model, sample, layer, U: torch.Tensor, batch_size: int = 16, memory_budget: int = DEFAULT_MEMORY_BUDGET):
+    """Yield `(positions [B], A [B, D, V], z [B, V])` per chunk of positions: `layer_velocities` without holding all of `A`."""
+    yield from _chunk_velocities(model, sample, layer, U, batch_size, memory_budget)
+
+
 def _chunk_velocities(model, sample, layer, U, batch_size, memory_budget):
     """Yield `(positions [B], A [B, D, V], z [B, V])` per chunk of positions: velocities and logits, float64."""
     network = network_of(model)

@@ -424,3 +424,24 @@ def effective_dimension_range(tables: Tables) -> Outcome:
         f"difference > {_pct(REL_SPECTRAL_LOW)} at {sum(b for _, _, b, _ in cells)}/{len(cells)}; both at {', '.join(both) or 'none'}"
     )
     return Outcome(ours, verdict, evidence)
+
+
+LENS_SOURCE = "Jacobian lens (global workspace, 2026)"
+LENS_SHARE_SLACK, LENS_ANGLE = 0.05, 30.0  # the lens keeps the metric: within-50% share ≥ G's − 5 points, top eigvec within 30°
+
+
+def lens_keeps_metric(tables: Tables) -> Outcome:
+    table = _table(tables, "jacobian_lens", ("layer", "median_angle_deg", "within_50_G", "within_50_lens", "within_10_G", "within_10_lens"))
+    inner = table[table["layer"].astype(str) != "head"]
+    if inner.empty:
+        raise NotTestable("jacobian_lens has no inner layer (at the head the lens is the identity)")
+    keeps = [(str(r.layer), r.within_50_lens >= r.within_50_G - LENS_SHARE_SLACK and r.median_angle_deg <= LENS_ANGLE, r)
+             for r in inner.itertuples()]  # fmt: skip
+    held = [layer for layer, ok, _ in keeps if ok]
+    verdict = REPRODUCED if len(held) == len(keeps) else PARTLY if held else NOT_REPRODUCED
+    ours = "; ".join(
+        f"layer {layer}: within 50% {_pct(r.within_50_G)} (G) vs {_pct(r.within_50_lens)} (lens), within 10% "
+        f"{_pct(r.within_10_G)} vs {_pct(r.within_10_lens)}, top-eigvec angle {r.median_angle_deg:.1f}°"
+        for layer, _, r in keeps
+    )
+    return Outcome(ours, verdict, f"the lens keeps the metric at {len(held)}/{len(keeps)} inner layers ({', '.join(held) or 'none'})")

@@ -49,6 +49,9 @@ from .claim_rules import (  # noqa: F401  (re-exported: the ledger's thresholds 
     WRITE_UP_SOURCE,
     EFF_DIM_SHARE,
     FISHBACK_SOURCE,
+    LENS_ANGLE,
+    LENS_SHARE_SLACK,
+    LENS_SOURCE,
     P_TOLERANCE,
     POWER_LAW_SOURCE,
     REL_SPECTRAL_LOW,
@@ -62,6 +65,7 @@ from .claim_rules import (  # noqa: F401  (re-exported: the ledger's thresholds 
     quartic_beats_calibration,
     random_per_class,
     effective_dimension_range,
+    lens_keeps_metric,
     power_law_by_class,
     power_law_inner_layers,
     rank_one,
@@ -271,6 +275,17 @@ NEWER_CLAIMS: tuple[Claim, ...] = (
         "reported but not compared). Reproduced if both hold at every layer; partly if either holds at some layer; "
         "else not reproduced.",
         ("layer_effective_dimension",), effective_dimension_range, source=FISHBACK_SOURCE,
+    ),  # fmt: skip
+    Claim(
+        "lens_keeps_metric", "08_layer_pullback",
+        "One Jacobian averaged over the corpus, J̄_ℓ = E[∂h/∂r_ℓ], can stand in for the per-position pullback: "
+        "Ḡ_ℓ = J̄_ℓᵀ F J̄_ℓ predicts the boundaries about as well as G_ℓ and shares its top eigenvector.",
+        {"all": "a corpus-averaged Jacobian lens reads inner layers out through the unembedding (no boundary figures)"},
+        f"Per inner layer (the head's lens is the identity), the lens averaged over held-out folds of the layer study's "
+        f"positions, scored on its random directions at every ε: the lens keeps the metric if its within-50% share is at "
+        f"least G_ℓ's − {LENS_SHARE_SLACK:g} and the median angle between the top eigenvectors is ≤ {LENS_ANGLE:g}°. "
+        "Reproduced if it does at every inner layer; partly at some; else not reproduced.",
+        ("jacobian_lens",), lens_keeps_metric, source=LENS_SOURCE,
     ),  # fmt: skip
 )
 CLAIMS = CLAIMS + NEWER_CLAIMS

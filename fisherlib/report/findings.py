@@ -572,3 +572,27 @@ def effective_dimension_findings(table: pd.DataFrame) -> str:
         f"{len(far)} of {len(table)}; medians over {int(table['n_positions'].max())} positions"
     )
     return f"**This run:** {summary}.\n\n" + bullets(lines)
+
+
+# --- the averaged Jacobian lens ---------------------------------------------------------------------------
+
+
+def lens_findings(table: pd.DataFrame) -> str:
+    """Sentences on `jacobian_lens.lens_table`: how much of the per-position metric the averaged lens keeps."""
+    table = as_saved(table)
+    if table.empty:
+        return "**This run:** no layer was scored with the averaged lens."
+    lines = [
+        f"layer {r.layer}: within 50% of t_emp {_pct(r.within_50_G)} with G_ℓ, {_pct(r.within_50_lens)} with the lens "
+        f"(within 10%: {_pct(r.within_10_G)} vs {_pct(r.within_10_lens)}); top eigenvectors {r.median_angle_deg:.1f}° apart"
+        for r in table.itertuples()
+    ]
+    inner = table[table["layer"].astype(str) != "head"]
+    loss = (inner["within_50_G"] - inner["within_50_lens"]) if len(inner) else pd.Series([0.0])
+    worst = inner.loc[loss.idxmax(), "layer"] if len(inner) else "—"
+    mismatch = float(table["max_curv_mismatch"].max())
+    return (
+        f"**This run:** at inner layers the averaged lens loses at most {100 * float(loss.max()):.1f} points of the "
+        f"within-50% share (layer {worst}); the dense G_ℓ reproduces the layer study's curvatures to {mismatch:.1e} "
+        f"(relative), so the same directions are scored.\n\n" + bullets(lines)
+    )

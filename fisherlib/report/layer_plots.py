@@ -224,3 +224,20 @@ def plot_effective_dimension(table: pd.DataFrame, share_range: tuple[float, floa
     ax.set_title(r"Effective dimension of the pulled-back metric $G_\ell = J_\ell^\top F J_\ell$")
     fig.tight_layout()
     return fig
+
+
+def plot_jacobian_lens(table: pd.DataFrame) -> Figure:
+    """Plot per layer the share of t_pred within 50% / 10% of t_emp with G_ℓ and with the averaged lens Ḡ_ℓ."""
+    x = np.arange(len(table))
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.9 * len(table) + 2), 3.8))
+    for column, label, style in (("within_50_G", "within 50%, per-position $G_\\ell$", "o-"), ("within_50_lens", "within 50%, lens $\\bar G_\\ell$", "o--"),
+                                 ("within_10_G", "within 10%, $G_\\ell$", "s-"), ("within_10_lens", "within 10%, lens", "s--")):  # fmt: skip
+        ax.plot(x, table[column].to_numpy(float), style, label=label)
+    ax.set_xticks(x, [str(v) for v in table["layer"]])
+    ax.set_xlabel("layer (block boundary)")
+    ax.set_ylabel(r"share of random directions (all $\varepsilon$)")
+    ax.set_ylim(0, 1.02)
+    ax.legend(frameon=False, fontsize="small")
+    ax.set_title(r"Averaged Jacobian lens $\bar J_\ell$ against the per-position pullback")
+    fig.tight_layout()
+    return fig

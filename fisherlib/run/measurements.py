@@ -19,7 +19,7 @@ import torch
 
 from ..io.cache import write_file, write_folder
 from ..layers.engine import Prefilled, check_layer, default_layers, residuals_by_layer
-from ..steps import dynamics, effective_dimension, layer_study, plateaus
+from ..steps import dynamics, effective_dimension, jacobian_lens, layer_study, plateaus
 from ..steps.sweep import measure_boundaries
 from .inputs import SAMPLE_KEYS, load_head, load_model_for, load_sample, read_entry, wrote_entry
 
@@ -137,18 +137,21 @@ def run_layer_study(params, seed: int | None = None, progress: bool = True) -> t
     return measurements, positions
 
 
-def run_layer_spectra(params, seed: int | None = None, progress: bool = True) -> pd.DataFrame:
-    """Return the full-spectrum summary of `G_ℓ` per layer and position of notebook 08 (`effective_dimension`).
+def run_layer_spectra(params, seed: int | None = None, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return `(spectra, lens)` of notebook 08: the full spectrum of `G_ℓ` and the averaged Jacobian lens, per layer.
 
     The positions are the layer study's (`params.layer_positions`); `G_ℓ` is formed densely, `d` JVPs
-    per position and layer. Cached as parquet beside the run's sample.
+    per position and layer, in one pass that also sums the basis velocities per fold for the held-out
+    lens (`jacobian_lens.measure_lens`). `spectra`: `effective_dimension.SPECTRUM_COLUMNS` per (layer,
+    position); `lens`: one row per (layer, position, random direction of the layer study). Cached as
+    parquet beside the run's sample.
     """
     seed = params.seed if seed is None else seed
-    key = params.key(*SAMPLE_KEYS, "layers", "layer_positions")
-    path = params.cache_path / f"layer-spectra-seed{seed}-{key}.parquet"
-    cached = _read_parquet(params, path, f"layer spectra (seed {seed})")
-    if cached is not None:
-        return cached
+    key = params.key(*SAMPLE_KEYS, "layers", "layer_positions", "layer_per_class")
+    paths = [params.cache_path / f"layer-{name}-seed{seed}-{key}.parquet" for name in ("spectra", "lens")]
+    cached = [_read_parquet(params, path, f"layer {name} (seed {seed})") for path, name in zip(paths, ("spectra", "lens"))]
+    if all(frame is not None for frame in cached):
+        return cached[0], cached[1]
     sample = load_sample(params, seed, progress=progress)
     rows = layer_study.choose_positions(sample.table, params.layer_positions, seed)
     model = load_model_for(params)
@@ -157,14 +160,22 @@ def run_layer_spectra(params, seed: int | None = None, progress: bool = True) ->
     width = int(next(iter(residuals.values())).shape[-1])
     prefilled = Prefilled(model, [sample.context_ids[i] for i in rows], batch_size=params.batch_size)
     position_ids = sample.table["position"].to_numpy()[rows]
-    parts = []
+    spectra, lenses = [], []
     for layer in layers:
-        logger.info("layer %s: full spectrum of G at %d positions", layer_study.layer_label(layer), len(rows))
-        parts.append(effective_dimension.measure_spectra(model, prefilled, layer, width, position_ids, batch_size=params.batch_size))
-    spectra = pd.concat(parts, ignore_index=True)
-    _write_parquet(spectra, path)
-    wrote_entry(f"layer spectra (seed {seed})", path)
-    return spectra
+        logger.info("layer %s: dense G and the averaged lens at %d positions", layer_study.layer_label(layer), len(rows))
+        lens, G = jacobian_lens.measure_lens(
+            model, prefilled, layer, width, position_ids, params.layer_per_class, seed=seed, batch_size=params.batch_size
+        )
+        summary = effective_dimension.spectrum_summary(torch.linalg.eigvalsh(G))
+        summary.insert(0, "position", position_ids)
+        summary.insert(0, "layer", layer_study.layer_label(layer))
+        spectra.append(summary[list(effective_dimension.SPECTRUM_COLUMNS)])
+        lenses.append(lens)
+    spectra, lens = pd.concat(spectra, ignore_index=True), pd.concat(lenses, ignore_index=True)
+    for frame, path, name in ((spectra, paths[0], "spectra"), (lens, paths[1], "lens")):
+        _write_parquet(frame, path)
+        wrote_entry(f"layer {name} (seed {seed})", path)
+    return spectra, lens
 
 
 def layer_cache_file(params, seed: int) -> Path:

@@ -49,7 +49,10 @@ def passing_tables() -> dict[str, pd.DataFrame]:
     layer_power = pd.concat([power.assign(layer=layer, cls=power.cls.replace("contrastive", "actdiff")) for layer in ("1", "head")])
     dimension = pd.DataFrame({"layer": ["0", "1", "head"], "d": 256, "eff_rank_share": [0.05, 0.1, 0.15],
                               "participation_share": 0.03, "rel_spectral": [0.99, 0.995, 0.999]})  # fmt: skip
+    lens = pd.DataFrame({"layer": ["0", "1", "head"], "median_angle_deg": [10.0, 20.0, 0.0], "within_50_G": 0.8,
+                         "within_50_lens": [0.78, 0.8, 0.8], "within_10_G": 0.5, "within_10_lens": 0.45})  # fmt: skip
     return {
+        "jacobian_lens": lens,
         "layer_effective_dimension": dimension,
         "power_law_by_class": power, "layer_power_law": layer_power,
         "table1_top_eigvec": table1, "rho_by_eig_rank": by_rank, "rho_topk_vs_full": topk, "table2_rho_by_class": table2,
@@ -80,6 +83,11 @@ def _set(table, where, column, value):
 
 
 FAILING = {
+    "lens_keeps_metric": [
+        (lambda t: {**t, "jacobian_lens": t["jacobian_lens"].assign(median_angle_deg=[10.0, 60.0, 0.0])}, PARTLY),
+        (lambda t: {**t, "jacobian_lens": t["jacobian_lens"].assign(within_50_lens=0.3)}, NOT_REPRODUCED),
+        (lambda t: {**t, "jacobian_lens": t["jacobian_lens"][t["jacobian_lens"].layer == "head"]}, NOT_TESTABLE),
+    ],
     "effective_dimension_range": [
         (lambda t: {**t, "layer_effective_dimension": t["layer_effective_dimension"].assign(eff_rank_share=[0.05, 0.5, 0.5])}, PARTLY),
         (lambda t: {**t, "layer_effective_dimension": t["layer_effective_dimension"].assign(eff_rank_share=0.6, rel_spectral=0.5)}, NOT_REPRODUCED),
