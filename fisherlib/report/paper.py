@@ -320,7 +320,7 @@ def story(run_dir: Path | str) -> str:
 
 
 def _newer_results(run_dir: Path) -> str:
-    """Return the story's sentences on the newer papers' results (power law by class, effective dimension), if written."""
+    """Return the story's sentences on the newer papers' results (power law, effective dimension, lens), if written."""
     from .claim_rules import EFF_DIM_SHARE, REL_SPECTRAL_LOW
 
     sentences = []
@@ -347,4 +347,14 @@ def _newer_results(run_dir: Path) -> str:
             f"layers (FishBack: {EFF_DIM_SHARE[0]:.0%}–{EFF_DIM_SHARE[1]:.0%}) and differs from the identity by "
             f"{rel.min():.1%}–{rel.max():.1%} in relative spectral norm (FishBack: > {REL_SPECTRAL_LOW:.0%})"
         )
+    lens = _read(run_dir, "jacobian_lens")
+    if lens is not None and len(lens):
+        inner = lens[lens["layer"].astype(str) != "head"]
+        if len(inner):
+            loss = inner["within_50_G"] - inner["within_50_lens"]
+            sentences.append(
+                f"one averaged Jacobian lens in place of the per-position pullback loses {100 * loss.min():.1f}–"
+                f"{100 * loss.max():.1f} points of the within-50% share at inner layers, its top eigenvector "
+                f"{inner['median_angle_deg'].min():.0f}–{inner['median_angle_deg'].max():.0f}° from G_ℓ's"
+            )
     return ("Newer results: " + "; ".join(sentences) + ".") if sentences else ""

@@ -3,7 +3,8 @@
 FishBack reports that on GPT-2 the Fisher metric pulled back to the residual stream differs from the
 Euclidean one by more than 97% in relative spectral norm and that its effective dimension is 2–17% of
 `d`. Per layer and position, from the full spectrum `λ₁ ≥ … ≥ λ_d ≥ 0` of `G_ℓ = J_ℓᵀ F J_ℓ`
-(`fisherlib.layers.pullback.layer_fisher_matrix`):
+(formed densely from `d` JVPs per position: `fisherlib.layers.pullback.layer_fisher_matrix`, or
+`jacobian_lens.measure_lens`, which `fisherlib.run.measurements.run_layer_spectra` uses):
 
 - the effective rank, both definitions of `fisherlib.core.fisher.effective_rank`: `exp(H(λ/Σλ))`
   (`eff_rank`) and the participation ratio `(Σλ)²/Σλ²` (`participation`), and each as a share of `d`;
@@ -60,18 +61,6 @@ def spectrum_summary(eigvals) -> pd.DataFrame:
             "rel_frobenius_best": np.where(positive, np.sqrt(np.clip(1 - participation / d, 0, 1)), 1.0),
         }
     )
-
-
-def measure_spectra(model, prefilled, layer, width: int, position_ids, batch_size: int = 16) -> pd.DataFrame:
-    """Return `spectrum_summary` of the dense `G_ℓ` at every position of `prefilled` (columns `SPECTRUM_COLUMNS`)."""
-    from ..layers.pullback import layer_fisher_matrix
-    from .layer_study import layer_label
-
-    G = layer_fisher_matrix(model, prefilled, layer, width, batch_size=batch_size)
-    summary = spectrum_summary(torch.linalg.eigvalsh(G))
-    summary.insert(0, "position", np.asarray(position_ids))
-    summary.insert(0, "layer", layer_label(layer))
-    return summary[list(SPECTRUM_COLUMNS)]
 
 
 def effective_dimension_by_layer(spectra: pd.DataFrame) -> pd.DataFrame:
