@@ -140,20 +140,22 @@ def run_layer_study(params, seed: int | None = None, progress: bool = True) -> t
 def run_layer_spectra(params, seed: int | None = None, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return `(spectra, lens)` of notebook 08: the full spectrum of `G_ℓ` and the averaged Jacobian lens, per layer.
 
-    The positions are the layer study's (`params.layer_positions`); `G_ℓ` is formed densely, `d` JVPs
+    The positions are `params.layer_dense_positions` of the layer study's, spread over domains and strata
+    as those are; `G_ℓ` is formed densely, `d` JVPs
     per position and layer, in one pass that also sums the basis velocities per fold for the held-out
     lens (`jacobian_lens.measure_lens`). `spectra`: `effective_dimension.SPECTRUM_COLUMNS` per (layer,
     position); `lens`: one row per (layer, position, random direction of the layer study). Cached as
     parquet beside the run's sample.
     """
     seed = params.seed if seed is None else seed
-    key = params.key(*SAMPLE_KEYS, "layers", "layer_positions", "layer_per_class")
+    key = params.key(*SAMPLE_KEYS, "layers", "layer_positions", "layer_dense_positions", "layer_per_class")
     paths = [params.cache_path / f"layer-{name}-seed{seed}-{key}.parquet" for name in ("spectra", "lens")]
     cached = [_read_parquet(params, path, f"layer {name} (seed {seed})") for path, name in zip(paths, ("spectra", "lens"))]
     if all(frame is not None for frame in cached):
         return cached[0], cached[1]
     sample = load_sample(params, seed, progress=progress)
     rows = layer_study.choose_positions(sample.table, params.layer_positions, seed)
+    rows = rows[layer_study.choose_positions(sample.table.iloc[rows], params.layer_dense_positions, seed)]
     model = load_model_for(params)
     layers = list(params.layers) or default_layers(model)
     residuals = residuals_by_layer(model, sample, layers[:1], batch_size=params.batch_size)
