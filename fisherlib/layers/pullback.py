@@ -142,6 +142,32 @@ def layer_curvature(
     return {name: torch.cat(parts) for name, parts in out.items()}
 
 
+def layer_fisher_matrix(
+    model, sample, layer, width: int, batch_size: int = 16, memory_budget: int = DEFAULT_MEMORY_BUDGET
+) -> torch.Tensor:
+    """Return the pulled-back metric `G_ℓ = J_ℓᵀ F J_ℓ [P, d, d]` densely (float64, CPU).
+
+    `width` is `d`. One JVP per column of the identity (`d` per position): the velocities `A [d, V]` of
+    the basis give `G = A diag(p) Aᵀ − (A p)(A p)ᵀ`, the covariance under `p` of the logit velocities,
+    so `uᵀGu = Var_p[a]` as `layer_curvature`. For the full spectrum (effective rank); the study's
+    measurements use the matrix-free `layer_fisher_eigh` and `layer_curvature`.
+    """
+    n_positions = len(contexts_of(sample))
+    eye = torch.eye(width, dtype=torch.float64)
+    parts = []
+    for _, A, z in _chunk_velocities(model, sample, layer, eye.expand(n_positions, width, width), batch_size, memory_budget):
+        p = torch.softmax(z, -1)
+        mean = torch.einsum("bdv,bv->bd", A, p)
+        G = torch.einsum("bdv,bv,bev->bde", A, p, A) - mean[:, :, None] * mean[:, None, :]
+        parts.append((0.5 * (G + G.transpose(1, 2))).cpu())
+    return torch.cat(parts) if parts else torch.zeros(0, width, width, dtype=torch.float64)
+
+
+def layer_velocity_chunks(model, sample, layer, U: torch.Tensor, batch_size: int = 16, memory_budget: int = DEFAULT_MEMORY_BUDGET):
+    """Yield `(positions [B], A [B, D, V], z [B, V])` per chunk of positions: `layer_velocities` without holding all of `A`."""
+    yield from _chunk_velocities(model, sample, layer, U, batch_size, memory_budget)
+
+
 def _chunk_velocities(model, sample, layer, U, batch_size, memory_budget):
     """Yield `(positions [B], A [B, D, V], z [B, V])` per chunk of positions: velocities and logits, float64."""
     network = network_of(model)

@@ -19,7 +19,8 @@ from .reference import ACROSS_ARCHITECTURES
 
 REPRODUCED, PARTLY, NOT_REPRODUCED, NOT_TESTABLE = "reproduced", "partly", "not reproduced", "not testable"
 VERDICTS = (REPRODUCED, PARTLY, NOT_REPRODUCED, NOT_TESTABLE)
-LEDGER_COLUMNS = ["claim", "statement", "write_up", "ours", "verdict", "evidence"]
+LEDGER_COLUMNS = ["claim", "source", "statement", "write_up", "ours", "verdict", "evidence"]
+WRITE_UP_SOURCE = "write-up"  # the source of the write-up's own claims (and of this project's, checked beside them)
 
 # --- thresholds (every rule below quotes these) ---------------------------------------------------
 EXACT_WITHIN = 0.08  # Table 1: |median ρ − 1| on the top eigenvector; the write-up's bound over 3 archs
@@ -325,3 +326,122 @@ def quartic_beats_calibration(tables: Tables) -> Outcome:
     return Outcome(ours, verdict, evidence)
 
 
+
+
+# --- newer papers' claims ------------------------------------------------------------------------------
+
+POWER_LAW_SOURCE = "Ferreira da Silva & Heimersheim 2026"
+P_QUADRATIC, P_TOLERANCE = 2.0, 0.25  # "p ≈ 2": |median p − 2| ≤ 0.25; "p > 2": CI above 2 and median > 2.25
+
+
+def _power_cells(table: pd.DataFrame, contrastive: str, by: list[str]) -> list[dict]:
+    """Per (by, band): the contrastive and random median exponents and which halves of the claim hold."""
+    cells = []
+    for key, part in table.groupby([*by, "band"], sort=False):
+        indexed = part.set_index("cls")
+        if contrastive not in indexed.index or "random" not in indexed.index:
+            continue
+        c, r = indexed.loc[contrastive], indexed.loc["random"]
+        key = key if isinstance(key, tuple) else (key,)
+        cells.append(
+            {
+                "label": " ".join(f"{name} {value}" for name, value in zip([*by, "band"], key)),
+                "contrastive": float(c["median_p"]), "c_lo": float(c["ci_lo"]), "c_hi": float(c["ci_hi"]),
+                "random": float(r["median_p"]),
+                "above": bool(c["ci_lo"] > P_QUADRATIC and c["median_p"] > P_QUADRATIC + P_TOLERANCE),
+                "quadratic": bool(abs(r["median_p"] - P_QUADRATIC) <= P_TOLERANCE),
+                "separated": bool(c["median_p"] > r["median_p"] + P_TOLERANCE),
+            }
+        )  # fmt: skip
+    return cells
+
+
+def _power_outcome(cells: list[dict], contrastive: str) -> Outcome:
+    both = [c["label"] for c in cells if c["above"] and c["quadratic"]]
+    if both:
+        verdict = REPRODUCED
+    elif any(c["above"] or (c["quadratic"] and c["separated"]) for c in cells):
+        verdict = PARTLY
+    else:
+        verdict = NOT_REPRODUCED
+    ours = "; ".join(
+        f"{c['label']}: {contrastive} {c['contrastive']:.2f} [{c['c_lo']:.2f}, {c['c_hi']:.2f}], random {c['random']:.2f}"
+        for c in cells
+    )
+    above = [c["label"] for c in cells if c["above"]]
+    quadratic = [c["label"] for c in cells if c["quadratic"]]
+    evidence = (
+        f"{contrastive} p > 2 in {len(above)}/{len(cells)} cells ({', '.join(above) or 'none'}); random p ≈ 2 in "
+        f"{len(quadratic)}/{len(cells)}; both in {', '.join(both) or 'none'}"
+    )
+    return Outcome(ours, verdict, evidence)
+
+
+def power_law_by_class(tables: Tables) -> Outcome:
+    table = _table(tables, "power_law_by_class", ("band", "cls", "median_p", "ci_lo", "ci_hi"))
+    cells = _power_cells(table, "contrastive", [])
+    if not cells:
+        raise NotTestable("power_law_by_class lacks the contrastive or the random class")
+    return _power_outcome(cells, "contrastive")
+
+
+def power_law_inner_layers(tables: Tables) -> Outcome:
+    table = _table(tables, "layer_power_law", ("layer", "band", "cls", "median_p", "ci_lo", "ci_hi"))
+    inner = table[table["layer"].astype(str) != "head"]
+    cells = _power_cells(inner, "actdiff", ["layer"])
+    if not cells:
+        raise NotTestable("layer_power_law has no inner layer with both actdiff and random directions")
+    return _power_outcome(cells, "actdiff")
+
+
+FISHBACK_SOURCE = "FishBack (arXiv 2605.17231)"
+EFF_DIM_SHARE = (0.02, 0.17)  # FishBack's effective dimension on GPT-2, as a share of d
+REL_SPECTRAL_LOW = 0.97  # FishBack: the metric differs from the Euclidean one by more than 97% (relative spectral norm)
+
+
+def effective_dimension_range(tables: Tables) -> Outcome:
+    table = _table(tables, "layer_effective_dimension", ("layer", "d", "eff_rank_share", "participation_share", "rel_spectral"))
+    lo, hi = EFF_DIM_SHARE
+    cells = []
+    for row in table.itertuples():
+        in_range = lo <= float(row.eff_rank_share) <= hi
+        far = float(row.rel_spectral) > REL_SPECTRAL_LOW
+        cells.append((str(row.layer), in_range, far, row))
+    both = [layer for layer, a, b, _ in cells if a and b]
+    if len(both) == len(cells):
+        verdict = REPRODUCED
+    elif both or any(a or b for _, a, b, _ in cells):
+        verdict = PARTLY
+    else:
+        verdict = NOT_REPRODUCED
+    ours = "; ".join(
+        f"layer {layer}: eff. dim {_pct(float(r.eff_rank_share))} of d = {int(r.d)} (participation {_pct(float(r.participation_share))}), "
+        f"rel. spectral difference {_pct(float(r.rel_spectral))}"
+        for layer, _, _, r in cells
+    )
+    evidence = (
+        f"eff. dim (entropy) within {_pct(lo)}–{_pct(hi)} of d at {sum(a for _, a, _, _ in cells)}/{len(cells)} layers; "
+        f"difference > {_pct(REL_SPECTRAL_LOW)} at {sum(b for _, _, b, _ in cells)}/{len(cells)}; both at {', '.join(both) or 'none'}"
+    )
+    return Outcome(ours, verdict, evidence)
+
+
+LENS_SOURCE = "Jacobian lens (global workspace, 2026)"
+LENS_SHARE_SLACK, LENS_ANGLE = 0.05, 30.0  # the lens keeps the metric: within-50% share ≥ G's − 5 points, top eigvec within 30°
+
+
+def lens_keeps_metric(tables: Tables) -> Outcome:
+    table = _table(tables, "jacobian_lens", ("layer", "median_angle_deg", "within_50_G", "within_50_lens", "within_10_G", "within_10_lens"))
+    inner = table[table["layer"].astype(str) != "head"]
+    if inner.empty:
+        raise NotTestable("jacobian_lens has no inner layer (at the head the lens is the identity)")
+    keeps = [(str(r.layer), r.within_50_lens >= r.within_50_G - LENS_SHARE_SLACK and r.median_angle_deg <= LENS_ANGLE, r)
+             for r in inner.itertuples()]  # fmt: skip
+    held = [layer for layer, ok, _ in keeps if ok]
+    verdict = REPRODUCED if len(held) == len(keeps) else PARTLY if held else NOT_REPRODUCED
+    ours = "; ".join(
+        f"layer {layer}: within 50% {_pct(r.within_50_G)} (G) vs {_pct(r.within_50_lens)} (lens), within 10% "
+        f"{_pct(r.within_10_G)} vs {_pct(r.within_10_lens)}, top-eigvec angle {r.median_angle_deg:.1f}°"
+        for layer, _, r in keeps
+    )
+    return Outcome(ours, verdict, f"the lens keeps the metric at {len(held)}/{len(keeps)} inner layers ({', '.join(held) or 'none'})")

@@ -5,7 +5,11 @@ whose tables decide it, and a decision rule whose thresholds are module constant
 text. `evaluate_claims` applies every rule to a run's saved tables (`results/<run>/*.csv`) and
 returns the ledger, one row per claim:
 
-    claim, statement, write_up, ours, verdict, evidence
+    claim, source, statement, write_up, ours, verdict, evidence
+
+`source` says whose claim it is: `write-up` for the write-up's claims (and this project's checks beside
+them), else the short citation of the paper a newer claim comes from (e.g. `Ferreira da Silva &
+Heimersheim 2026`); `write_up` then holds that paper's figure.
 
 with verdict one of `reproduced`, `partly`, `not reproduced`, `not testable` (the evidence then
 says why: a table not written yet, a column an older run lacks, too few positions). Verdicts are a
@@ -42,6 +46,15 @@ from .claim_rules import (  # noqa: F401  (re-exported: the ledger's thresholds 
     SPEARMAN_PARTLY,
     TIE_RATIO,
     VERDICTS,
+    WRITE_UP_SOURCE,
+    EFF_DIM_SHARE,
+    FISHBACK_SOURCE,
+    LENS_ANGLE,
+    LENS_SHARE_SLACK,
+    LENS_SOURCE,
+    P_TOLERANCE,
+    POWER_LAW_SOURCE,
+    REL_SPECTRAL_LOW,
     NotTestable,
     Outcome,
     Tables,
@@ -51,6 +64,10 @@ from .claim_rules import (  # noqa: F401  (re-exported: the ledger's thresholds 
     entropy_best,
     quartic_beats_calibration,
     random_per_class,
+    effective_dimension_range,
+    lens_keeps_metric,
+    power_law_by_class,
+    power_law_inner_layers,
     rank_one,
     rank_profile,
     spearman_range,
@@ -72,6 +89,7 @@ class Claim:
     rule: str
     tables: tuple[str, ...]
     decide: Callable[[Tables], Outcome]
+    source: str = WRITE_UP_SOURCE  # whose claim: the write-up, or a paper's short citation
 
     def write_up_text(self, arch: str | None = None) -> str:
         """Return the write-up's figure for `arch` when it is one of its models, else every figure it gives."""
@@ -222,6 +240,55 @@ CLAIMS: tuple[Claim, ...] = (
         ("stratifier_variance",), entropy_best("robust_within_var"),
     ),  # fmt: skip
 )
+_POWER_RULE = (
+    f"Per ε band (the grid's consecutive pairs in thirds), median local exponent p = Δlog ε / Δlog t_emp: "
+    f"contrastive p > 2 means its CI lies above 2 and its median above {2 + P_TOLERANCE:g}; random p ≈ 2 means "
+    f"|median − 2| ≤ {P_TOLERANCE:g}. Reproduced if both hold in one band; partly if contrastive p > 2 in some band, "
+    f"or random p ≈ 2 with contrastive's median more than {P_TOLERANCE:g} above random's; else not reproduced."
+)
+NEWER_CLAIMS: tuple[Claim, ...] = (
+    Claim(
+        "power_law_by_class", "05_direction_classes",
+        "The divergence grows as t^p with p ≈ 2 along random directions but p > 2 along contrastive ones "
+        "(small pushes along feature directions are absorbed); here contrastive = structured w_b − w_a and tangent.",
+        {"all": "p ≈ 2 for random and PCA directions; p > 2 for contrastive, MELBO and SAE-decoder directions"},
+        _POWER_RULE, ("power_law_by_class",), power_law_by_class, source=POWER_LAW_SOURCE,
+    ),  # fmt: skip
+    Claim(
+        "power_law_inner_layers", "08_layer_pullback",
+        "At inner layers, where they saw the plateaus, activation-difference directions have p > 2 while random "
+        "directions have p ≈ 2.",
+        {"all": "p > 2 for contrastive directions in the residual stream of inner layers; p ≈ 2 for random"},
+        _POWER_RULE.replace("contrastive", "actdiff") + " Cells are (inner layer, band); the head is left out.",
+        ("layer_power_law",), power_law_inner_layers, source=POWER_LAW_SOURCE,
+    ),  # fmt: skip
+    Claim(
+        "effective_dimension_range", "08_layer_pullback",
+        f"The Fisher metric pulled back to the residual stream is far from Euclidean: its effective dimension is "
+        f"{EFF_DIM_SHARE[0]:.0%}–{EFF_DIM_SHARE[1]:.0%} of d and it differs from the identity by more than "
+        f"{REL_SPECTRAL_LOW:.0%} in relative spectral norm.",
+        {"all": f"GPT-2: effective dimension {EFF_DIM_SHARE[0]:.0%}–{EFF_DIM_SHARE[1]:.0%} of d; relative spectral-norm "
+                f"difference from the Euclidean metric > {REL_SPECTRAL_LOW:.0%}"},
+        f"Per layer, medians over the layer study's positions of the full spectrum of G_ℓ: effective rank exp(H(λ/Σλ)) as a "
+        f"share of d within {EFF_DIM_SHARE[0]:.0%}–{EFF_DIM_SHARE[1]:.0%}, and ‖G/‖G‖₂ − I‖₂ = 1 − λ_min/λ_max > "
+        f"{REL_SPECTRAL_LOW:.0%} (the best multiple of the identity, min_c ‖G − cI‖₂/‖G‖₂, is at most ½, so it is "
+        "reported but not compared). Reproduced if both hold at every layer; partly if either holds at some layer; "
+        "else not reproduced.",
+        ("layer_effective_dimension",), effective_dimension_range, source=FISHBACK_SOURCE,
+    ),  # fmt: skip
+    Claim(
+        "lens_keeps_metric", "08_layer_pullback",
+        "One Jacobian averaged over the corpus, J̄_ℓ = E[∂h/∂r_ℓ], can stand in for the per-position pullback: "
+        "Ḡ_ℓ = J̄_ℓᵀ F J̄_ℓ predicts the boundaries about as well as G_ℓ and shares its top eigenvector.",
+        {"all": "a corpus-averaged Jacobian lens reads inner layers out through the unembedding (no boundary figures)"},
+        f"Per inner layer (the head's lens is the identity), the lens averaged over held-out folds of the layer study's "
+        f"positions, scored on its random directions at every ε: the lens keeps the metric if its within-50% share is at "
+        f"least G_ℓ's − {LENS_SHARE_SLACK:g} and the median angle between the top eigenvectors is ≤ {LENS_ANGLE:g}°. "
+        "Reproduced if it does at every inner layer; partly at some; else not reproduced.",
+        ("jacobian_lens",), lens_keeps_metric, source=LENS_SOURCE,
+    ),  # fmt: skip
+)
+CLAIMS = CLAIMS + NEWER_CLAIMS
 CLAIMS_BY_ID = {claim.id: claim for claim in CLAIMS}
 
 
@@ -246,6 +313,7 @@ def evaluate_claims(tables: Tables, arch: str | None = None, notebook: str | Non
         rows.append(
             {
                 "claim": claim.id,
+                "source": claim.source,
                 "statement": claim.statement,
                 "write_up": claim.write_up_text(arch),
                 "ours": outcome.ours,

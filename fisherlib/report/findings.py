@@ -464,14 +464,135 @@ def stable_region_findings(axes: pd.DataFrame) -> str:
 # --- claims ---------------------------------------------------------------------------------------------
 
 
+def _source_label(row) -> str:
+    """Return `Write-up` for the write-up's claims, else the paper's citation (ledgers without `source`: the write-up)."""
+    source = getattr(row, "source", "write-up") or "write-up"
+    return "Write-up" if source == "write-up" else source
+
+
 def claims_section(ledger: pd.DataFrame, notebook: str) -> str:
     """Return the verdicts of `notebook`'s claims as Markdown (from `claims.write_ledger`)."""
     from .claims import CLAIMS_BY_ID
 
     rows = ledger[ledger["claim"].map(lambda c: CLAIMS_BY_ID[c].notebook == notebook if c in CLAIMS_BY_ID else False)]
     lines = [
-        f"**`{r.claim}` — {r.verdict}.** {r.statement} *Write-up:* {r.write_up}. *This run:* {r.ours}. *Evidence:* "
+        f"**`{r.claim}` — {r.verdict}.** {r.statement} *{_source_label(r)}:* {r.write_up}. *This run:* {r.ours}. *Evidence:* "
         f"{r.evidence}. *Rule:* {CLAIMS_BY_ID[r.claim].rule}"
         for r in rows.itertuples()
     ]
     return "### Claims decided by this notebook\n\n" + "\n\n".join(lines) if lines else "No claim is decided here."
+
+
+# --- the power law of the divergence by direction class (Ferreira da Silva & Heimersheim 2026) ---------
+
+
+def _exponent_side(row) -> str:
+    from .claim_rules import P_QUADRATIC, P_TOLERANCE
+
+    if row["ci_lo"] > P_QUADRATIC and row["median_p"] > P_QUADRATIC + P_TOLERANCE:
+        return "above 2"
+    if abs(row["median_p"] - P_QUADRATIC) <= P_TOLERANCE:
+        return "≈ 2"
+    return "above 2 (CI not clear of it)" if row["median_p"] > P_QUADRATIC else "below 2"
+
+
+def _band_sentence(part: pd.DataFrame, contrastive: str) -> str:
+    first = part.iloc[0]
+    classes = [c for c in (contrastive, "random", "structured", "tangent", "covariance", "eigvec") if c in set(part["cls"])]
+    indexed = part.set_index("cls")
+    values = ", ".join(
+        f"{c} {indexed.loc[c, 'median_p']:.2f} [{indexed.loc[c, 'ci_lo']:.2f}, {indexed.loc[c, 'ci_hi']:.2f}] ({_exponent_side(indexed.loc[c])})"
+        for c in classes
+    )
+    plateaus = int(part["n_plateau"].sum()) if "n_plateau" in part else 0
+    extra = f"; {plateaus} pairs with a boundary that did not move (p = inf)" if plateaus else ""
+    return f"{first['band']} ε ({first['eps_lo']:g}–{first['eps_hi']:g}): {values}{extra}"
+
+
+def power_law_findings(table: pd.DataFrame, contrastive: str = "contrastive") -> str:
+    """Sentences on the median local exponent p per ε band and class (`power_law.exponents_by_class`)."""
+    table = as_saved(table)
+    if table.empty:
+        return "**This run:** no pair of consecutive ε had an uncensored boundary at both; no exponent measured."
+    lines = [_band_sentence(part, contrastive) for _, part in table.groupby("band", sort=False)]
+    row = table.iloc[0]
+    dropped = int(table.loc[table["cls"] != "contrastive", "n_dropped"].sum())  # the pooled group counted once
+    return (
+        f"**This run** (median local exponent p = Δlog ε / Δlog t_emp, {_resampled(row)}; {dropped} pairs with a "
+        f"censored boundary dropped). " + _join(lines) + "."
+    )
+
+
+def layer_power_law_findings(table: pd.DataFrame, contrastive: str = "actdiff") -> str:
+    """Per inner layer and band: where the contrastive exponent is above 2 while random stays ≈ 2."""
+    table = as_saved(table)
+    if table.empty:
+        return "**This run:** no layer had an uncensored pair of consecutive ε; no exponent measured."
+    lines = []
+    for layer, part in table.groupby("layer", sort=False):
+        bands = []
+        for _, cell in part.groupby("band", sort=False):
+            indexed = cell.set_index("cls")
+            if contrastive in indexed.index and "random" in indexed.index:
+                c, r = indexed.loc[contrastive], indexed.loc["random"]
+                bands.append(f"{c['band']} {contrastive} {c['median_p']:.2f} ({_exponent_side(c)}) vs random {r['median_p']:.2f} ({_exponent_side(r)})")
+        if bands:
+            lines.append(f"layer {layer}: " + "; ".join(bands))
+    above = [
+        f"{r.layer}/{r.band}" for r in table[table["cls"] == contrastive].itertuples()
+        if str(r.layer) != "head" and _exponent_side(table.loc[r.Index]) == "above 2"
+    ]  # fmt: skip
+    summary = f"{contrastive} exponent above 2 at inner layer/band {', '.join(above)}" if above else f"{contrastive} exponent nowhere clearly above 2 at an inner layer"
+    return f"**This run:** {summary}.\n\n" + bullets(lines)
+
+
+# --- effective dimension of the pulled-back metric (FishBack) ---------------------------------------------
+
+
+def effective_dimension_findings(table: pd.DataFrame) -> str:
+    """Sentences on `effective_dimension.effective_dimension_by_layer`: share of d per layer, distance from Euclidean."""
+    from .claim_rules import EFF_DIM_SHARE, REL_SPECTRAL_LOW
+
+    table = as_saved(table)
+    if table.empty:
+        return "**This run:** no layer spectrum was measured."
+    lo, hi = EFF_DIM_SHARE
+    lines = [
+        f"layer {r.layer}: effective rank {r.eff_rank:.1f} = {_pct(r.eff_rank_share)} of d = {int(r.d)} "
+        f"(quartiles {_pct(r.eff_rank_share_q25)}–{_pct(r.eff_rank_share_q75)}; participation ratio {_pct(r.participation_share)}); "
+        f"‖G/‖G‖ − I‖₂ {_pct(r.rel_spectral)}, best multiple of I {_pct(r.rel_spectral_best)} (spectral), "
+        f"{_pct(r.rel_frobenius_best)} (Frobenius)"
+        for r in table.itertuples()
+    ]
+    inside = [str(r.layer) for r in table.itertuples() if lo <= r.eff_rank_share <= hi]
+    far = [str(r.layer) for r in table.itertuples() if r.rel_spectral > REL_SPECTRAL_LOW]
+    summary = (
+        f"effective dimension within FishBack's {_pct(lo)}–{_pct(hi)} of d at {len(inside)} of {len(table)} layers"
+        f"{' (' + ', '.join(inside) + ')' if inside else ''}; relative spectral difference above {_pct(REL_SPECTRAL_LOW)} at "
+        f"{len(far)} of {len(table)}; medians over {int(table['n_positions'].max())} positions"
+    )
+    return f"**This run:** {summary}.\n\n" + bullets(lines)
+
+
+# --- the averaged Jacobian lens ---------------------------------------------------------------------------
+
+
+def lens_findings(table: pd.DataFrame) -> str:
+    """Sentences on `jacobian_lens.lens_table`: how much of the per-position metric the averaged lens keeps."""
+    table = as_saved(table)
+    if table.empty:
+        return "**This run:** no layer was scored with the averaged lens."
+    lines = [
+        f"layer {r.layer}: within 50% of t_emp {_pct(r.within_50_G)} with G_ℓ, {_pct(r.within_50_lens)} with the lens "
+        f"(within 10%: {_pct(r.within_10_G)} vs {_pct(r.within_10_lens)}); top eigenvectors {r.median_angle_deg:.1f}° apart"
+        for r in table.itertuples()
+    ]
+    inner = table[table["layer"].astype(str) != "head"]
+    loss = (inner["within_50_G"] - inner["within_50_lens"]) if len(inner) else pd.Series([0.0])
+    worst = inner.loc[loss.idxmax(), "layer"] if len(inner) else "—"
+    mismatch = float(table["max_curv_mismatch"].max())
+    return (
+        f"**This run:** at inner layers the averaged lens loses at most {100 * float(loss.max()):.1f} points of the "
+        f"within-50% share (layer {worst}); the dense G_ℓ reproduces the layer study's curvatures to {mismatch:.1e} "
+        f"(relative), so the same directions are scored.\n\n" + bullets(lines)
+    )

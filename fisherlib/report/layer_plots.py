@@ -205,3 +205,39 @@ def plot_hit_rates(hits: pd.DataFrame) -> Figure:
     ax.legend(frameon=False, fontsize="small")
     fig.tight_layout()
     return fig
+
+
+def plot_effective_dimension(table: pd.DataFrame, share_range: tuple[float, float] = (0.02, 0.17)) -> Figure:
+    """Plot the effective rank of G_ℓ as a share of d per layer (median, quartiles), FishBack's range shaded."""
+    x = np.arange(len(table))
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.9 * len(table) + 2), 3.8))
+    median = table["eff_rank_share"].to_numpy(float)
+    ax.errorbar(x, median, yerr=[median - table["eff_rank_share_q25"].to_numpy(float), table["eff_rank_share_q75"].to_numpy(float) - median],
+                fmt="o-", capsize=3, label=r"$\exp H(\lambda/\sum\lambda)$ / d (median, quartiles)")  # fmt: skip
+    ax.plot(x, table["participation_share"].to_numpy(float), "s--", label=r"participation ratio / d (median)")
+    ax.axhspan(*share_range, color="0.85", label=f"FishBack (GPT-2): {share_range[0]:.0%}–{share_range[1]:.0%}")
+    ax.set_xticks(x, [str(v) for v in table["layer"]])
+    ax.set_xlabel("layer (block boundary)")
+    ax.set_ylabel(r"effective dimension of $G_\ell$ / d")
+    ax.set_ylim(0, max(0.3, float(np.nanmax(median)) * 1.15))
+    ax.legend(frameon=False, fontsize="small")
+    ax.set_title(r"Effective dimension of the pulled-back metric $G_\ell = J_\ell^\top F J_\ell$")
+    fig.tight_layout()
+    return fig
+
+
+def plot_jacobian_lens(table: pd.DataFrame) -> Figure:
+    """Plot per layer the share of t_pred within 50% / 10% of t_emp with G_ℓ and with the averaged lens Ḡ_ℓ."""
+    x = np.arange(len(table))
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.9 * len(table) + 2), 3.8))
+    for column, label, style in (("within_50_G", "within 50%, per-position $G_\\ell$", "o-"), ("within_50_lens", "within 50%, lens $\\bar G_\\ell$", "o--"),
+                                 ("within_10_G", "within 10%, $G_\\ell$", "s-"), ("within_10_lens", "within 10%, lens", "s--")):  # fmt: skip
+        ax.plot(x, table[column].to_numpy(float), style, label=label)
+    ax.set_xticks(x, [str(v) for v in table["layer"]])
+    ax.set_xlabel("layer (block boundary)")
+    ax.set_ylabel(r"share of random directions (all $\varepsilon$)")
+    ax.set_ylim(0, 1.02)
+    ax.legend(frameon=False, fontsize="small")
+    ax.set_title(r"Averaged Jacobian lens $\bar J_\ell$ against the per-position pullback")
+    fig.tight_layout()
+    return fig

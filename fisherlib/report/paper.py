@@ -25,11 +25,12 @@ EXPECTED_TABLES = {
     "02_fisher_geometry": ["fisher_spectrum_by_stratum", "effective_rank_summary", "rank_one_regime", "topk_vs_full_fisher"],
     "03_direction_sweep": ["sweep_census", "boundary_check"],
     "04_closed_form_exactness": ["table1_top_eigvec", "rho_by_eig_rank", "rho_by_eps", "rho_topk_vs_full", "predictor_accuracy"],
-    "05_direction_classes": ["table2_rho_by_class", "spearman_per_position", "spearman_summary"],
+    "05_direction_classes": ["table2_rho_by_class", "spearman_per_position", "spearman_summary", "power_law_by_class"],
     "06_isotonic_calibration": ["calibration_within50", "calibration_headline", "predictor_comparison"],
     "07_entropy_stratification": ["stratifier_variance", "stable_region_axes", "claims"],
     "08_layer_pullback": [
         "layer_positions", "layer_table1", "layer_rho_by_eps", "layer_spearman", "layer_exactness_frontier", "layer_nonmonotone",
+        "layer_power_law", "layer_effective_dimension", "jacobian_lens",
     ],
     "09_interpolation_plateaus": ["plateau_paths", "plateau_statistics", "plateau_jump_hits", "plateau_fisher_length"],
 }
@@ -38,10 +39,11 @@ EXPECTED_FIGURES = {
     "02_fisher_geometry": ["fisher_spectra", "rank_one_regime"],
     "03_direction_sweep": ["kl_profiles"],
     "04_closed_form_exactness": ["rho_by_eig_rank", "rho_by_eps", "rho_topk_vs_full"],
-    "05_direction_classes": ["rho_by_class", "spearman_histogram"],
+    "05_direction_classes": ["rho_by_class", "spearman_histogram", "power_law_by_class"],
     "06_isotonic_calibration": ["calibration_within50_vs_eps", "calibration_curve", "predictor_comparison"],
     "07_entropy_stratification": ["stratifier_variance", "stable_regions"],
-    "08_layer_pullback": ["layer_table1", "layer_rho_by_eps", "layer_spearman", "layer_exactness_frontier"],
+    "08_layer_pullback": ["layer_table1", "layer_rho_by_eps", "layer_spearman", "layer_exactness_frontier", "layer_power_law",
+                          "layer_effective_dimension", "jacobian_lens"],
     "09_interpolation_plateaus": ["plateau_reometry", "plateau_examples", "plateau_jump_hits"],
 }
 WRITE_UP_ARCHS = ("qwen", "llama", "pythia")
@@ -172,7 +174,8 @@ def run_ledger(folder: Path) -> pd.DataFrame:
 def claims_matrix(runs: dict[str, Path]) -> pd.DataFrame:
     """The claims ledger across runs: one row per claim, the write-up's figures beside each run's verdict and figure."""
     frame = pd.DataFrame(
-        {"claim": [c.id for c in CLAIMS], "write-up": [c.write_up_text(None) for c in CLAIMS]}
+        {"claim": [c.id for c in CLAIMS], "source": [c.source for c in CLAIMS],
+         "write-up / paper": [c.write_up_text(None) for c in CLAIMS]}
     ).set_index("claim")
     for run, folder in runs.items():
         ledger = run_ledger(folder).set_index("claim")
@@ -310,5 +313,48 @@ def story(run_dir: Path | str) -> str:
         text += (": an uncalibrated closed form beats a fitted calibrator." if quartic["within_50"] > calibrators.max()
                  else ": the calibrator stays ahead of the closed forms.")
         lines.append(text)
-    table = markdown_table(ledger[["claim", "verdict", "ours"]])
-    return "\n\n".join([" ".join(lines), table])
+    newer = _newer_results(run_dir)
+    columns = ["claim", "source", "verdict", "ours"] if "source" in ledger.columns else ["claim", "verdict", "ours"]
+    table = markdown_table(ledger[columns])
+    return "\n\n".join([" ".join(lines), *([newer] if newer else []), table])
+
+
+def _newer_results(run_dir: Path) -> str:
+    """Return the story's sentences on the newer papers' results (power law, effective dimension, lens), if written."""
+    from .claim_rules import EFF_DIM_SHARE, REL_SPECTRAL_LOW
+
+    sentences = []
+    power = _read(run_dir, "power_law_by_class")
+    if power is not None and {"contrastive", "random"} <= set(power["cls"]):
+        parts = []
+        for band, part in power.groupby("band", sort=False):
+            at = part.set_index("cls")
+            parts.append(f"{at.loc['contrastive', 'median_p']:.2f} vs {at.loc['random', 'median_p']:.2f} at {band} ε")
+        sentences.append("the local exponent of the divergence, p = Δlog ε / Δlog t_emp (Ferreira da Silva & Heimersheim), "
+                         "is, for contrastive (token-pair) vs random directions, " + ", ".join(parts))  # fmt: skip
+    layers = _read(run_dir, "layer_power_law")
+    if layers is not None and "actdiff" in set(layers["cls"]):
+        inner = layers[(layers["cls"] == "actdiff") & (layers["layer"].astype(str) != "head")]
+        above = inner[(inner["ci_lo"] > 2) & (inner["median_p"] > 2.25)]
+        if len(inner):
+            sentences.append(f"at inner layers activation-difference directions have p above 2 in {len(above)} of "
+                             f"{len(inner)} (layer, ε band) cells (median {inner['median_p'].median():.2f})")  # fmt: skip
+    dimension = _read(run_dir, "layer_effective_dimension")
+    if dimension is not None and len(dimension):
+        share, rel = dimension["eff_rank_share"], dimension["rel_spectral"]
+        sentences.append(
+            f"the pulled-back metric G_ℓ has an effective dimension of {share.min():.1%}–{share.max():.1%} of d over the "
+            f"layers (FishBack: {EFF_DIM_SHARE[0]:.0%}–{EFF_DIM_SHARE[1]:.0%}) and differs from the identity by "
+            f"{rel.min():.1%}–{rel.max():.1%} in relative spectral norm (FishBack: > {REL_SPECTRAL_LOW:.0%})"
+        )
+    lens = _read(run_dir, "jacobian_lens")
+    if lens is not None and len(lens):
+        inner = lens[lens["layer"].astype(str) != "head"]
+        if len(inner):
+            loss = inner["within_50_G"] - inner["within_50_lens"]
+            sentences.append(
+                f"one averaged Jacobian lens in place of the per-position pullback loses {100 * loss.min():.1f}–"
+                f"{100 * loss.max():.1f} points of the within-50% share at inner layers, its top eigenvector "
+                f"{inner['median_angle_deg'].min():.0f}–{inner['median_angle_deg'].max():.0f}° from G_ℓ's"
+            )
+    return ("Newer results: " + "; ".join(sentences) + ".") if sentences else ""

@@ -526,3 +526,39 @@ def plot_stable_regions(
     fig.tight_layout(rect=(0, 0.06 / n_rows, 1, 1))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize="small")
     return fig
+
+
+def plot_power_law(table: pd.DataFrame, groups: Sequence[str] | None = None, title: str = "") -> Figure:
+    """Plot the median local exponent p (95% CI) per ε band and direction class; one panel per layer if any.
+
+    The dashed line is p = 2, the quadratic form's exponent; p > 2 is a plateau followed by a steep rise.
+    """
+    layers = list(dict.fromkeys(table["layer"])) if "layer" in table.columns else [None]
+    groups = list(groups) if groups is not None else list(dict.fromkeys(table["cls"]))
+    bands = list(dict.fromkeys(table["band"]))
+    fig, axes = plt.subplots(1, len(layers), figsize=(max(4.5, 2.6 * len(layers)), 3.9), sharey=True, squeeze=False)
+    colors = {g: f"C{i}" for i, g in enumerate(groups)}
+    width = 0.8 / max(1, len(groups))
+    for ax, layer in zip(axes[0], layers):
+        part = table if layer is None else table[table["layer"] == layer]
+        for i, group in enumerate(groups):
+            rows = part[part["cls"] == group].set_index("band").reindex(bands)
+            x = np.arange(len(bands)) + (i - (len(groups) - 1) / 2) * width
+            median = rows["median_p"].to_numpy(float)
+            lo = np.clip(median - rows["ci_lo"].to_numpy(float), 0, None)
+            hi = np.clip(rows["ci_hi"].to_numpy(float) - median, 0, None)
+            shown = np.isfinite(median) & np.isfinite(hi)
+            ax.errorbar(x[shown], median[shown], yerr=[lo[shown], hi[shown]], fmt="o", color=colors[group], capsize=2,
+                        label=group if ax is axes[0][0] else None)  # fmt: skip
+        first = part.drop_duplicates("band").set_index("band").reindex(bands)
+        ax.set_xticks(range(len(bands)), [f"{b}\n{lo:g}–{hi:g}" for b, lo, hi in zip(bands, first["eps_lo"], first["eps_hi"])],
+                      fontsize="small")  # fmt: skip
+        ax.axhline(2.0, color="black", linewidth=0.8, linestyle="--")
+        ax.set_xlabel(r"$\varepsilon$ band (nats)")
+        if layer is not None:
+            ax.set_title(f"layer {layer}")
+    axes[0][0].set_ylabel(r"median local exponent $p = \Delta\log\varepsilon / \Delta\log t_\mathrm{emp}$")
+    axes[0][0].legend(frameon=False, fontsize="small")
+    fig.suptitle(title or r"Power law of the divergence by direction class ($p = 2$: quadratic)")
+    fig.tight_layout()
+    return fig

@@ -19,7 +19,7 @@ import torch
 
 from ..io.cache import write_file, write_folder
 from ..layers.engine import Prefilled, check_layer, default_layers, residuals_by_layer
-from ..steps import dynamics, layer_study, plateaus
+from ..steps import dynamics, effective_dimension, jacobian_lens, layer_study, plateaus
 from ..steps.sweep import measure_boundaries
 from .inputs import SAMPLE_KEYS, load_head, load_model_for, load_sample, read_entry, wrote_entry
 
@@ -135,6 +135,49 @@ def run_layer_study(params, seed: int | None = None, progress: bool = True) -> t
     _write_parquet(measurements, path)
     wrote_entry(f"layer measurements (seed {seed})", path)
     return measurements, positions
+
+
+def run_layer_spectra(params, seed: int | None = None, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return `(spectra, lens)` of notebook 08: the full spectrum of `G_ℓ` and the averaged Jacobian lens, per layer.
+
+    The positions are `params.layer_dense_positions` of the layer study's, spread over domains and strata
+    as those are; `G_ℓ` is formed densely, `d` JVPs
+    per position and layer, in one pass that also sums the basis velocities per fold for the held-out
+    lens (`jacobian_lens.measure_lens`). `spectra`: `effective_dimension.SPECTRUM_COLUMNS` per (layer,
+    position); `lens`: one row per (layer, position, random direction of the layer study). Cached as
+    parquet beside the run's sample.
+    """
+    seed = params.seed if seed is None else seed
+    key = params.key(*SAMPLE_KEYS, "layers", "layer_positions", "layer_dense_positions", "layer_per_class")
+    paths = [params.cache_path / f"layer-{name}-seed{seed}-{key}.parquet" for name in ("spectra", "lens")]
+    cached = [_read_parquet(params, path, f"layer {name} (seed {seed})") for path, name in zip(paths, ("spectra", "lens"))]
+    if all(frame is not None for frame in cached):
+        return cached[0], cached[1]
+    sample = load_sample(params, seed, progress=progress)
+    rows = layer_study.choose_positions(sample.table, params.layer_positions, seed)
+    rows = rows[layer_study.choose_positions(sample.table.iloc[rows], params.layer_dense_positions, seed)]
+    model = load_model_for(params)
+    layers = list(params.layers) or default_layers(model)
+    residuals = residuals_by_layer(model, sample, layers[:1], batch_size=params.batch_size)
+    width = int(next(iter(residuals.values())).shape[-1])
+    prefilled = Prefilled(model, [sample.context_ids[i] for i in rows], batch_size=params.batch_size)
+    position_ids = sample.table["position"].to_numpy()[rows]
+    spectra, lenses = [], []
+    for layer in layers:
+        logger.info("layer %s: dense G and the averaged lens at %d positions", layer_study.layer_label(layer), len(rows))
+        lens, G = jacobian_lens.measure_lens(
+            model, prefilled, layer, width, position_ids, params.layer_per_class, seed=seed, batch_size=params.batch_size
+        )
+        summary = effective_dimension.spectrum_summary(torch.linalg.eigvalsh(G))
+        summary.insert(0, "position", position_ids)
+        summary.insert(0, "layer", layer_study.layer_label(layer))
+        spectra.append(summary[list(effective_dimension.SPECTRUM_COLUMNS)])
+        lenses.append(lens)
+    spectra, lens = pd.concat(spectra, ignore_index=True), pd.concat(lenses, ignore_index=True)
+    for frame, path, name in ((spectra, paths[0], "spectra"), (lens, paths[1], "lens")):
+        _write_parquet(frame, path)
+        wrote_entry(f"layer {name} (seed {seed})", path)
+    return spectra, lens
 
 
 def layer_cache_file(params, seed: int) -> Path:

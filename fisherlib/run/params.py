@@ -70,6 +70,7 @@ class StudyParams:
     layer_eig: int = 2  # top eigenvectors of G_ℓ per position, each with both signs
     layer_per_class: int = 3  # random, residual-covariance and activation-difference directions per position
     layer_rtol: float = 1e-4  # relative accuracy asked of t_emp at inner layers (float32 logits allow about 1e-4)
+    layer_dense_positions: int = 24  # of those, positions where G_ℓ is formed densely (d JVPs each: effective dimension, averaged lens); 0: all
     plateau_layer: int = 1  # where notebook 09 interpolates (the residual entering this block)
     plateau_pairs: int = 64  # prompt pairs, each along the straight path and the arc
     plateau_steps: int = 81  # grid points α in [0, 1]
@@ -120,7 +121,9 @@ class StudyParams:
                 problems.append(f"{name} must be positive")
         if self.min_prefix < 1 or self.min_prefix >= self.max_context:
             problems.append("min_prefix must be at least 1 and below max_context")
-        for name in ("layer_positions", "layer_eig", "layer_per_class", "plateau_layer", "plateau_pairs"):
+        if self.layer_dense_positions == 1:
+            problems.append("layer_dense_positions must be 0 or at least 2 (the averaged lens is held out over folds)")
+        for name in ("layer_positions", "layer_dense_positions", "layer_eig", "layer_per_class", "plateau_layer", "plateau_pairs"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be at least 0")
         if self.layer_eig + self.layer_per_class < 1:

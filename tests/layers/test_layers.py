@@ -183,6 +183,32 @@ def test_layer_fisher_eigh_matches_dense_pullback(top_k):
     torch.testing.assert_close(curvature, values, rtol=1e-6, atol=1e-9 * float(expected.max()))
 
 
+@pytest.mark.parametrize("layer", [1, "head"])
+def test_layer_fisher_matrix_is_the_dense_pullback(layer):
+    model = _random_lm("gpt_neox")
+    contexts = _contexts()
+    G = L.layer_fisher_matrix(model, contexts, layer, WIDTH, batch_size=2)
+    expected = _dense_pullback(model, contexts, layer) if layer != "head" else None
+    if expected is not None:
+        torch.testing.assert_close(G, expected, rtol=1e-5, atol=1e-7 * float(expected.abs().max()))
+    values, _ = L.layer_fisher_eigh(model, contexts, layer, k=2)
+    torch.testing.assert_close(torch.linalg.eigvalsh(G).flip(-1)[:, :2], values, rtol=1e-6, atol=1e-9 * float(values.max()))
+
+
+def test_the_lens_pass_gives_the_dense_metric_and_a_held_out_lens():
+    from fisherlib.steps import jacobian_lens
+
+    model = _random_lm("gpt_neox")
+    contexts = _contexts(lengths=(5, 11, 8, 7))
+    rows, G = jacobian_lens.measure_lens(model, contexts, 1, WIDTH, [3, 4, 5, 6], n_per_class=2, batch_size=3)
+    torch.testing.assert_close(G, L.layer_fisher_matrix(model, contexts, 1, WIDTH))
+    A, z = L.layer_velocities(model, contexts, 1, torch.eye(WIDTH, dtype=torch.float64).expand(4, WIDTH, WIDTH), return_logits=True)
+    _, G_bar, _ = jacobian_lens.lens_metrics(A, torch.softmax(z, -1))
+    U = jacobian_lens.random_directions([3, 4, 5, 6], 2, WIDTH, seed=0)
+    assert rows["curv_lens"].to_numpy() == pytest.approx(jacobian_lens.curvatures(G_bar, U).reshape(-1), rel=1e-9)
+    assert len(rows) == 8 and ((rows["angle_deg"] >= 0) & (rows["angle_deg"] <= 90)).all()
+
+
 def test_padding_and_batching_do_not_change_results():
     model = _random_lm("gpt_neox")
     contexts = _contexts(lengths=(4, 13, 7, 9))

@@ -61,5 +61,21 @@ def test_summary_has_the_claims_matrix_from_ledgers_or_tables(tmp_path):
     assert "## Claims matrix" in text
     row = next(line for line in text.splitlines() if line.startswith("| top_eigvec_exact"))
     assert "**partly**" in row and "**reproduced**" in row and "Qwen3-1.7B: 1.002" in row
+    assert "| write-up " in row  # the source column
+    header = next(line for line in text.splitlines() if line.startswith("| claim"))
+    assert "source" in header and "write-up / paper" in header
     assert all(f"| {claim.id} " in text for claim in CLAIMS)
     assert "## Every predictor on one denominator" in text and "t_quartic (ε = 1)" in text
+
+
+def test_story_tells_the_newer_papers_results_from_the_tables(tmp_path):
+    from test_claims import passing_tables
+
+    from fisherlib.report.paper import story
+
+    for name, table in passing_tables().items():
+        table.to_csv(tmp_path / f"{name}.csv", index=False)
+    text = story(tmp_path)
+    assert "Newer results:" in text and "2.60 vs 2.10 at large ε" in text
+    assert "5.0%–15.0% of d" in text and "lens" in text
+    assert "| source " in text  # the ledger table carries each claim's source
