@@ -189,7 +189,8 @@ def test_stories_first_crossings_against_dense_brute_force(stories_lines, layer)
     model, contexts, U = stories_lines
     eps = [0.01, 1.0, 5.0]
     reference, crossings, t_end = _dense_reference(model, contexts, layer, U, eps)
-    assert (crossings >= 2).sum() >= 1  # some lines cross an ε more than once
+    if layer == 0:  # the case: at the first block some of these lines cross an ε more than once
+        assert (crossings >= 2).sum() >= 1
     for rtol in (1e-6, 1e-8):
         t, info = L.layer_boundary(model, contexts, layer, U, eps, rtol=rtol, return_info=True)
         seen = torch.isfinite(reference) | (t <= t_end[..., None])  # censoring is compared within the grid
