@@ -557,8 +557,9 @@ def plot_power_law(table: pd.DataFrame, groups: Sequence[str] | None = None, tit
         ax.set_xlabel(r"$\varepsilon$ band (nats)")
         if layer is not None:
             ax.set_title(f"layer {layer}")
-    axes[0][0].set_ylabel(r"median local exponent $p = \Delta\log\varepsilon / \Delta\log t_\mathrm{emp}$")
-    axes[0][0].legend(frameon=False, fontsize="small")
-    fig.suptitle(title or r"Power law of the divergence by direction class ($p = 2$: quadratic)")
+    axes[0][0].set_ylabel("median local exponent $p$ (95% CI)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    axes[0][-1].legend(handles, labels, title="class", frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.suptitle(title or r"Local exponent $p = \Delta\log\varepsilon / \Delta\log t_\mathrm{emp}$ by direction class ($p = 2$: quadratic)")
     fig.tight_layout()
     return fig
