@@ -60,6 +60,10 @@ _EXPORTS = {
     "layer_fisher_eigh": "layers.pullback",
     "layer_curvature": "layers.pullback",
     "Prefilled": "layers.engine",
+    # a KL budget for activation steering (notebook 11)
+    "steering_budget": "steps.steering",
+    "steering_scale": "steps.steering",
+    "SteeringScale": "steps.steering",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -84,6 +88,8 @@ MOVED_MODULES = {
     "layer_plots": "report.layer_plots", "dynamics_report": "report.dynamics_report",
     "cli": "run.cli", "parameter_docs": "run.parameter_docs",
 }  # fmt: skip
+# Every alias the finder serves: the moved modules, and short names for a step researchers import directly.
+MODULE_ALIASES = {**MOVED_MODULES, "steering": "steps.steering"}
 
 
 class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -91,12 +97,12 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def find_spec(self, fullname, path=None, target=None):
         prefix, _, name = fullname.partition(".")
-        if prefix != __name__ or name not in MOVED_MODULES:
+        if prefix != __name__ or name not in MODULE_ALIASES:
             return None
         return importlib.machinery.ModuleSpec(fullname, self)
 
     def create_module(self, spec):
-        module = importlib.import_module(f"{__name__}.{MOVED_MODULES[spec.name.partition('.')[2]]}")
+        module = importlib.import_module(f"{__name__}.{MODULE_ALIASES[spec.name.partition('.')[2]]}")
         spec.loader_state = module.__spec__
         return module
 
@@ -112,7 +118,7 @@ if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
 def __getattr__(name: str):
     if name in SUBPACKAGES:
         return importlib.import_module(f"{__name__}.{name}")
-    if name in MOVED_MODULES:
+    if name in MODULE_ALIASES:
         return importlib.import_module(f"{__name__}.{name}")
     if name in _EXPORTS:
         module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")

@@ -158,25 +158,55 @@ def copies_attention(module, query, key, value, attention_mask, scaling=None, dr
     return out.reshape(R, H, M, hd).transpose(1, 2).contiguous(), None
 
 
-def _register_attention() -> None:
+def sequence_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Plain causal attention over a whole sequence, softmax in float32 or the model's dtype if wider.
+
+    `query [B, H, T, hd]`, `key, value [B, H_kv, T, hd]`, `attention_mask [B, 1, T, T]` additive (the
+    caller's causal and padding mask). Transformers' eager attention takes its softmax in float32 whatever
+    the model's dtype, which caps a float64 model's logits at ~1e-7 relative; the fused kernels have no
+    forward-mode rule. Returns `([B, T, H, hd], None)`.
+    """
+    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
+        raise FisherlibError("steering passes do not support soft-capped or sink attention")
+    window = kwargs.get("sliding_window")
+    if window is not None and window < key.shape[2]:
+        raise FisherlibError(f"a sliding window of {window} tokens binds on a {key.shape[2]}-token text: use shorter texts")
+    B, H, T, hd = query.shape
+    groups = H // key.shape[1]
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+    scaling = hd**-0.5 if scaling is None else scaling
+    work = torch.promote_types(query.dtype, torch.float32)
+    scores = (query @ key.transpose(2, 3)).to(work) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask[..., : key.shape[2]].to(work)
+    weights = torch.softmax(scores, -1).to(query.dtype)
+    return (weights @ value).transpose(1, 2).contiguous(), None
+
+
+SEQUENCE_ATTENTION_NAME = "fisherlib_sequence"
+_ATTENTION_FUNCTIONS = {ATTENTION_NAME: copies_attention, SEQUENCE_ATTENTION_NAME: sequence_attention}
+
+
+def _register_attention(name: str) -> None:
     from transformers import AttentionInterface
 
-    if ATTENTION_NAME not in AttentionInterface._global_mapping:
-        AttentionInterface.register(ATTENTION_NAME, copies_attention)
+    if name not in AttentionInterface._global_mapping:
+        AttentionInterface.register(name, _ATTENTION_FUNCTIONS[name])
 
 
 @contextlib.contextmanager
-def copies_attention_on(network: nn.Module):
-    """Run `network` with `copies_attention` for the duration (restoring its own implementation after)."""
-    _register_attention()
+def attention_function_on(network: nn.Module, name: str):
+    """Run `network` with fisherlib's attention function `name` for the duration (restoring its own after)."""
+    _register_attention(name)
     config = network.config
     current = getattr(config, "_attn_implementation", None)
     try:
-        network.set_attn_implementation(ATTENTION_NAME)
+        network.set_attn_implementation(name)
     except (ValueError, AttributeError):
         # Older transformers refuse names they did not register themselves: set the config's field.
-        config._attn_implementation_internal = ATTENTION_NAME
-    if getattr(config, "_attn_implementation", None) != ATTENTION_NAME:
+        config._attn_implementation_internal = name
+    if getattr(config, "_attn_implementation", None) != name:
         raise FisherlibError(f"{type(network).__name__} does not let fisherlib choose its attention function")
     try:
         yield
@@ -185,6 +215,11 @@ def copies_attention_on(network: nn.Module):
             network.set_attn_implementation(current)
         except (ValueError, AttributeError):
             config._attn_implementation_internal = current
+
+
+def copies_attention_on(network: nn.Module):
+    """Run `network` with `copies_attention` for the duration (restoring its own implementation after)."""
+    return attention_function_on(network, ATTENTION_NAME)
 
 
 # --- the prefix, run once, and forward passes of the target token ----------------------------------

@@ -331,7 +331,7 @@ def _evaluate(prefix, hook, U_lines, line_row, z0, log_p, lines, t, divergence, 
     return value, slope
 
 
-def _first_crossing(evaluate, curv, cap, eps, rtol, scan_ratio, steps_per_round: int = 8):
+def _first_crossing(evaluate, curv, cap, eps, rtol, scan_ratio, steps_per_round: int = 8, scale=None):
     """Solve `D(t) = ε` at the first crossing for every line `[L]` and ε `[E]`.
 
     Returns `(t [L, E], nonmonotone [L], unconverged [L, E], unresolved [L, E])`.
@@ -346,12 +346,15 @@ def _first_crossing(evaluate, curv, cap, eps, rtol, scan_ratio, steps_per_round:
     `sqrt(2D)` and on `D`, bisection as safeguard, each new point below ε checked the same way) until its
     width is at most `rtol` times its lower end; the secant root of `sqrt(2D)` inside it is returned.
     The walks are plain Python, one evaluation per walk per round, all of a round in one `evaluate` call.
+    `scale [L]` replaces the lattice's unit `1 / sqrt(curv)` (lines that share it share the scan's points;
+    it must not exceed `1 / sqrt(curv)`, so that ε still starts at or below a quarter of its `t_pred`).
     """
     device = curv.device
     L, E = len(curv), len(eps)
     eps_list = [float(x) for x in eps.cpu()]
     usable = (curv > 0) & torch.isfinite(curv)
-    scale = 1 / torch.sqrt(torch.where(usable, curv, torch.ones_like(curv)))
+    if scale is None:
+        scale = 1 / torch.sqrt(torch.where(usable, curv, torch.ones_like(curv)))
     j_start = [math.floor(math.log(0.25 * math.sqrt(2 * x)) / math.log(scan_ratio)) for x in eps_list]
     top = max(eps_list)
     limit = torch.minimum(cap, torch.full_like(cap, _HUGE_T))

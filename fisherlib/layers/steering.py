@@ -1,0 +1,307 @@
+"""Activation steering's push: `α v` added to the residual stream at `layer` at every position of a text.
+
+A steering vector moves every position at once, so position t's logits `z_t(α)` change through its own
+residual and, by attention, through every earlier one. Their velocity `a_t = dz_t/dα` at `α = 0` comes for
+all positions from one forward-mode pass over the whole text (α is a dual number with tangent 1), and the
+closed form reads `α_pred(t, ε) = sqrt(2ε / Var_{p_t}[a_t])`, the study's `t_pred` for this push. The exact
+`α_emp(t, ε)`, the first α > 0 where `KL(p_t ‖ q_t(α)) = ε`, needs full forward passes (the push reaches the
+prefix, so no key/value cache can be reused); it uses the layer study's first-crossing search
+(`pullback._first_crossing`) with one lattice per text, so that a scan point is one pass for all its positions.
+
+Attention runs through `engine.sequence_attention` during these passes (plain tensor operations, softmax
+in float32 or the model's dtype if wider): PyTorch's fused kernels have no forward-mode rule, transformers'
+eager attention takes its softmax in float32 even in a float64 model, and values and slopes of one search
+must come from the same arithmetic. Logits are cast to float64 right after the forward pass.
+
+Texts are right-padded; a padded slot comes after every real token, so causal attention never lets it
+reach one. Shapes: `N` texts, `T` tokens (the longest text), `V` vocabulary, `d` width, `E` thresholds ε.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+from dataclasses import dataclass
+
+import torch
+import torch.autograd.forward_ad as fwAD
+
+from ..core.errors import InputError
+from .engine import HEAD, SEQUENCE_ATTENTION_NAME, _hidden_of, _with_hidden, attention_function_on, check_layer, hook_module, network_of
+from .pullback import T_MAX_FACTOR, _divergence, _first_crossing
+
+DEFAULT_ROW_BUDGET = 1 << 28  # bytes of float64 logits (and their tangents) held by one batch of steered texts
+
+
+def token_texts(model, texts) -> list[torch.Tensor]:
+    """Return `texts` as 1-D int64 token-id tensors.
+
+    `texts` is a list of strings (tokenised with `model.tokenizer`, no special tokens added), of token-id
+    sequences, or a `PositionSample` (its contexts, each through its target token).
+    """
+    contexts = getattr(texts, "context_ids", texts)
+    if isinstance(contexts, (str, bytes)) or contexts is None:
+        raise InputError("texts must be a list of strings or of token-id sequences, or a PositionSample, not one string")
+    contexts = list(contexts)
+    if not contexts:
+        raise InputError("steering needs at least one text: the list of texts is empty")
+    out = []
+    for i, text in enumerate(contexts):
+        if isinstance(text, str):
+            tokenizer = getattr(model, "tokenizer", None)
+            if tokenizer is None:
+                raise InputError("strings need a tokenizer: pass a LoadedModel (load_model) or token ids")
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            text = torch.tensor(ids, dtype=torch.long)
+        ids = torch.as_tensor(text).reshape(-1).long()
+        if ids.numel() == 0:
+            raise InputError(f"text {i} has no tokens")
+        out.append(ids)
+    vocab = network_of(model).get_input_embeddings().weight.shape[0]
+    largest = max(int(ids.max()) for ids in out)
+    if largest >= vocab or min(int(ids.min()) for ids in out) < 0:
+        raise InputError(f"token ids must lie in 0..{vocab - 1} (the model's vocabulary), found {largest}")
+    return out
+
+
+def check_vector(model, v) -> torch.Tensor:
+    """Return the steering vector `v [d]` as float64, or raise InputError (wrong width, zero, not finite)."""
+    width = network_of(model).get_output_embeddings().weight.shape[1]
+    v = torch.as_tensor(v)
+    if v.dim() != 1 or v.shape[0] != width:
+        raise InputError(f"the steering vector must be 1-D of the residual width d = {width}, got shape {tuple(v.shape)}")
+    v = v.double()
+    if not torch.isfinite(v).all():
+        raise InputError("the steering vector holds NaN or inf")
+    if not bool((v != 0).any()):
+        raise InputError("the steering vector is zero: there is no direction to steer along")
+    return v
+
+
+def check_steering_layer(model, layer):
+    """Return `layer` checked, raising InputError (not ValueError) for a layer the model does not have."""
+    try:
+        return check_layer(model, layer)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+
+
+@dataclass
+class SteeredTexts:
+    """A list of texts ready to be forwarded with `α v` added at `layer`, at every position.
+
+    `ids [N, T]` right-padded, `lengths [N]`; `logits(rows, alpha)` runs the rows `rows [R]` of the batch
+    with their own `alpha [R]`.
+    """
+
+    network: torch.nn.Module
+    hook: torch.nn.Module
+    ids: torch.Tensor
+    lengths: torch.Tensor
+    v: torch.Tensor
+
+    @classmethod
+    def build(cls, model, texts, layer, v) -> SteeredTexts:
+        network = network_of(model)
+        layer = check_steering_layer(model, layer)
+        tokens = token_texts(model, texts)
+        v = check_vector(model, v)
+        lengths = torch.tensor([len(t) for t in tokens])
+        ids = torch.zeros(len(tokens), int(lengths.max()), dtype=torch.long)
+        for row, t in enumerate(tokens):
+            ids[row, : len(t)] = t
+        return cls(network, hook_module(network, layer), ids, lengths, v)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    def rows_per_pass(self, budget: int = DEFAULT_ROW_BUDGET) -> int:
+        """How many texts one pass may hold: float64 logits and tangents of `T × V` each, within `budget` bytes."""
+        vocab = self.network.get_output_embeddings().weight.shape[0]
+        return max(1, budget // (32 * self.ids.shape[1] * vocab))
+
+    def logits(self, rows: torch.Tensor, alpha: torch.Tensor, slopes: bool = False, capture: bool = False):
+        """Return `(z [R, T, V], dz/dα [R, T, V] or None, r [R, T, d] or None)`, float64.
+
+        Row `k` is text `rows[k]` with `alpha[k] · v` added to the residual at the layer at every position;
+        with `slopes`, the derivative along α (forward mode); with `capture`, the residual before the push.
+        """
+        device = self.device
+        dtype = next(self.network.parameters()).dtype
+        ids = self.ids[rows].to(device)
+        T = ids.shape[1]
+        # Additive [R, 1, T, T]: causal, and padding keys closed (a padded query still sees the real tokens).
+        open_ = torch.ones(T, T, dtype=torch.bool).tril()[None] & (torch.arange(T)[None, None, :] < self.lengths[rows][:, None, None])
+        mask = torch.zeros(len(rows), 1, T, T, dtype=dtype).masked_fill_(~open_[:, None].to(torch.bool), torch.finfo(dtype).min).to(device)
+        alpha = alpha.to(device=device, dtype=torch.float64)
+        v = self.v.to(device=device, dtype=dtype)
+        captured = {}
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.no_grad())
+            stack.enter_context(attention_function_on(self.network, SEQUENCE_ATTENTION_NAME))
+            if slopes:
+                stack.enter_context(fwAD.dual_level())
+                scale = fwAD.make_dual(alpha.to(dtype), torch.ones_like(alpha, dtype=dtype))
+            else:
+                scale = alpha.to(dtype)
+
+            def push(module, args, kwargs):
+                hidden = _hidden_of(args, kwargs)
+                if capture:
+                    captured["r"] = fwAD.unpack_dual(hidden).primal if slopes else hidden
+                return _with_hidden(args, kwargs, hidden + scale[:, None, None] * v)
+
+            handle = self.hook.register_forward_pre_hook(push, with_kwargs=True)
+            try:
+                out = self.network(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            finally:
+                handle.remove()
+            if slopes:
+                value, tangent = fwAD.unpack_dual(out)
+                tangent = torch.zeros_like(value) if tangent is None else tangent
+                z, zdot = value.double(), tangent.double()
+            else:
+                z, zdot = out.double(), None
+        r = captured["r"].to(torch.promote_types(captured["r"].dtype, torch.float32)) if capture else None
+        return z, zdot, r
+
+
+def steering_velocities(steered: SteeredTexts, budget: int = DEFAULT_ROW_BUDGET):
+    """Return `(z [N, T, V], a [N, T, V], r_norm [N, T])`: logits, their velocity `dz/dα` at `α = 0`, and `‖r_ℓ‖`.
+
+    Float64 on the CPU; slots past a text's length are padding (their values are meaningless).
+    """
+    n = len(steered.ids)
+    step = steered.rows_per_pass(budget)
+    parts = []
+    for start in range(0, n, step):
+        rows = torch.arange(start, min(start + step, n))
+        z, a, r = steered.logits(rows, torch.zeros(len(rows), dtype=torch.float64), slopes=True, capture=True)
+        parts.append((z.cpu(), a.cpu(), r.double().norm(dim=-1).cpu()))
+    return tuple(torch.cat([p[i] for p in parts]) for i in range(3))
+
+
+def token_lines(lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return `(text [L], position [L])`: every real token of every text, in order."""
+    text = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+    start = torch.cumsum(lengths, 0) - lengths
+    position = torch.arange(int(lengths.sum())) - torch.repeat_interleave(start, lengths)
+    return text, position
+
+
+def steering_boundary(
+    steered: SteeredTexts,
+    eps,
+    rtol: float = 1e-4,
+    alpha_max: float | None = None,
+    scan_ratio: float = 2**0.5,
+    budget: int = DEFAULT_ROW_BUDGET,
+    velocities=None,
+) -> dict[str, torch.Tensor]:
+    """Return the exact steering boundary of every token: `alpha_emp [L, E]` and what the search saw.
+
+    `L` = every real token of every text (`token_lines`). `alpha_emp` is the smallest α > 0 at which
+    `KL(p_t ‖ q_t(α)) = ε`, within `rtol` of a crossing and of the first one wherever the scan can see a
+    window (as `layer_boundary`); `inf` where the token's curvature is 0 or no crossing comes before the cap
+    (`alpha_max`, default `T_MAX_FACTOR · ‖r_ℓ‖` at the token; unbounded at the head). Each scan point
+    and each refinement step is a full forward pass of one text at one α, shared by every token of the
+    text that asks for it. Also returned: `curv [L]` (`Var_p[a]`), `nonmonotone [L]`, `unconverged [L, E]`,
+    `unresolved [L, E]` and `passes` (the number of text forward passes spent, a 0-d tensor).
+    """
+    eps = torch.as_tensor(eps, dtype=torch.float64).reshape(-1)
+    if eps.numel() == 0 or (eps <= 0).any() or not torch.isfinite(eps).all():
+        raise InputError("every ε must be a positive finite number")
+    if rtol <= 0:
+        raise InputError("rtol must be positive")
+    z, a, r_norm = velocities if velocities is not None else steering_velocities(steered, budget)
+    text, position = token_lines(steered.lengths)
+    z0 = z[text, position]  # [L, V]
+    log_p = torch.log_softmax(z0, -1)
+    p = log_p.exp()
+    a0 = a[text, position]
+    curv = (p * (a0 - (p * a0).sum(-1, keepdim=True)) ** 2).sum(-1)
+    usable = (curv > 0) & torch.isfinite(curv)
+    # One lattice per text, on its stiffest token's scale: every token's scan starts at or below a quarter of its t_pred.
+    top = torch.zeros(len(steered.ids), dtype=torch.float64).scatter_reduce_(0, text, torch.where(usable, curv, 0.0), "amax")
+    scale = 1 / torch.sqrt(torch.where(top > 0, top, torch.ones_like(top)))[text]
+    if alpha_max is not None:
+        cap = torch.full_like(curv, float(alpha_max))
+    elif steered.hook is steered.network.get_output_embeddings():
+        cap = torch.full_like(curv, math.inf)
+    else:
+        cap = T_MAX_FACTOR * r_norm[text, position]
+    step = steered.rows_per_pass(budget)
+    passes = [0]
+
+    def evaluate(lines: torch.Tensor, t: torch.Tensor, slopes: bool = True):
+        lines, t = lines.cpu(), t.cpu()
+        keys = torch.stack([text[lines].double(), t], 1)
+        unique, where = torch.unique(keys, dim=0, return_inverse=True)
+        value = torch.empty(len(lines), dtype=torch.float64)
+        slope = torch.empty(len(lines), dtype=torch.float64)
+        for start in range(0, len(unique), step):
+            part = torch.arange(start, min(start + step, len(unique)))
+            zs, zdot, _ = steered.logits(unique[part, 0].long(), unique[part, 1], slopes=slopes)
+            passes[0] += len(part)
+            asked = torch.nonzero((where >= start) & (where < start + len(part))).flatten()
+            row = where[asked] - start
+            line = lines[asked]
+            pos = position[line].to(zs.device)
+            z_t = zs[row.to(zs.device), pos].cpu()
+            zdot_t = zdot[row.to(zs.device), pos].cpu() if slopes else torch.zeros_like(z_t)
+            v, s = _divergence(log_p[line], z0[line], z_t, zdot_t, "forward")
+            value[asked], slope[asked] = v, s
+        return value, (slope if slopes else None)
+
+    t, nonmonotone, unconverged, unresolved = _first_crossing(evaluate, curv, cap, eps, rtol, scan_ratio, scale=scale)
+    return dict(alpha_emp=t.cpu(), curv=curv, nonmonotone=nonmonotone.cpu(), unconverged=unconverged.cpu(),
+                unresolved=unresolved.cpu(), passes=torch.tensor(passes[0]))  # fmt: skip
+
+
+def population_kl(steered: SteeredTexts, alpha: float, budget: int = DEFAULT_ROW_BUDGET, reference=None) -> torch.Tensor:
+    """Return the per-token forward KL `[L]` (every real token, `token_lines` order) with `α v` added everywhere.
+
+    One full forward pass of every text; `reference` (`z [N, T, V]` at `α = 0`) saves one more.
+    """
+    n = len(steered.ids)
+    step = steered.rows_per_pass(budget)
+    text, position = token_lines(steered.lengths)
+    out = []
+    for start in range(0, n, step):
+        rows = torch.arange(start, min(start + step, n))
+        z, _, _ = steered.logits(rows, torch.full((len(rows),), float(alpha), dtype=torch.float64))
+        if reference is None:
+            z_ref, _, _ = steered.logits(rows, torch.zeros(len(rows), dtype=torch.float64))
+        else:
+            z_ref = reference[rows].to(z.device)
+        pick = (text >= start) & (text < start + len(rows))
+        local, pos = (text[pick] - start).to(z.device), position[pick].to(z.device)
+        z0 = z_ref[local, pos]
+        value, _ = _divergence(torch.log_softmax(z0, -1), z0, z[local, pos], torch.zeros_like(z0), "forward")
+        out.append(value.cpu())
+    return torch.cat(out)
+
+
+def order_statistic_rank(n: int, quantile: float) -> int:
+    """Return `k` (1-based) such that the `quantile` of n values is their k-th smallest (`inverted_cdf`)."""
+    return max(1, min(n, math.ceil(quantile * n)))
+
+
+def population_alpha(alphas: torch.Tensor, quantile: float) -> float:
+    """Return the α at which the `quantile` of per-token KL first reaches ε, from each token's own crossing `alphas [L]`.
+
+    With the `inverted_cdf` quantile, the k-th smallest KL (`k = ⌈qL⌉`) reaches ε exactly when `L − k + 1`
+    tokens have reached it: the `(L − k + 1)`-th smallest crossing, if every token's KL rises through ε once.
+    """
+    values = torch.sort(torch.as_tensor(alphas, dtype=torch.float64).reshape(-1)).values
+    k = order_statistic_rank(len(values), quantile)
+    return float(values[len(values) - k])
+
+
+__all__ = [
+    "HEAD", "SteeredTexts", "check_vector", "order_statistic_rank", "population_alpha", "population_kl",
+    "steering_boundary", "steering_velocities", "token_lines", "token_texts",
+]  # fmt: skip
+

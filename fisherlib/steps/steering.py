@@ -1,0 +1,246 @@
+"""A KL budget for activation steering: how large may α be in `r_ℓ + α v` before the next-token distributions move by ε?
+
+Two questions a researcher asks of a steering vector `v` at layer ℓ:
+
+- **per token** (`steering_budget`): at each token t of each text, the α at which `KL(p_t ‖ q_t(α))`
+  first reaches ε: predicted in closed form, `α_pred = sqrt(2ε / Var_{p_t}[a_t])` with `a_t = dz_t/dα`;
+  by the quartic of the cumulants of `a_t` under `p_t` (`α_quartic`, the fourth-order Taylor series of the
+  KL, `inf` where it has no root); and exactly (`α_emp`, full forward passes, first crossing within
+  `rtol`). `positions="all"` pushes every position, as steering does; `positions="target"` pushes only
+  token t itself (the study's `layer_boundary`), so the gap between the two is the part of the effect that
+  arrives through attention from earlier positions.
+- **over a prompt set** (`steering_scale`): the α at which the `quantile` of per-token KL over every token
+  of every text reaches ε (one public tool bisects α until the 95th percentile is 1 nat). The quantile is
+  numpy's `inverted_cdf` (an actual token's KL), so with per-token crossings it is an order statistic of
+  them: `closed` and `quartic` read it off the per-token predictions (one forward-mode pass of the prompt
+  set); `exact` finds the root of the population quantile with full passes, started from the closed form;
+  `bisection` does what the public tool does (double α from `alpha_start` until the quantile passes ε,
+  then halve the bracket), as the baseline the closed form is measured against.
+
+A negative α (steering away) is the same question for `-v`. α is in units of `v` as given.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..core.errors import InputError
+from ..core.fisher import cumulant_boundary, cumulants
+from ..layers import steering as engine
+from ..layers.pullback import layer_boundary, layer_velocities
+
+POSITIONS = ("all", "target")
+METHODS = ("closed", "quartic", "exact", "bisection")
+BUDGET_COLUMNS = ["text", "position", "eps", "curv", "alpha_pred", "alpha_quartic", "alpha_emp", "nonmonotone", "unconverged"]
+
+
+def _check_eps(eps) -> np.ndarray:
+    values = np.atleast_1d(np.asarray(eps, dtype=float)).reshape(-1)
+    if values.size == 0 or not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise InputError(f"every ε must be a positive finite number, got {eps!r}")
+    return values
+
+
+def _predictions(p: torch.Tensor, A: torch.Tensor, eps: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`p [L, V]`, `A [L, V]` -> `(curv [L], alpha_pred [L, E], alpha_quartic [L, E])`."""
+    kappas = cumulants(p, A[:, None, :])  # [L, 1, 3]
+    curv = kappas[:, 0, 0].clamp_min(0)
+    eps_t = torch.as_tensor(eps, dtype=torch.float64)
+    positive = curv > 0
+    pred = torch.where(positive[:, None], torch.sqrt(2 * eps_t / torch.where(positive, curv, 1.0)[:, None]), math.inf)
+    return curv, pred, cumulant_boundary(kappas, eps_t)[:, 0, :]
+
+
+def _long_table(text, position, eps, curv, pred, quartic, emp, nonmonotone, unconverged) -> pd.DataFrame:
+    L, E = pred.shape
+    return pd.DataFrame(
+        {
+            "text": np.repeat(np.asarray(text), E),
+            "position": np.repeat(np.asarray(position), E),
+            "eps": np.tile(eps, L),
+            "curv": np.repeat(np.asarray(curv, dtype=float), E),
+            "alpha_pred": np.asarray(pred, dtype=float).reshape(-1),
+            "alpha_quartic": np.asarray(quartic, dtype=float).reshape(-1),
+            "alpha_emp": np.asarray(emp, dtype=float).reshape(-1),
+            "nonmonotone": np.repeat(np.asarray(nonmonotone, dtype=bool), E),
+            "unconverged": np.asarray(unconverged, dtype=bool).reshape(-1),
+        }
+    )[BUDGET_COLUMNS]
+
+
+def steering_budget(
+    model, texts, layer, v, eps, positions: str = "all", rtol: float = 1e-4, alpha_max: float | None = None,
+    exact: bool = True, batch_size: int = 16,
+) -> pd.DataFrame:  # fmt: skip
+    """Return the per-token steering budget: one row per text, token position and ε.
+
+    `model` a `LoadedModel` or causal LM; `texts` a list of strings, of token-id sequences, or a
+    `PositionSample`; `layer` an int `0 … n_layers` or `"head"`; `v [d]` the steering vector (any norm: α is
+    in its units); `eps` a number or a list `[E]`. Columns: `text`, `position` (token index in the text),
+    `eps`, `curv` (`Var_p[a]`, per unit α²), `alpha_pred`, `alpha_quartic`, `alpha_emp` (`inf`: censored;
+    NaN with `exact=False`), `nonmonotone` (the KL fell somewhere before the largest ε), `unconverged`.
+
+    `positions="all"` adds `α v` at every position (activation steering) and reports every token;
+    `"target"` adds it at the reported token only (the layer study's push), every token but the first
+    (which has no prefix to run once).
+    """
+    if positions not in POSITIONS:
+        raise InputError(f"positions must be one of {POSITIONS}, not {positions!r}")
+    eps = _check_eps(eps)
+    steered = engine.SteeredTexts.build(model, texts, layer, v)
+    if positions == "all":
+        velocities = engine.steering_velocities(steered)
+        z, a, _ = velocities
+        text, position = engine.token_lines(steered.lengths)
+        p = torch.softmax(z[text, position], -1)
+        curv, pred, quartic = _predictions(p, a[text, position], eps)
+        L = len(text)
+        if exact:
+            found = engine.steering_boundary(steered, eps, rtol=rtol, alpha_max=alpha_max, velocities=velocities)
+            emp, nonmonotone, unconverged = found["alpha_emp"], found["nonmonotone"], found["unconverged"]
+        else:
+            emp, nonmonotone, unconverged = torch.full((L, len(eps)), math.nan), torch.zeros(L, dtype=torch.bool), torch.zeros(L, len(eps), dtype=torch.bool)
+        return _long_table(text.numpy(), position.numpy(), eps, curv, pred, quartic, emp, nonmonotone, unconverged)
+    contexts, text, position = [], [], []
+    for i, length in enumerate(steered.lengths.tolist()):
+        for t in range(1, length):
+            contexts.append(steered.ids[i, : t + 1])
+            text.append(i)
+            position.append(t)
+    if not contexts:
+        raise InputError("positions='target' needs a text of at least 2 tokens (the first token has no prefix)")
+    U = steered.v[None, None, :].expand(len(contexts), 1, -1)
+    A, z = layer_velocities(model, contexts, layer, U, batch_size=batch_size, return_logits=True)
+    curv, pred, quartic = _predictions(torch.softmax(z, -1), A[:, 0], eps)
+    if exact:
+        emp, info = layer_boundary(model, contexts, layer, U, eps, rtol=rtol, t_max=alpha_max, batch_size=batch_size, return_info=True)
+        emp, nonmonotone, unconverged = emp[:, 0], info["nonmonotone"][:, 0], info["unconverged"][:, 0]
+    else:
+        emp = torch.full((len(contexts), len(eps)), math.nan)
+        nonmonotone, unconverged = torch.zeros(len(contexts), dtype=torch.bool), torch.zeros(len(contexts), len(eps), dtype=torch.bool)
+    return _long_table(text, position, eps, curv, pred, quartic, emp, nonmonotone, unconverged)
+
+
+@dataclass(frozen=True)
+class SteeringScale:
+    """The population budget: the α at which the `quantile` of per-token KL reaches `eps`.
+
+    `passes` counts forward passes of single texts (a forward-mode pass counted once), `seconds` the wall
+    time of the whole call, `n_tokens` the tokens pooled.
+    """
+
+    alpha: float
+    method: str
+    eps: float
+    quantile: float
+    n_tokens: int
+    passes: int
+    seconds: float
+
+
+def population_quantile(kl: torch.Tensor, quantile: float) -> float:
+    """Return the `quantile` of per-token KL `[L]` (numpy's `inverted_cdf`: the ⌈qL⌉-th smallest value)."""
+    values = torch.sort(torch.as_tensor(kl, dtype=torch.float64).reshape(-1)).values
+    return float(values[engine.order_statistic_rank(len(values), quantile) - 1])
+
+
+def steering_scale(
+    model, texts, layer, v, eps: float = 1.0, quantile: float = 0.95, method: str = "closed", rtol: float = 1e-4,
+    alpha_start: float = 1.0, max_passes: int = 200,
+) -> SteeringScale:  # fmt: skip
+    """Return the α at which the `quantile` of per-token KL over every token of `texts` reaches `eps`.
+
+    `method`: `"closed"` (the closed form per token, one forward-mode pass per text), `"quartic"` (the
+    quartic of the cumulants per token, the same pass), `"exact"` (root of the population quantile with full
+    forward passes, bracketed from the closed form, to `rtol`), or `"bisection"` (the baseline: double α from
+    `alpha_start` until the quantile passes ε, then bisect to `rtol`). `max_passes` bounds the prompt-set
+    passes of the two searches.
+    """
+    if method not in METHODS:
+        raise InputError(f"method must be one of {METHODS}, not {method!r}")
+    if not 0 < quantile < 1:
+        raise InputError(f"quantile must lie in (0, 1), got {quantile!r}")
+    eps = float(_check_eps(eps)[0])
+    start = time.perf_counter()
+    steered = engine.SteeredTexts.build(model, texts, layer, v)
+    n_texts, n_tokens = len(steered.ids), int(steered.lengths.sum())
+    if method in ("closed", "quartic"):
+        z, a, _ = engine.steering_velocities(steered)
+        text, position = engine.token_lines(steered.lengths)
+        _, pred, quartic = _predictions(torch.softmax(z[text, position], -1), a[text, position], np.array([eps]))
+        alpha = engine.population_alpha((pred if method == "closed" else quartic)[:, 0], quantile)
+        return SteeringScale(alpha, method, eps, quantile, n_tokens, n_texts, time.perf_counter() - start)
+    reference, _, _ = steered.logits(torch.arange(n_texts), torch.zeros(n_texts, dtype=torch.float64))
+    passes = [n_texts]
+
+    def level(alpha: float) -> float:
+        passes[0] += n_texts
+        if passes[0] > max_passes * n_texts:
+            raise InputError(f"the {method} search did not converge within {max_passes} passes of the prompt set")
+        return population_quantile(engine.population_kl(steered, alpha, reference=reference), quantile)
+
+    if method == "exact":
+        z, a, _ = engine.steering_velocities(steered)
+        passes[0] += n_texts
+        text, position = engine.token_lines(steered.lengths)
+        _, pred, _ = _predictions(torch.softmax(z[text, position], -1), a[text, position], np.array([eps]))
+        guess = engine.population_alpha(pred[:, 0], quantile)
+        alpha = _root_from(level, eps, guess if math.isfinite(guess) else alpha_start, rtol)
+    else:
+        alpha = _bisection(level, eps, alpha_start, rtol)
+    return SteeringScale(alpha, method, eps, quantile, n_tokens, passes[0], time.perf_counter() - start)
+
+
+def _bisection(level, eps: float, alpha_start: float, rtol: float) -> float:
+    """The baseline: `[0, α]` with α doubled until `level(α) ≥ ε`, then halved until `hi − lo ≤ rtol · hi`."""
+    lo, hi = 0.0, float(alpha_start)
+    while level(hi) < eps:
+        lo, hi = hi, 2 * hi
+    while hi - lo > rtol * hi:
+        mid = 0.5 * (lo + hi)
+        if level(mid) >= eps:
+            hi = mid
+        else:
+            lo = mid
+    return 0.5 * (lo + hi)
+
+
+def _root_from(level, eps: float, guess: float, rtol: float) -> float:
+    """The first crossing of `level(α) = ε` on the lattice `guess · 2^(j/2)` from a quarter of `guess`, then
+    refined inside its bracket (secant on `sqrt(2 level)`, bisection when a step does not halve it)."""
+    ratio = 2**0.5
+    lo, lo_value = 0.0, 0.0
+    alpha = guess / 4
+    value = level(alpha)
+    while value < eps:
+        lo, lo_value = alpha, value
+        alpha *= ratio
+        value = level(alpha)
+    hi, hi_value = alpha, value
+    goal = math.sqrt(2 * eps)
+    widths = []
+    while hi - lo > rtol * max(lo, 1e-300) and hi - lo > 0:
+        width = hi - lo
+        widths.append(width)
+        g_lo, g_hi = math.sqrt(2 * lo_value), math.sqrt(2 * hi_value)
+        mid = lo + (goal - g_lo) / (g_hi - g_lo) * width if g_hi > g_lo else 0.5 * (lo + hi)
+        if len(widths) >= 3 and width > 0.5 * widths[-3] or not lo < mid < hi:
+            widths.clear()
+            mid = 0.5 * (lo + hi)
+        # Keep the secant off the ends by a sliver, so the bracket closes from both sides.
+        mid = min(max(mid, lo + 0.25 * rtol * lo), hi - 0.25 * rtol * lo) if lo > 0 else mid
+        value = level(mid)
+        if value >= eps:
+            hi, hi_value = mid, value
+        else:
+            lo, lo_value = mid, value
+    if lo == 0:
+        return hi
+    g_lo, g_hi = math.sqrt(2 * lo_value), math.sqrt(2 * hi_value)
+    return lo + (goal - g_lo) / (g_hi - g_lo) * (hi - lo) if g_hi > g_lo else 0.5 * (lo + hi)

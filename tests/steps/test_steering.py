@@ -1,0 +1,128 @@
+"""The steering budget's API: the per-token table, the population budget and its methods, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import fisherlib as fl
+from fisherlib.core.boundary import empirical_boundary
+from fisherlib.core.errors import InputError
+from fisherlib.layers import steering as engine
+from fisherlib.steps import steering as S
+from test_layers import VOCAB, WIDTH, _random_lm
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _random_lm("llama")
+
+
+def _texts(lengths=(7, 12, 9), seed: int = 5) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, VOCAB, (n,), generator=generator) for n in lengths]
+
+
+def _vector(seed: int = 6) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    v = torch.randn(WIDTH, dtype=torch.float64, generator=generator)
+    return v / v.norm()
+
+
+def test_the_names_researchers_import():
+    assert fl.steering_budget is S.steering_budget and fl.steering_scale is S.steering_scale
+    import fisherlib.steering
+
+    assert fisherlib.steering is S
+
+
+def test_budget_table_and_the_closed_form_at_small_eps(model):
+    table = S.steering_budget(model, _texts(), 1, _vector(), [1e-6, 0.3], rtol=1e-9)
+    assert list(table.columns) == S.BUDGET_COLUMNS
+    assert len(table) == 2 * (7 + 12 + 9)
+    assert table.groupby("text")["position"].max().tolist() == [6, 11, 8]
+    small = table[table["eps"] == 1e-6]
+    # The closed form is the second-order limit: exact as ε -> 0 at every token.
+    ratio = small["alpha_pred"] / small["alpha_emp"]
+    assert np.all(np.abs(ratio - 1) < 5e-3), ratio.describe()
+    large = table[table["eps"] == 0.3]
+    assert np.abs(large["alpha_pred"] / large["alpha_emp"] - 1).max() > 1e-2  # and biased at large ε
+
+
+def test_at_the_head_the_push_is_affine_and_needs_no_attention(model):
+    """At the LM head's input every token's logits move by α W v alone: `all` equals `target`, `alpha_emp` is
+    the study's exact boundary on `W v`, and the quartic beats the closed form."""
+    texts = _texts()
+    v = _vector()
+    both = {pos: S.steering_budget(model, texts, "head", v, [0.05, 1.0], positions=pos, rtol=1e-10) for pos in S.POSITIONS}
+    merged = both["all"].merge(both["target"], on=["text", "position", "eps"], suffixes=("", "_target"))
+    assert len(merged) == len(both["target"]) == 2 * (6 + 11 + 8)
+    for column in ("curv", "alpha_pred", "alpha_emp"):
+        np.testing.assert_allclose(merged[column], merged[f"{column}_target"], rtol=1e-7)
+    steered = engine.SteeredTexts.build(model, texts, "head", v)
+    z, a, _ = engine.steering_velocities(steered)
+    text, position = engine.token_lines(steered.lengths)
+    W = model.get_output_embeddings().weight.detach().double()
+    np.testing.assert_allclose(a[text, position].numpy(), (W @ v).expand(len(text), -1).numpy(), rtol=1e-9, atol=1e-12)
+    exact = empirical_boundary(z[text, position], a[text, position][:, None, :], torch.tensor([0.05, 1.0], dtype=torch.float64))[:, 0]
+    np.testing.assert_allclose(both["all"]["alpha_emp"].to_numpy().reshape(-1, 2), exact.numpy(), rtol=1e-8)
+    table = both["all"][both["all"]["eps"] == 0.05]
+    quartic_error = np.abs(table["alpha_quartic"] / table["alpha_emp"] - 1)
+    closed_error = np.abs(table["alpha_pred"] / table["alpha_emp"] - 1)
+    assert (quartic_error < closed_error).mean() > 0.8
+
+
+def test_inner_layer_all_positions_differ_from_target_only(model):
+    """At an inner layer the push reaches token t also through attention from the tokens before it."""
+    v = _vector()
+    both = {pos: S.steering_budget(model, _texts(), 0, v, [0.1], positions=pos, exact=False) for pos in S.POSITIONS}
+    assert both["all"]["alpha_emp"].isna().all()
+    merged = both["all"].merge(both["target"], on=["text", "position", "eps"], suffixes=("", "_target"))
+    assert np.abs(merged["curv"] / merged["curv_target"] - 1).median() > 1e-3
+
+
+def test_population_methods_agree_where_they_must(model):
+    texts, v = _texts(), _vector()
+    eps, quantile, rtol = 0.3, 0.9, 1e-7
+    scales = {m: S.steering_scale(model, texts, 1, v, eps=eps, quantile=quantile, method=m, rtol=rtol) for m in S.METHODS}
+    table = S.steering_budget(model, texts, 1, v, [eps], rtol=1e-10)
+    assert not table["nonmonotone"].any()
+    # closed / quartic: order statistics of the per-token predictions; exact: of the per-token crossings.
+    assert scales["closed"].alpha == engine.population_alpha(torch.tensor(table["alpha_pred"].to_numpy()), quantile)
+    assert scales["quartic"].alpha == engine.population_alpha(torch.tensor(table["alpha_quartic"].to_numpy()), quantile)
+    crossing = engine.population_alpha(torch.tensor(table["alpha_emp"].to_numpy()), quantile)
+    assert abs(scales["exact"].alpha / crossing - 1) < 2 * rtol
+    assert abs(scales["bisection"].alpha / crossing - 1) < 2 * rtol
+    assert scales["closed"].passes == len(texts) < scales["exact"].passes < scales["bisection"].passes
+    assert all(s.n_tokens == 7 + 12 + 9 for s in scales.values())
+    # Steering away is the same question for -v: the closed form is symmetric, the exact budget need not be.
+    away = S.steering_scale(model, texts, 1, -v, eps=eps, quantile=quantile, method="closed")
+    assert away.alpha == pytest.approx(scales["closed"].alpha, rel=1e-12)
+
+
+def test_population_quantile_is_inverted_cdf():
+    values = torch.tensor([0.5, 0.1, 0.9, 0.3, 0.7], dtype=torch.float64)
+    for q in (0.1, 0.5, 0.8, 0.95):
+        assert S.population_quantile(values, q) == float(np.quantile(values.numpy(), q, method="inverted_cdf"))
+
+
+def test_bad_input_gets_one_clear_error(model):
+    texts, v = _texts(), _vector()
+    with pytest.raises(InputError, match="positions must be one of"):
+        S.steering_budget(model, texts, 1, v, 0.1, positions="last")
+    with pytest.raises(InputError, match="positive finite"):
+        S.steering_budget(model, texts, 1, v, [0.1, -1])
+    with pytest.raises(InputError, match="method must be one of"):
+        S.steering_scale(model, texts, 1, v, method="newton")
+    with pytest.raises(InputError, match="quantile"):
+        S.steering_scale(model, texts, 1, v, quantile=1.0)
+    with pytest.raises(InputError, match="zero"):
+        S.steering_scale(model, texts, 1, torch.zeros(WIDTH))
+    with pytest.raises(InputError, match="layer must be"):
+        S.steering_budget(model, texts, 99, v, 0.1)
+    with pytest.raises(InputError, match="empty"):
+        S.steering_scale(model, [], 1, v)
+    assert math.isfinite(S.steering_scale(model, texts, 1, v, eps=0.1).alpha)
