@@ -39,7 +39,8 @@ RUN_DIR := runs/$(RUN_NAME)
 STAGE := $(RUN_DIR)/staged
 RUN_KEY := $(RUN_DIR)/inputs.json
 LIBRARY := $(sort $(wildcard fisherlib/*.py fisherlib/*/*.py)) pyproject.toml
-NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
+# Every numbered notebook but 10 (training dynamics: `make dynamics`, over REVISIONS).
+NOTEBOOKS := $(sort $(filter-out notebooks/10_%,$(wildcard notebooks/[0-9][0-9]_*.ipynb)))
 EXECUTED := $(patsubst notebooks/%,$(RUN_DIR)/%,$(NOTEBOOKS))
 RUNNER_ARGS := --run $(RUN_NAME) --kernel $(KERNEL) --cwd notebooks -f $(PARAMS) \
 	-p arch "$(if $(MODEL),$(MODEL_PATH),$(ARCH))" -p run_name "$(RUN_NAME)" \
@@ -49,11 +50,11 @@ RUNNER_ARGS := --run $(RUN_NAME) --kernel $(KERNEL) --cwd notebooks -f $(PARAMS)
 	$(if $(REVISION),-p revision "$(REVISION)") \
 	$(if $(REVISIONS),-y "revisions: [$(foreach r,$(REVISIONS),'$(r)',)]")
 
-.PHONY: all venv constraints test test-unit test-integration test-notebooks bench bench-real bench-layers gpu-check reproduce dynamics tiny-model paper book clean help
+.PHONY: all venv constraints test test-unit test-integration test-notebooks bench bench-real bench-layers bench-steering gpu-check reproduce dynamics tiny-model paper book clean help
 all: help
 
 help:
-	@echo "make reproduce [ARCH=tiny|pythia|llama|qwen|<hub id>] [SEEDS='0 1 2 3'] [REVISION=step<N>]   run notebooks 01-09"
+	@echo "make reproduce [ARCH=tiny|pythia|llama|qwen|<hub id>] [SEEDS='0 1 2 3'] [REVISION=step<N>]   run notebooks 01-09 and 11"
 	@echo "make reproduce MODEL=<hf folder> CORPORA='DOMAIN=PATH ...'              the local tier (PATH: .jsonl or .txt)"
 	@echo "  RUN=<name> names the run (default: the model); TORCH=... TORCH_INDEX=<pip index> choose the torch build"
 	@echo "make dynamics [ARCH=tiny|pythia REVISIONS='step1000 step8000 ...']       notebook 10 over training checkpoints"
@@ -65,6 +66,7 @@ help:
 	@echo "make test-unit | test-integration | test-notebooks | bench"
 	@echo "make bench-real | gpu-check   real-size head benchmark; GPU check (CPU dry run without CUDA)"
 	@echo "make bench-layers   layer_boundary against the naive full-context search (tiny, ~3 min)"
+	@echo "make bench-steering   closed-form steering budget against bisection with full passes (tiny, ~1 min)"
 
 venv: $(STAMP)
 # The two stamps below are brought up to date while make reads this file, before it decides what to rebuild,
@@ -124,6 +126,10 @@ bench-real: $(STAMP)
 bench-layers: $(STAMP)
 	$(PY) benchmarks/bench_layers.py $(BENCH_LAYERS_ARGS)
 
+# The closed-form population budget against the bisection baseline (repeated full passes), same prompts, one run.
+bench-steering: $(STAMP)
+	$(PY) benchmarks/bench_steering.py $(BENCH_STEERING_ARGS)
+
 # For a session with a GPU (no venv needed: the device image's python3); without CUDA, a CPU dry run that says what it skipped.
 gpu-check:
 	PYTHONPATH=. $(if $(wildcard $(PY)),$(PY),python3) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
@@ -138,8 +144,8 @@ $(RUN_DIR)/%.ipynb: notebooks/%.ipynb $(PARAMS) $(STAMP) $(RUN_KEY) $(LIBRARY)
 	@$(PY) tools/runs.py notebook $< $@ $(RUNNER_ARGS) --prerequisites $^
 
 $(RUN_DIR)/02_fisher_geometry.ipynb $(RUN_DIR)/03_direction_sweep.ipynb: $(RUN_DIR)/01_sample_positions.ipynb
-# 08 and 09 read notebook 01's sample only.
-$(RUN_DIR)/08_layer_pullback.ipynb $(RUN_DIR)/09_interpolation_plateaus.ipynb: $(RUN_DIR)/01_sample_positions.ipynb
+# 08, 09 and 11 read notebook 01's sample only.
+$(RUN_DIR)/08_layer_pullback.ipynb $(RUN_DIR)/09_interpolation_plateaus.ipynb $(RUN_DIR)/11_steering_budget.ipynb: $(RUN_DIR)/01_sample_positions.ipynb
 $(RUN_DIR)/04_closed_form_exactness.ipynb $(RUN_DIR)/05_direction_classes.ipynb \
 $(RUN_DIR)/06_isotonic_calibration.ipynb $(RUN_DIR)/07_entropy_stratification.ipynb: $(RUN_DIR)/03_direction_sweep.ipynb
 

@@ -445,3 +445,35 @@ def lens_keeps_metric(tables: Tables) -> Outcome:
         for layer, _, r in keeps
     )
     return Outcome(ours, verdict, f"the lens keeps the metric at {len(held)}/{len(keeps)} inner layers ({', '.join(held) or 'none'})")
+
+
+STEERING_SOURCE = "steering budget (this repository)"
+STEERING_WITHIN = 0.10  # the closed-form population budget is "within X%" of the exact one: X = 10%
+FISHBACK_RATIO = 1.3  # FishBack's smallest reported cut in off-target KL (1.3–2.5× against Euclidean gradient ascent)
+
+
+def steering_closed_form(tables: Tables) -> Outcome:
+    table = _table(tables, "steering_population_summary", ("method", "eps", "n", "median_abs_rel_error", "max_abs_rel_error"))
+    closed = table[table["method"] == "closed"]
+    if closed.empty:
+        raise NotTestable("steering_population_summary has no closed-form row")
+    every = [r.max_abs_rel_error <= STEERING_WITHIN for r in closed.itertuples()]
+    some = [r.median_abs_rel_error <= STEERING_WITHIN for r in closed.itertuples()]
+    verdict = REPRODUCED if all(every) else PARTLY if any(some) else NOT_REPRODUCED
+    ours = "; ".join(f"{_eps(r.eps)}: median |error| {_pct(r.median_abs_rel_error)}, largest {_pct(r.max_abs_rel_error)} "
+                     f"over {int(r.n)} vector-signs" for r in closed.itertuples())  # fmt: skip
+    return Outcome(ours, verdict, f"every vector within {_pct(STEERING_WITHIN)} at {sum(every)}/{len(every)} ε; the median within it at {sum(some)}/{len(some)}")
+
+
+def fisher_whitened_steering(tables: Tables) -> Outcome:
+    table = _table(tables, "steering_natural", ("direction", "reached", "off_target_kl", "total_kl"))
+    at = table.set_index("direction")
+    if not {"natural_gradient", "euclidean_gradient"} <= set(at.index):
+        raise NotTestable("steering_natural holds no gradient comparison (it needs two domains)")
+    if not (bool(at.loc["natural_gradient", "reached"]) and bool(at.loc["euclidean_gradient", "reached"])):
+        raise NotTestable("a gradient direction did not reach the target gain before the search cap")
+    ratio = float(at.loc["euclidean_gradient", "off_target_kl"]) / max(float(at.loc["natural_gradient", "off_target_kl"]), 1e-300)
+    verdict = REPRODUCED if ratio >= FISHBACK_RATIO else PARTLY if ratio > 1 else NOT_REPRODUCED
+    ours = (f"Euclidean gradient / natural gradient off-target KL at equal gain: {ratio:.2f}× "
+            f"(total KL {float(at.loc['euclidean_gradient', 'total_kl']) / max(float(at.loc['natural_gradient', 'total_kl']), 1e-300):.2f}×)")  # fmt: skip
+    return Outcome(ours, verdict, f"ratio {ratio:.2f} against FishBack's ≥ {FISHBACK_RATIO:g}")

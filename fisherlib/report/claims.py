@@ -55,6 +55,9 @@ from .claim_rules import (  # noqa: F401  (re-exported: the ledger's thresholds 
     P_TOLERANCE,
     POWER_LAW_SOURCE,
     REL_SPECTRAL_LOW,
+    FISHBACK_RATIO,
+    STEERING_SOURCE,
+    STEERING_WITHIN,
     NotTestable,
     Outcome,
     Tables,
@@ -65,6 +68,8 @@ from .claim_rules import (  # noqa: F401  (re-exported: the ledger's thresholds 
     quartic_beats_calibration,
     random_per_class,
     effective_dimension_range,
+    fisher_whitened_steering,
+    steering_closed_form,
     lens_keeps_metric,
     power_law_by_class,
     power_law_inner_layers,
@@ -286,6 +291,24 @@ NEWER_CLAIMS: tuple[Claim, ...] = (
         f"least G_ℓ's − {LENS_SHARE_SLACK:g} and the median angle between the top eigenvectors is ≤ {LENS_ANGLE:g}°. "
         "Reproduced if it does at every inner layer; partly at some; else not reproduced.",
         ("jacobian_lens",), lens_keeps_metric, source=LENS_SOURCE,
+    ),  # fmt: skip
+    Claim(
+        "steering_closed_form_budget", "11_steering_budget",
+        f"The closed-form steering budget (the α at which a quantile of per-token KL over a prompt set reaches ε, read off "
+        f"one forward-mode pass) is within {STEERING_WITHIN:.0%} of the exact one.",
+        {"all": "not in the write-up: this repository's use of the closed form for activation steering"},
+        f"Per ε of steer_eps, over every steering vector and sign of notebook 11, |α_closed/α_exact − 1| (steering_population_summary). "
+        f"Reproduced if the largest error is ≤ {STEERING_WITHIN:.0%} at every ε; partly if the median is at some ε; else not reproduced.",
+        ("steering_population_summary",), steering_closed_form, source=STEERING_SOURCE,
+    ),  # fmt: skip
+    Claim(
+        "fisher_whitened_steering", "11_steering_budget",
+        "At equal target effect, steering along the natural gradient G⁺∇ spends less off-target KL than Euclidean gradient ascent.",
+        {"all": f"off-target KL cut {FISHBACK_RATIO:g}–2.5× against Euclidean gradient ascent"},
+        f"steering_natural: mean over the prompt set's tokens of KL between the distributions renormalised outside the target set, "
+        f"at the α where each direction raises log q(S) by steer_target_gain. Reproduced if Euclidean / natural ≥ {FISHBACK_RATIO:g}; "
+        "partly if above 1; else not reproduced; not testable if either misses the gain.",
+        ("steering_natural",), fisher_whitened_steering, source=FISHBACK_SOURCE,
     ),  # fmt: skip
 )
 CLAIMS = CLAIMS + NEWER_CLAIMS

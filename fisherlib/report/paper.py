@@ -33,6 +33,10 @@ EXPECTED_TABLES = {
         "layer_power_law", "layer_effective_dimension", "jacobian_lens",
     ],
     "09_interpolation_plateaus": ["plateau_paths", "plateau_statistics", "plateau_jump_hits", "plateau_fisher_length"],
+    "11_steering_budget": [
+        "steering_vectors", "steering_prompts", "steering_token_accuracy", "steering_attention", "steering_population",
+        "steering_population_summary", "steering_natural",
+    ],
 }
 EXPECTED_FIGURES = {
     "01_sample_positions": ["sample_entropy_by_stratum"],
@@ -45,6 +49,7 @@ EXPECTED_FIGURES = {
     "08_layer_pullback": ["layer_table1", "layer_rho_by_eps", "layer_spearman", "layer_exactness_frontier", "layer_power_law",
                           "layer_effective_dimension", "jacobian_lens"],
     "09_interpolation_plateaus": ["plateau_reometry", "plateau_examples", "plateau_jump_hits"],
+    "11_steering_budget": ["steering_alpha_scatter", "steering_population", "steering_natural"],
 }
 WRITE_UP_ARCHS = ("qwen", "llama", "pythia")
 

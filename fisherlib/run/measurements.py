@@ -259,3 +259,52 @@ def _write_revision(folder: Path, positions: pd.DataFrame, measurements: pd.Data
 
     # Another process that wrote the same revision first keeps its copy: it is identical.
     write_folder(folder, write)
+
+
+# --- notebook 11: the steering budget ----------------------------------------------------------------
+
+STEERING_TABLES = ("vectors", "tokens", "population", "natural", "prompts")
+
+
+def steering_layer(params, model):
+    """Return the layer notebook 11 steers: `steer_layer`, or the middle block boundary when it is -1."""
+    from ..layers.engine import n_layers
+    from ..layers.steering_pass import check_steering_layer
+
+    return check_steering_layer(model, n_layers(model) // 2 if params.steer_layer == -1 else params.steer_layer)
+
+
+def run_steering(params, seed: int | None = None, progress: bool = True) -> dict[str, pd.DataFrame]:
+    """Return notebook 11's long tables (`steering_study.measure_steering`) for `params`, cached as one folder entry."""
+    from ..steps import steering_study
+
+    seed = params.seed if seed is None else seed
+    key = params.key(*SAMPLE_KEYS, "layer_rtol", "steer_layer", "steer_texts", "steer_tokens", "steer_eps", "steer_quantile",
+                     "steer_random", "steer_target_tokens", "steer_target_gain")  # fmt: skip
+    folder = params.cache_path / f"steering-seed{seed}-{key}"
+
+    def read(path: Path) -> dict[str, pd.DataFrame]:
+        return {name: pd.read_parquet(path / f"{name}.parquet") for name in STEERING_TABLES}
+
+    cached = read_entry(params, folder.name, read, f"steering budgets (seed {seed})", folder=True)
+    if cached is not None:
+        return cached
+    sample = load_sample(params, seed, progress=progress)
+    model = load_model_for(params)
+    head = load_head(params)
+    logits = sample.h.double() @ head.weight.double().T
+    if head.bias is not None:
+        logits = logits + head.bias.double()
+    tables = steering_study.measure_steering(
+        model, sample, torch.softmax(logits, -1), steering_layer(params, model), params.steer_eps, params.steer_quantile,
+        params.steer_texts, params.steer_tokens, params.steer_random, params.top_k, params.steer_target_tokens,
+        params.steer_target_gain, seed, rtol=params.layer_rtol, batch_size=params.batch_size, log=logger.info,
+    )  # fmt: skip
+
+    def write(staging: Path) -> None:
+        for name in STEERING_TABLES:
+            tables[name].to_parquet(staging / f"{name}.parquet", index=False)
+
+    write_folder(folder, write)
+    wrote_entry(f"steering budgets (seed {seed})", folder)
+    return tables

@@ -77,6 +77,15 @@ class StudyParams:
     plateau_jump: float = 4.0  # a grid step is a jump when its output change is at least this many times the path's median step
     # --- notebook 10: training dynamics ---
     revisions: list = field(default_factory=list)  # checkpoints to walk; empty: every saved checkpoint of tiny
+    # --- notebook 11: a KL budget for activation steering ---
+    steer_layer: int = -1  # the residual entering this block is steered; -1: the middle one, n_layers // 2
+    steer_texts: int = 8  # prompts of the steering prompt set (one per document, round-robin over domains)
+    steer_tokens: int = 32  # each prompt's first tokens (every one of them is steered and measured)
+    steer_eps: list = field(default_factory=lambda: [0.1, 1.0])  # the budgets' ε (nats of per-token KL)
+    steer_quantile: float = 0.95  # the population budget: this quantile of per-token KL reaches ε
+    steer_random: int = 1  # random unit vectors among the steering vectors (the control)
+    steer_target_tokens: int = 8  # the target set of the equal-effect comparison: tokens characteristic of the first domain
+    steer_target_gain: float = 0.5  # the target effect: mean gain in log q(target set), nats
 
     @classmethod
     def from_namespace(cls, namespace: dict[str, Any]) -> StudyParams:
@@ -134,6 +143,17 @@ class StudyParams:
             problems.append("plateau_steps must be at least 5")
         if self.plateau_jump <= 1:
             problems.append("plateau_jump must exceed 1 (a jump is larger than the mean step)")
+        if self.steer_layer < -1:
+            problems.append("steer_layer must be a block index, or -1 for the middle block")
+        for name, least in (("steer_texts", 1), ("steer_tokens", 2), ("steer_random", 0), ("steer_target_tokens", 1)):
+            if getattr(self, name) < least:
+                problems.append(f"{name} must be at least {least}")
+        if not self.steer_eps or any(e <= 0 for e in self.steer_eps):
+            problems.append("steer_eps must be a non-empty list of positive numbers")
+        if not 0 < self.steer_quantile < 1:
+            problems.append("steer_quantile must lie in (0, 1)")
+        if self.steer_target_gain <= 0:
+            problems.append("steer_target_gain must be positive (nats of log-probability gained)")
         if self.run_name and (not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", self.run_name)):
             problems.append(f"run_name={self.run_name!r} must be a folder name (letters, digits, '_', '.', '-')")
         if self.small_eps not in self.eps_grid or self.large_eps not in self.eps_grid:

@@ -32,7 +32,7 @@ import torch
 
 from ..core.errors import InputError
 from ..core.fisher import cumulant_boundary, cumulants
-from ..layers import steering as engine
+from ..layers import steering_pass as engine
 from ..layers.pullback import layer_boundary, layer_velocities
 
 POSITIONS = ("all", "target")

@@ -11,7 +11,7 @@ import torch
 import fisherlib as fl
 from fisherlib.core.boundary import empirical_boundary
 from fisherlib.core.errors import InputError
-from fisherlib.layers import steering as engine
+from fisherlib.layers import steering_pass as engine
 from fisherlib.steps import steering as S
 from test_layers import VOCAB, WIDTH, _random_lm
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fisherlib.core.errors import InputError
-from fisherlib.layers import steering as S
+from fisherlib.layers import steering_pass as S
 from test_layers import VOCAB, WIDTH, _random_lm
 
 LAYER = 1

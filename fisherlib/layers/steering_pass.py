@@ -122,42 +122,38 @@ class SteeredTexts:
         vocab = self.network.get_output_embeddings().weight.shape[0]
         return max(1, budget // (32 * self.ids.shape[1] * vocab))
 
-    def logits(self, rows: torch.Tensor, alpha: torch.Tensor, slopes: bool = False, capture: bool = False):
+    def mask(self, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Additive `[R, 1, T, T]`: causal, padding keys closed (a padded query still sees the real tokens)."""
+        T = self.ids.shape[1]
+        open_ = torch.ones(T, T, dtype=torch.bool).tril()[None] & (torch.arange(T)[None, None, :] < self.lengths[rows][:, None, None])
+        return torch.zeros(len(rows), 1, T, T, dtype=dtype).masked_fill_(~open_[:, None], torch.finfo(dtype).min).to(self.device)
+
+    def logits(self, rows: torch.Tensor, alpha: torch.Tensor, slopes: bool = False, capture: bool = False, directions=None):
         """Return `(z [R, T, V], dz/dα [R, T, V] or None, r [R, T, d] or None)`, float64.
 
-        Row `k` is text `rows[k]` with `alpha[k] · v` added to the residual at the layer at every position;
-        with `slopes`, the derivative along α (forward mode); with `capture`, the residual before the push.
+        Row `k` is text `rows[k]` with `alpha[k] · v` added to the residual at the layer at every position
+        (`directions [R, d]`: row k's own vector instead of `v`); with `slopes`, the derivative along α
+        (forward mode); with `capture`, the residual before the push.
         """
         device = self.device
         dtype = next(self.network.parameters()).dtype
-        ids = self.ids[rows].to(device)
-        T = ids.shape[1]
-        # Additive [R, 1, T, T]: causal, and padding keys closed (a padded query still sees the real tokens).
-        open_ = torch.ones(T, T, dtype=torch.bool).tril()[None] & (torch.arange(T)[None, None, :] < self.lengths[rows][:, None, None])
-        mask = torch.zeros(len(rows), 1, T, T, dtype=dtype).masked_fill_(~open_[:, None].to(torch.bool), torch.finfo(dtype).min).to(device)
         alpha = alpha.to(device=device, dtype=torch.float64)
-        v = self.v.to(device=device, dtype=dtype)
+        push_along = (self.v[None] if directions is None else torch.as_tensor(directions)).to(device=device, dtype=dtype)
         captured = {}
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.no_grad())
-            stack.enter_context(attention_function_on(self.network, SEQUENCE_ATTENTION_NAME))
             if slopes:
                 stack.enter_context(fwAD.dual_level())
                 scale = fwAD.make_dual(alpha.to(dtype), torch.ones_like(alpha, dtype=dtype))
             else:
                 scale = alpha.to(dtype)
 
-            def push(module, args, kwargs):
-                hidden = _hidden_of(args, kwargs)
+            def push(hidden):
                 if capture:
                     captured["r"] = fwAD.unpack_dual(hidden).primal if slopes else hidden
-                return _with_hidden(args, kwargs, hidden + scale[:, None, None] * v)
+                return hidden + scale[:, None, None] * push_along[:, None, :]
 
-            handle = self.hook.register_forward_pre_hook(push, with_kwargs=True)
-            try:
-                out = self.network(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            finally:
-                handle.remove()
+            out = self._forward(rows, push, dtype)
             if slopes:
                 value, tangent = fwAD.unpack_dual(out)
                 tangent = torch.zeros_like(value) if tangent is None else tangent
@@ -166,6 +162,31 @@ class SteeredTexts:
                 z, zdot = out.double(), None
         r = captured["r"].to(torch.promote_types(captured["r"].dtype, torch.float32)) if capture else None
         return z, zdot, r
+
+    def gradient(self, rows: torch.Tensor, objective) -> torch.Tensor:
+        """Return `∂ objective(z) / ∂x [d]` (float64) at `x = 0`, `x` added at every position of the rows' texts.
+
+        `objective` maps the logits `z [R, T, V]` (float64) to a scalar; reverse mode, one backward pass.
+        """
+        dtype = next(self.network.parameters()).dtype
+        x = torch.zeros(self.v.shape[0], dtype=dtype, device=self.device, requires_grad=True)
+        with torch.enable_grad():
+            out = self._forward(rows, lambda hidden: hidden + x, dtype)
+            (grad,) = torch.autograd.grad(objective(out.double()), x)
+        return grad.double().cpu()
+
+    def _forward(self, rows: torch.Tensor, push, dtype: torch.dtype) -> torch.Tensor:
+        """Run the rows' texts with `push(hidden) -> hidden` applied to the residual at the layer; logits `[R, T, V]`."""
+
+        def hook(module, args, kwargs):
+            return _with_hidden(args, kwargs, push(_hidden_of(args, kwargs)))
+
+        handle = self.hook.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            with attention_function_on(self.network, SEQUENCE_ATTENTION_NAME):
+                return self.network(input_ids=self.ids[rows].to(self.device), attention_mask=self.mask(rows, dtype), use_cache=False).logits
+        finally:
+            handle.remove()
 
 
 def steering_velocities(steered: SteeredTexts, budget: int = DEFAULT_ROW_BUDGET):

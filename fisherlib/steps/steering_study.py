@@ -1,0 +1,207 @@
+"""Notebook 11's measurement and tables: the steering budget of the run's own vectors on a held-out prompt set.
+
+`measure_steering` builds the vectors (`steering_vectors`) from the sample's positions outside the prompt
+set's documents, then for each vector measures the per-token budget (all positions and target only, closed
+form, quartic and exact; `+v`), the population budget by every method (`+v` and `−v`), and the Fisher-whitened
+comparison at equal target effect (`natural_steering`). The summary functions turn those long tables into
+the notebook's tables; nothing here reads or writes files.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import spearmanr
+
+from ..layers.engine import residuals_by_layer
+from ..layers.pullback import T_MAX_FACTOR
+from ..layers import steering_pass as engine
+from . import natural_steering, steering_vectors
+from .steering import METHODS, POSITIONS, steering_budget, steering_scale
+from .stats import relative_errors, sample_median
+
+SIGNS = {"+": 1.0, "-": -1.0}
+
+
+def choose_prompts(table: pd.DataFrame, n_texts: int, seed: int) -> np.ndarray:
+    """Return `n_texts` row indices of the sample, one per document, round-robin over domains (seeded)."""
+    rng = np.random.default_rng(seed)
+    first_of_doc = table.reset_index(drop=True).groupby(["domain", "doc_id"], sort=True).head(1)
+    cells = [rng.permutation(part.index.to_numpy()) for _, part in first_of_doc.groupby("domain", sort=True)]
+    chosen, depth = [], 0
+    while len(chosen) < n_texts and any(depth < len(c) for c in cells):
+        for cell in cells:
+            if depth < len(cell) and len(chosen) < n_texts:
+                chosen.append(int(cell[depth]))
+        depth += 1
+    return np.asarray(chosen)
+
+
+def measure_steering(
+    model, sample, p: torch.Tensor, layer, eps, quantile: float, n_texts: int, n_tokens: int, n_random: int,
+    top_k: int, n_target: int, target_gain: float, seed: int, rtol: float = 1e-4, batch_size: int = 16,
+    max_pairs: int = 64, log=print,
+) -> dict[str, pd.DataFrame]:  # fmt: skip
+    """Return notebook 11's long tables: `vectors`, `tokens`, `population`, `natural`, `prompts`.
+
+    `sample` a `PositionSample` with contexts; `p [P, V]` its next-token distributions (from the head);
+    `eps [E]` the budgets' ε; the prompt set is `n_texts` contexts of distinct documents, each cut to its
+    first `n_tokens` tokens; the vectors are built from the positions of the other documents.
+    """
+    table = sample.table.reset_index(drop=True)
+    contexts = [torch.as_tensor(c).long() for c in sample.context_ids]
+    prompt_rows = choose_prompts(table, n_texts, seed)
+    texts = [contexts[i][:n_tokens] for i in prompt_rows]
+    build = np.flatnonzero(~table["doc_id"].isin(table["doc_id"].iloc[prompt_rows]).to_numpy())
+    domains = sorted(table["domain"].unique())
+    log(f"steering at layer {layer}: {len(texts)} prompts × ≤ {n_tokens} tokens; vectors from {len(build)} positions")
+
+    residuals = residuals_by_layer(model, [contexts[i] for i in build], [layer], batch_size=batch_size)[layer].double()
+    mean_norm = float(residuals.norm(dim=-1).mean())
+    vectors, raw = {}, {}
+    if len(domains) >= 2:
+        md = steering_vectors.mean_difference(residuals, table["domain"].iloc[build], domains[0], domains[1])
+        vectors["mean_difference"], raw["mean_difference"] = steering_vectors.unit(md), float(md.norm())
+    pairs = build[:max_pairs]
+    first, second = steering_vectors.contrastive_contexts([contexts[i] for i in pairs], table["top1"].iloc[pairs], table["top2"].iloc[pairs])
+    r_first = residuals_by_layer(model, first, [layer], batch_size=batch_size)[layer].double()
+    r_second = residuals_by_layer(model, second, [layer], batch_size=batch_size)[layer].double()
+    contrast = (r_first - r_second).mean(0)
+    vectors["contrastive"], raw["contrastive"] = steering_vectors.unit(contrast), float(contrast.norm())
+    width = residuals.shape[-1]
+    prompts = engine.SteeredTexts.build(model, texts, layer, torch.ones(width, dtype=torch.float64))
+    log(f"population metric of the push: {width} forward-mode passes per prompt")
+    G = steering_vectors.population_metric(prompts, top_k)
+    vectors["eigvec"] = steering_vectors.top_eigenvector(G)
+    for i, v in enumerate(steering_vectors.random_vectors(n_random, width, seed)):
+        vectors[f"random:{i}"] = v
+
+    token_parts, population = [], []
+    for label, v in vectors.items():
+        log(f"vector {label}: per-token budgets (+), population budgets (+ and -)")
+        for mode in POSITIONS:
+            part = steering_budget(model, texts, layer, v, eps, positions=mode, rtol=rtol, batch_size=batch_size)
+            token_parts.append(part.assign(vector=label, kind=label.split(":")[0], sign="+", mode=mode))
+        for sign, factor in SIGNS.items():
+            for e in eps:
+                for method in METHODS:
+                    found = steering_scale(model, texts, layer, factor * v, eps=e, quantile=quantile, method=method, rtol=rtol)
+                    population.append(dict(vector=label, kind=label.split(":")[0], sign=sign, eps=float(e), quantile=quantile,
+                                           method=method, alpha=found.alpha, passes=found.passes))  # fmt: skip
+    tokens = pd.concat(token_parts, ignore_index=True)
+    tokens = tokens[["vector", "kind", "sign", "mode", *tokens.columns[:-4]]]
+
+    natural = pd.DataFrame()
+    if len(domains) >= 2:
+        target = natural_steering.characteristic_tokens(p, table["domain"], domains[0], domains[1], n_target)
+        n = len(texts)
+        reference = prompts.logits(torch.arange(n), torch.zeros(n, dtype=torch.float64))[0].cpu()
+        g = natural_steering.target_gradient(prompts, reference, target)
+        directions = {"euclidean_gradient": g, "natural_gradient": natural_steering.natural_gradient(G, g),
+                      "mean_difference": vectors["mean_difference"]}  # fmt: skip
+        log(f"equal target effect: +{target_gain:g} nats of log q(S), S = {n_target} tokens characteristic of {domains[0]!r}")
+        natural = natural_steering.compare_at_equal_gain(prompts, directions, target, target_gain, T_MAX_FACTOR * mean_norm, rtol)
+        natural = natural.assign(target_domain=domains[0], n_target=n_target, target_gain=target_gain)
+    return dict(
+        vectors=steering_vectors.vector_table(vectors, raw, mean_norm),
+        tokens=tokens,
+        population=pd.DataFrame(population).assign(mean_residual_norm=mean_norm),
+        natural=natural,
+        prompts=table.iloc[prompt_rows][["position", "domain", "doc_id"]].assign(n_tokens=[len(t) for t in texts]),
+    )
+
+
+# --- the notebook's tables ----------------------------------------------------------------------
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    keep = np.isfinite(x) & np.isfinite(y)
+    if keep.sum() < 3 or np.ptp(x[keep]) == 0 or np.ptp(y[keep]) == 0:
+        return 0.0
+    return float(spearmanr(x[keep], y[keep]).statistic)
+
+
+def token_accuracy(tokens: pd.DataFrame) -> pd.DataFrame:
+    """Per (kind, mode, sign, ε): how well α_pred and α_quartic land on α_emp at every token.
+
+    Columns: kind, mode, sign, eps, n, n_censored, median_rho (`(α_emp/α_pred)²`, 1 where the closed form is
+    exact), spearman (α_pred against α_emp), within_10 / within_50 (closed form), within_10_quartic /
+    within_50_quartic. Censored tokens (α_emp = inf) count as misses; vectors of one kind are pooled.
+    """
+    rows = []
+    for (kind, mode, sign, eps), part in tokens.groupby(["kind", "mode", "sign", "eps"], sort=False):
+        pred, quartic, emp = (part[c].to_numpy(float) for c in ("alpha_pred", "alpha_quartic", "alpha_emp"))
+        finite = np.isfinite(emp) & np.isfinite(pred)
+        error, error_q = relative_errors(pred, emp), relative_errors(quartic, emp)
+        error, error_q = np.where(np.isfinite(emp), error, np.inf), np.where(np.isfinite(emp), error_q, np.inf)
+        rows.append(dict(
+            kind=kind, mode=mode, sign=sign, eps=float(eps), n=len(part), n_censored=int((~np.isfinite(emp)).sum()),
+            median_rho=sample_median((emp[finite] / pred[finite]) ** 2) if finite.any() else 0.0,
+            spearman=_spearman(pred, emp),
+            within_10=float(np.mean(error <= 0.1)), within_50=float(np.mean(error <= 0.5)),
+            within_10_quartic=float(np.mean(error_q <= 0.1)), within_50_quartic=float(np.mean(error_q <= 0.5)),
+        ))  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def attention_share(tokens: pd.DataFrame) -> pd.DataFrame:
+    """Per (kind, sign, ε): how much of the push reaches a token through attention from the tokens before it.
+
+    Matches each token's all-positions row to its target-only row (the first token has none). Columns:
+    kind, sign, eps, n, median_curv_ratio (`Var_p[a]` all / target: above 1 when earlier positions add to
+    the effect), median_alpha_ratio (α_emp all / target: below 1 when steering every position reaches ε
+    sooner), share_sooner (tokens whose all-positions α_emp is smaller).
+    """
+    keys = ["vector", "kind", "sign", "text", "position", "eps"]
+    merged = tokens[tokens["mode"] == "all"].merge(tokens[tokens["mode"] == "target"], on=keys, suffixes=("", "_target"))
+    rows = []
+    for (kind, sign, eps), part in merged.groupby(["kind", "sign", "eps"], sort=False):
+        curv_ratio = part["curv"].to_numpy(float) / np.maximum(part["curv_target"].to_numpy(float), 1e-300)
+        both = np.isfinite(part["alpha_emp"]) & np.isfinite(part["alpha_emp_target"])
+        alpha_ratio = (part["alpha_emp"] / part["alpha_emp_target"])[both].to_numpy(float)
+        rows.append(dict(kind=kind, sign=sign, eps=float(eps), n=len(part), median_curv_ratio=sample_median(curv_ratio),
+                         median_alpha_ratio=sample_median(alpha_ratio) if len(alpha_ratio) else 0.0,
+                         share_sooner=float(np.mean(alpha_ratio < 1)) if len(alpha_ratio) else 0.0))  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def population_table(population: pd.DataFrame) -> pd.DataFrame:
+    """The population budget by method, per (vector, sign, ε), with each method's relative error against `exact`.
+
+    Adds alpha_rel (α in units of the mean residual norm at the layer) and rel_error (`α/α_exact − 1`).
+    """
+    exact = population[population["method"] == "exact"].set_index(["vector", "sign", "eps"])["alpha"]
+    out = population.copy()
+    reference = exact.reindex(pd.MultiIndex.from_frame(out[["vector", "sign", "eps"]])).to_numpy()
+    out["alpha_rel"] = out["alpha"] / out["mean_residual_norm"]
+    out["rel_error"] = out["alpha"].to_numpy(float) / reference - 1
+    return out[["vector", "kind", "sign", "eps", "quantile", "method", "alpha", "alpha_rel", "rel_error", "passes"]]
+
+
+def population_summary(population: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, ε): the median and largest |relative error| against `exact` over vectors and signs, and passes.
+
+    Columns: method, eps, n, median_abs_rel_error, max_abs_rel_error, median_passes.
+    """
+    table = population_table(population)
+    rows = []
+    for (method, eps), part in table.groupby(["method", "eps"], sort=False):
+        error = np.abs(part["rel_error"].to_numpy(float))
+        rows.append(dict(method=method, eps=float(eps), n=len(part), median_abs_rel_error=sample_median(error),
+                         max_abs_rel_error=float(error.max()), median_passes=sample_median(part["passes"].to_numpy(float))))  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def natural_table(natural: pd.DataFrame) -> pd.DataFrame:
+    """The equal-gain comparison with each direction's off-target and total KL as a multiple of the natural gradient's.
+
+    A run with one domain has no target set: one row says so (`direction` "none", `note`).
+    """
+    if natural.empty:
+        return pd.DataFrame({"direction": ["none"], "note": ["the comparison needs two domains (a target set from one against the other)"]})
+    base = natural.set_index("direction").loc["natural_gradient"]
+    return natural.assign(
+        off_target_ratio=natural["off_target_kl"] / max(float(base["off_target_kl"]), 1e-300),
+        total_kl_ratio=natural["total_kl"] / max(float(base["total_kl"]), 1e-300),
+    )
