@@ -47,14 +47,14 @@ def _check_eps(eps) -> np.ndarray:
     return values
 
 
-def _predictions(p: torch.Tensor, A: torch.Tensor, eps: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`p [L, V]`, `A [L, V]` -> `(curv [L], alpha_pred [L, E], alpha_quartic [L, E])`."""
-    kappas = cumulants(p, A[:, None, :])  # [L, 1, 3]
+def _predictions(p: torch.Tensor, A: torch.Tensor, eps: np.ndarray, quartic: bool = True):
+    """`p [L, V]`, `A [L, V]` -> `(curv [L], alpha_pred [L, E], alpha_quartic [L, E] or None)`."""
+    kappas = cumulants(p, A[:, None, :], order=4 if quartic else 2)  # [L, 1, 3] (or [L, 1, 1])
     curv = kappas[:, 0, 0].clamp_min(0)
     eps_t = torch.as_tensor(eps, dtype=torch.float64)
     positive = curv > 0
     pred = torch.where(positive[:, None], torch.sqrt(2 * eps_t / torch.where(positive, curv, 1.0)[:, None]), math.inf)
-    return curv, pred, cumulant_boundary(kappas, eps_t)[:, 0, :]
+    return curv, pred, cumulant_boundary(kappas, eps_t)[:, 0, :] if quartic else None
 
 
 def _long_table(text, position, eps, curv, pred, quartic, emp, nonmonotone, unconverged) -> pd.DataFrame:
@@ -173,7 +173,7 @@ def steering_scale(
     if method in ("closed", "quartic"):
         z, a, _ = engine.steering_velocities(steered)
         text, position = engine.token_lines(steered.lengths)
-        _, pred, quartic = _predictions(torch.softmax(z[text, position], -1), a[text, position], np.array([eps]))
+        _, pred, quartic = _predictions(torch.softmax(z[text, position], -1), a[text, position], np.array([eps]), method == "quartic")
         alpha = engine.population_alpha((pred if method == "closed" else quartic)[:, 0], quantile)
         return SteeringScale(alpha, method, eps, quantile, n_tokens, n_texts, time.perf_counter() - start)
     reference, _, _ = steered.logits(torch.arange(n_texts), torch.zeros(n_texts, dtype=torch.float64))
@@ -189,12 +189,35 @@ def steering_scale(
         z, a, _ = engine.steering_velocities(steered)
         passes[0] += n_texts
         text, position = engine.token_lines(steered.lengths)
-        _, pred, _ = _predictions(torch.softmax(z[text, position], -1), a[text, position], np.array([eps]))
+        _, pred, _ = _predictions(torch.softmax(z[text, position], -1), a[text, position], np.array([eps]), quartic=False)
         guess = engine.population_alpha(pred[:, 0], quantile)
         alpha = _root_from(level, eps, guess if math.isfinite(guess) else alpha_start, rtol)
     else:
         alpha = _bisection(level, eps, alpha_start, rtol)
     return SteeringScale(alpha, method, eps, quantile, n_tokens, passes[0], time.perf_counter() - start)
+
+
+def closed_form_scales(model, texts, layer, v, eps, quantiles, quartic: bool = False) -> pd.DataFrame:
+    """Return the closed-form (and, with `quartic`, the quartic) population budget at every ε `[E]` and quantile `[Q]`.
+
+    All from one forward-mode pass per text: the per-token predictions do not depend on the quantile, and
+    `α_pred` scales as `sqrt(ε)`. Columns: eps, quantile, method, alpha.
+    """
+    eps = _check_eps(eps)
+    quantiles = [float(q) for q in np.atleast_1d(quantiles)]
+    if not quantiles or not all(0 < q < 1 for q in quantiles):
+        raise InputError(f"every quantile must lie in (0, 1), got {quantiles!r}")
+    steered = engine.SteeredTexts.build(model, texts, layer, v)
+    z, a, _ = engine.steering_velocities(steered)
+    text, position = engine.token_lines(steered.lengths)
+    _, pred, quartic_alpha = _predictions(torch.softmax(z[text, position], -1), a[text, position], eps, quartic)
+    rows = []
+    for method, alphas in (("closed", pred), ("quartic", quartic_alpha)):
+        if alphas is None:
+            continue
+        for e, column in zip(eps, alphas.T):
+            rows += [dict(eps=float(e), quantile=q, method=method, alpha=engine.population_alpha(column, q)) for q in quantiles]
+    return pd.DataFrame(rows)
 
 
 def _bisection(level, eps: float, alpha_start: float, rtol: float) -> float:
