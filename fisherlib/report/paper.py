@@ -264,6 +264,7 @@ def write_summary(results_root: Path | None = None) -> Path:
         ("Isotonic calibration — fraction of measurements within 50% of t_emp at ε = 1", calibration),
         ("Stratifiers — within-quintile variance of log ρ, relative to the best", stratifiers),
         ("Every predictor on one denominator — fraction within 50% of t_emp, all classes", predictors),
+        ("Steering budget — |relative error| of the population budget against the exact search (notebook 11)", steering),
         ("Claims matrix — each claim's verdict per run (rules in `fisherlib.report.claims`, details in `results/<run>/claims.md`)",
          claims_matrix),
     ):
@@ -319,9 +320,58 @@ def story(run_dir: Path | str) -> str:
                  else ": the calibrator stays ahead of the closed forms.")
         lines.append(text)
     newer = _newer_results(run_dir)
+    steering = _steering_results(run_dir)
     columns = ["claim", "source", "verdict", "ours"] if "source" in ledger.columns else ["claim", "verdict", "ours"]
     table = markdown_table(ledger[columns])
-    return "\n\n".join([" ".join(lines), *([newer] if newer else []), table])
+    return "\n\n".join([" ".join(lines), *([newer] if newer else []), *([steering] if steering else []), table])
+
+
+def _steering_results(run_dir: Path) -> str:
+    """Return the story's sentences on notebook 11 (the steering budget), if it ran."""
+    summary = _read(run_dir, "steering_population_summary")
+    accuracy = _read(run_dir, "steering_token_accuracy")
+    natural = _read(run_dir, "steering_natural")
+    sentences = []
+    if summary is not None and len(summary):
+        closed = summary[summary["method"] == "closed"]
+        parts = [f"{100 * r.median_abs_rel_error:.1f}% (at most {100 * r.max_abs_rel_error:.1f}%) at ε = {r.eps:g}" for r in closed.itertuples()]
+        cost = ""
+        if "median_passes" in summary and (summary["method"] == "bisection").any():
+            bisection = summary[summary["method"] == "bisection"]["median_passes"].median()
+            cost = f", from one forward-mode pass per prompt against a median {bisection:.0f} text passes for the bisection baseline"
+        population = _read(run_dir, "steering_population")
+        quantile = f"the {population['quantile'].iloc[0]:g} quantile of" if population is not None and len(population) else "a quantile of"
+        sentences.append(
+            f"the closed-form population budget (the α at which {quantile} per-token KL reaches ε, every position steered) is, "
+            f"at the median over the run's steering vectors and signs, within {', '.join(parts)} of the exact one{cost}"
+        )
+    if accuracy is not None and len(accuracy):
+        steered = accuracy[(accuracy["mode"] == "all") & (accuracy["sign"] == "+")]
+        parts = []
+        for eps, part in steered.groupby("eps", sort=True):
+            share = float((part["within_50"] * part["n"]).sum() / part["n"].sum())
+            parts.append(f"{share:.1%} at ε = {eps:g}")
+        sentences.append("per token the closed form is within 50% of the exact budget for " + ", ".join(parts))
+    if natural is not None and "off_target_ratio" in natural:
+        at = natural.set_index("direction")
+        if "euclidean_gradient" in at.index:
+            sentences.append(
+                f"at equal target effect the Euclidean gradient spends {at.loc['euclidean_gradient', 'off_target_ratio']:.2f}× "
+                f"the natural gradient's off-target KL (FishBack: 1.3–2.5×)"
+            )
+    return ("Steering (notebook 11): " + "; ".join(sentences) + ".") if sentences else ""
+
+
+def steering(runs: dict[str, Path]) -> pd.DataFrame:
+    """The steering budget per run: the closed form's and the quartic's error against the exact population budget."""
+
+    def summarise(table: pd.DataFrame) -> pd.Series:
+        rows = table[table["method"].isin(["closed", "quartic"])]
+        return pd.Series({f"{r.method}, ε = {r.eps:g}": f"{100 * r.median_abs_rel_error:.1f}% (max {100 * r.max_abs_rel_error:.1f}%)"
+                          for r in rows.itertuples()})  # fmt: skip
+
+    frame = pd.DataFrame(_per_run(runs, "steering_population_summary", summarise))
+    return frame.fillna("—") if len(frame) else pd.DataFrame({"note": ["no run wrote steering_population_summary yet"]})
 
 
 def _newer_results(run_dir: Path) -> str:

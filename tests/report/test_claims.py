@@ -53,7 +53,8 @@ def passing_tables() -> dict[str, pd.DataFrame]:
                          "within_50_lens": [0.78, 0.8, 0.8], "within_10_G": 0.5, "within_10_lens": 0.45})  # fmt: skip
     steering = pd.DataFrame({"method": ["closed", "quartic", "exact", "bisection"] * 2, "eps": [0.1] * 4 + [1.0] * 4, "n": 10,
                              "median_abs_rel_error": [0.02, 0.01, 0.0, 1e-5, 0.05, 0.04, 0.0, 1e-5],
-                             "max_abs_rel_error": [0.06, 0.05, 0.0, 2e-5, 0.09, 0.08, 0.0, 2e-5]})  # fmt: skip
+                             "max_abs_rel_error": [0.06, 0.05, 0.0, 2e-5, 0.09, 0.08, 0.0, 2e-5],
+                             "median_passes": [8, 8, 90, 150] * 2})  # fmt: skip
     natural = pd.DataFrame({"direction": ["euclidean_gradient", "natural_gradient", "mean_difference"], "reached": True,
                             "off_target_kl": [0.02, 0.01, 0.05], "total_kl": [0.03, 0.015, 0.06]})  # fmt: skip
     return {

@@ -79,3 +79,26 @@ def test_story_tells_the_newer_papers_results_from_the_tables(tmp_path):
     assert "Newer results:" in text and "2.60 vs 2.10 at large ε" in text
     assert "5.0%–15.0% of d" in text and "lens" in text
     assert "| source " in text  # the ledger table carries each claim's source
+
+
+def test_story_and_summary_tell_the_steering_budget_from_its_tables(tmp_path):
+    from test_claims import passing_tables
+
+    from fisherlib.report.paper import story, write_summary
+
+    run = tmp_path / "toy"
+    run.mkdir()
+    tables = passing_tables()
+    tables["steering_natural"] = tables["steering_natural"].assign(off_target_ratio=[2.0, 1.0, 5.0])
+    tables["steering_population"] = pd.DataFrame({"quantile": [0.9]})
+    tables["steering_token_accuracy"] = pd.DataFrame({"mode": ["all", "all", "target"], "sign": "+", "eps": [0.1, 0.1, 0.1],
+                                                      "n": [10, 30, 10], "within_50": [1.0, 0.5, 0.0]})  # fmt: skip
+    for name, table in tables.items():
+        table.to_csv(run / f"{name}.csv", index=False)
+    text = story(run)
+    assert "Steering (notebook 11)" in text and "the 0.9 quantile" in text
+    assert "within 2.0% (at most 6.0%) at ε = 0.1, 5.0% (at most 9.0%) at ε = 1" in text
+    assert "62.5% at ε = 0.1" in text and "spends 2.00×" in text
+    (run / "run.json").write_text('{"complete": true}')
+    summary = write_summary(tmp_path).read_text()
+    assert "## Steering budget" in summary and "2.0% (max 6.0%)" in summary
