@@ -26,7 +26,7 @@ def _vector(seed: int = 4, scale: float = 1.0) -> torch.Tensor:
     return scale * v / v.norm()
 
 
-@pytest.fixture(scope="module", params=["gpt_neox", "llama"])
+@pytest.fixture(scope="module", params=["gpt_neox", "llama", "gpt2"])
 def steered(request):
     model = _random_lm(request.param)
     return S.SteeredTexts.build(model, _texts(), LAYER, _vector())
