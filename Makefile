@@ -42,13 +42,18 @@ LIBRARY := $(sort $(wildcard fisherlib/*.py fisherlib/*/*.py)) pyproject.toml
 # Every numbered notebook but 10 (training dynamics: `make dynamics`, over REVISIONS).
 NOTEBOOKS := $(sort $(filter-out notebooks/10_%,$(wildcard notebooks/[0-9][0-9]_*.ipynb)))
 EXECUTED := $(patsubst notebooks/%,$(RUN_DIR)/%,$(NOTEBOOKS))
-RUNNER_ARGS := --run $(RUN_NAME) --kernel $(KERNEL) --cwd notebooks -f $(PARAMS) \
-	-p arch "$(if $(MODEL),$(MODEL_PATH),$(ARCH))" -p run_name "$(RUN_NAME)" \
-	-p results_root $(STAGE)/results -p figures_root $(STAGE)/figures -p cache_dir results/$(RUN_NAME)/cache \
+# The run's parameters, as the notebooks and the sharded measurement step (`fisherlib measure`) take them.
+PARAM_ARGS := -f $(PARAMS) \
+	-p arch "$(if $(MODEL),$(MODEL_PATH),$(ARCH))" -p run_name "$(RUN_NAME)" -p cache_dir results/$(RUN_NAME)/cache \
 	$(if $(CORPORA),-y "corpora: [$(foreach c,$(CORPORA),'$(c)',)]") \
 	$(if $(SEEDS),-y "seeds: [$(foreach s,$(SEEDS),$(s),)]") \
 	$(if $(REVISION),-p revision "$(REVISION)") \
 	$(if $(REVISIONS),-y "revisions: [$(foreach r,$(REVISIONS),'$(r)',)]")
+RUNNER_ARGS := --run $(RUN_NAME) --kernel $(KERNEL) --cwd notebooks $(PARAM_ARGS) \
+	-p results_root $(STAGE)/results -p figures_root $(STAGE)/figures
+# NPROC=N > 1: the direction sweep is measured first by N processes (torchrun; gloo on CPU, one GPU each with CUDA),
+# into the cache notebook 03 then reads.
+NPROC ?= 1
 
 .PHONY: all venv constraints test test-unit test-integration test-notebooks bench bench-real bench-layers bench-steering gpu-check reproduce dynamics tiny-model paper book clean help
 all: help
@@ -146,6 +151,12 @@ $(RUN_DIR)/%.ipynb: notebooks/%.ipynb $(PARAMS) $(STAMP) $(RUN_KEY) $(LIBRARY)
 $(RUN_DIR)/02_fisher_geometry.ipynb $(RUN_DIR)/03_direction_sweep.ipynb: $(RUN_DIR)/01_sample_positions.ipynb
 # 08, 09 and 11 read notebook 01's sample only.
 $(RUN_DIR)/08_layer_pullback.ipynb $(RUN_DIR)/09_interpolation_plateaus.ipynb $(RUN_DIR)/11_steering_budget.ipynb: $(RUN_DIR)/01_sample_positions.ipynb
+ifneq ($(NPROC),1)
+$(RUN_DIR)/03_direction_sweep.ipynb: $(RUN_DIR)/.sweep-measured
+$(RUN_DIR)/.sweep-measured: $(RUN_DIR)/01_sample_positions.ipynb $(PARAMS) $(STAMP) $(RUN_KEY) $(LIBRARY)
+	$(VENV)/bin/python -m torch.distributed.run --nproc_per_node $(NPROC) -m fisherlib.run.cli measure sweep $(PARAM_ARGS)
+	@touch $@
+endif
 $(RUN_DIR)/04_closed_form_exactness.ipynb $(RUN_DIR)/05_direction_classes.ipynb \
 $(RUN_DIR)/06_isotonic_calibration.ipynb $(RUN_DIR)/07_entropy_stratification.ipynb: $(RUN_DIR)/03_direction_sweep.ipynb
 

@@ -35,6 +35,23 @@ def _tiny(args: argparse.Namespace) -> None:
         print(ensure_tiny_model(seed=args.seed))
 
 
+def _measure(args: argparse.Namespace) -> None:
+    import yaml
+
+    from .distributed import measure
+    from .params import StudyParams, check_parameter_names
+
+    values = {}
+    for file in args.file:
+        values.update(yaml.safe_load(open(file).read()) or {})
+    for text in args.yaml:
+        values.update(yaml.safe_load(text) or {})
+    for name, value in args.parameter:
+        values[name] = yaml.safe_load(value) if value else value
+    check_parameter_names(values)
+    measure(StudyParams.create(**values), args.step)
+
+
 def _paper(args: argparse.Namespace) -> None:
     from ..report.paper import write_summary
 
@@ -67,6 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("--train", action="store_true", help="train from scratch (about 40 minutes on one core) instead of finding a copy")
     tiny.add_argument("--output", default="models/tiny", help="where --train writes the model (default: models/tiny)")
     tiny.set_defaults(run=_tiny)
+    measure = commands.add_parser(
+        "measure", help="run a measurement step into the run's cache, sharded over torchrun's processes "
+        "(torchrun --nproc_per_node N -m fisherlib.run.cli measure sweep -f params/tiny.yaml -p run_name tiny)",
+    )  # fmt: skip
+    measure.add_argument("step", help="the step to measure: sweep")
+    measure.add_argument("-f", "--file", action="append", default=[], help="a YAML file of notebook parameters")
+    measure.add_argument("-y", "--yaml", action="append", default=[], help="parameters as a YAML string (lists)")
+    measure.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                         help="a notebook parameter (YAML value), as papermill's -p")  # fmt: skip
+    measure.set_defaults(run=_measure)
     paper = commands.add_parser("paper", help="assemble results/summary.md from every run so far")
     paper.set_defaults(run=_paper)
     book = commands.add_parser("book", help="build the static site of every complete run (default: build/book/html/index.html)")
