@@ -55,7 +55,7 @@ RUNNER_ARGS := --run $(RUN_NAME) --kernel $(KERNEL) --cwd notebooks $(PARAM_ARGS
 # into the cache notebook 03 then reads.
 NPROC ?= 1
 
-.PHONY: all venv constraints test test-unit test-integration test-notebooks bench bench-real bench-layers bench-steering gpu-check reproduce dynamics tiny-model paper book clean help
+.PHONY: all venv constraints test test-unit test-integration test-notebooks bench bench-real bench-layers bench-steering grid gpu-check reproduce dynamics tiny-model paper book clean help
 all: help
 
 help:
@@ -64,6 +64,7 @@ help:
 	@echo "  RUN=<name> names the run (default: the model); TORCH=... TORCH_INDEX=<pip index> choose the torch build"
 	@echo "make dynamics [ARCH=tiny|pythia REVISIONS='step1000 step8000 ...']       notebook 10 over training checkpoints"
 	@echo "make tiny-model   retrain the shipped embedded model models/tiny from scratch (~40 min, one core)"
+	@echo "make grid ARCHS='pythia EleutherAI/pythia-410m' [REVISIONS=...] [SEEDS=...] [EXECUTOR=slurm|local]   one job per run (submitit)"
 	@echo "make paper        assemble results/summary.md across the architectures run so far"
 	@echo "make book         the static site of every complete run: build/book/html/index.html (offline)"
 	@echo "make test         unit + integration + notebook tests (creates .venv)"
@@ -134,6 +135,16 @@ bench-layers: $(STAMP)
 # The closed-form population budget against the bisection baseline (repeated full passes), same prompts, one run.
 bench-steering: $(STAMP)
 	$(PY) benchmarks/bench_steering.py $(BENCH_STEERING_ARGS)
+
+# A grid of runs, one `make reproduce` job each, through submitit: EXECUTOR=slurm (PARTITION, GPUS, MEM_GB,
+# TIME_MIN) or local. Complete runs are skipped; rerunning resubmits the failed ones. Then `make paper`.
+ARCHS ?= $(ARCH)
+EXECUTOR ?= slurm
+grid: $(STAMP)
+	$(PY) -m fisherlib.run.cli grid --archs $(ARCHS) --executor $(EXECUTOR) \
+		$(if $(REVISIONS),--revisions $(REVISIONS)) $(if $(SEEDS),--seeds $(SEEDS)) \
+		$(if $(PARTITION),--partition $(PARTITION)) $(if $(GPUS),--gpus-per-job $(GPUS)) \
+		$(if $(MEM_GB),--mem-gb $(MEM_GB)) $(if $(TIME_MIN),--time-min $(TIME_MIN)) $(if $(GRID_MAKE_ARGS),--make-args $(GRID_MAKE_ARGS))
 
 # For a session with a GPU (no venv needed: the device image's python3); without CUDA, a CPU dry run that says what it skipped.
 gpu-check:

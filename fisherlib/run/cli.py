@@ -52,6 +52,18 @@ def _measure(args: argparse.Namespace) -> None:
     measure(StudyParams.create(**values), args.step)
 
 
+def _grid(args: argparse.Namespace) -> None:
+    from .grid import grid_runs, submit_grid
+
+    runs = grid_runs(args.archs, args.revisions, args.seeds, args.make_args)
+    print(f"grid of {len(runs)} run(s) on {args.executor}:")
+    status = submit_grid(runs, args.executor, partition=args.partition, gpus_per_job=args.gpus_per_job, mem_gb=args.mem_gb,
+                         time_min=args.time_min, wait=not args.no_wait)  # fmt: skip
+    failed = [run for run, state in status.items() if state.startswith("failed")]
+    if failed:
+        raise FisherlibError(f"{len(failed)} of {len(status)} run(s) failed: {', '.join(failed)}; rerun the grid to resubmit them")
+
+
 def _paper(args: argparse.Namespace) -> None:
     from ..report.paper import write_summary
 
@@ -94,6 +106,18 @@ def main(argv: list[str] | None = None) -> int:
     measure.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                          help="a notebook parameter (YAML value), as papermill's -p")  # fmt: skip
     measure.set_defaults(run=_measure)
+    grid = commands.add_parser("grid", help="one `make reproduce` job per (arch, revision, seed) through submitit (SLURM or local)")
+    grid.add_argument("--archs", nargs="+", required=True, help="registry names or hub ids")
+    grid.add_argument("--revisions", nargs="*", default=[], help="model revisions (hub branches, tiny's step<N>)")
+    grid.add_argument("--seeds", nargs="*", default=[], type=int, help="seeds, one run each")
+    grid.add_argument("--executor", default="slurm", choices=["slurm", "local"])
+    grid.add_argument("--partition", default="", help="SLURM partition")
+    grid.add_argument("--gpus-per-job", type=int, default=1)
+    grid.add_argument("--mem-gb", type=int, default=64)
+    grid.add_argument("--time-min", type=int, default=240, help="each job's time limit in minutes")
+    grid.add_argument("--no-wait", action="store_true", help="submit and return (rerun the grid later to see what failed)")
+    grid.add_argument("--make-args", nargs="*", default=[], help="extra make variables for every job (e.g. PARAMS=params/x.yaml)")
+    grid.set_defaults(run=_grid)
     paper = commands.add_parser("paper", help="assemble results/summary.md from every run so far")
     paper.set_defaults(run=_paper)
     book = commands.add_parser("book", help="build the static site of every complete run (default: build/book/html/index.html)")
