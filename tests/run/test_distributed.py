@@ -58,7 +58,7 @@ def test_two_gloo_ranks_give_the_single_process_sweep_and_a_dead_rank_resumes(tm
     pd.testing.assert_frame_equal(one.drop(columns=floats), two.drop(columns=floats), check_exact=True)
     # Every draw and every censoring decision is the same; values agree to the last bits (a batch of other
     # positions can change the rounding of a batched product).
-    pd.testing.assert_frame_equal(one[floats], two[floats], check_exact=False, rtol=1e-12, atol=0)
+    pd.testing.assert_frame_equal(one[floats], two[floats], check_exact=False, rtol=1e-10, atol=0)
     assert (np.isinf(one[floats].to_numpy()) == np.isinf(two[floats].to_numpy())).all()
 
 
