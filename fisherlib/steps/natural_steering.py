@@ -26,6 +26,7 @@ import torch
 
 from ..core.errors import InputError
 from ..layers import steering_pass as engine
+from .steering import doubling_bisection
 
 DIRECTIONS = ("euclidean_gradient", "natural_gradient")
 
@@ -110,17 +111,7 @@ def alpha_for_gain(steered, u: torch.Tensor, gain: float, reference: torch.Tenso
         passes += 1
         return float(_effects_at(steered, u, alpha, reference, target)["gain"].mean())
 
-    lo, hi = 0.0, min(alpha_start, alpha_max)
-    while mean_gain(hi) < gain:
-        if hi >= alpha_max:
-            return math.inf, passes
-        lo, hi = hi, min(2 * hi, alpha_max)
-    while hi - lo > rtol * hi:
-        mid = 0.5 * (lo + hi)
-        if mean_gain(mid) >= gain:
-            hi = mid
-        else:
-            lo = mid
+    _, hi = doubling_bisection(mean_gain, gain, alpha_start, rtol, cap=alpha_max)
     return hi, passes
 
 

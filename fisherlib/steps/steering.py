@@ -220,17 +220,26 @@ def closed_form_scales(model, texts, layer, v, eps, quantiles, quartic: bool = F
     return pd.DataFrame(rows)
 
 
-def _bisection(level, eps: float, alpha_start: float, rtol: float) -> float:
-    """The baseline: `[0, α]` with α doubled until `level(α) ≥ ε`, then halved until `hi − lo ≤ rtol · hi`."""
-    lo, hi = 0.0, float(alpha_start)
-    while level(hi) < eps:
-        lo, hi = hi, 2 * hi
+def doubling_bisection(level, goal: float, start: float, rtol: float, cap: float = math.inf) -> tuple[float, float]:
+    """Return the bracket `(lo, hi)` of `level(α) = goal`: `[0, α]` with α doubled from `start` until `level(α) ≥ goal`,
+    then halved until `hi − lo ≤ rtol · hi`; `hi` is `inf` when `level` stays below `goal` up to `cap`."""
+    lo, hi = 0.0, min(float(start), cap)
+    while level(hi) < goal:
+        if hi >= cap:
+            return hi, math.inf
+        lo, hi = hi, min(2 * hi, cap)
     while hi - lo > rtol * hi:
         mid = 0.5 * (lo + hi)
-        if level(mid) >= eps:
+        if level(mid) >= goal:
             hi = mid
         else:
             lo = mid
+    return lo, hi
+
+
+def _bisection(level, eps: float, alpha_start: float, rtol: float) -> float:
+    """The baseline, as a steering tool does it: doubling, then bisection; the bracket's midpoint."""
+    lo, hi = doubling_bisection(level, eps, alpha_start, rtol)
     return 0.5 * (lo + hi)
 
 
