@@ -596,3 +596,34 @@ def lens_findings(table: pd.DataFrame) -> str:
         f"within-50% share (layer {worst}); the dense G_ℓ reproduces the layer study's curvatures to {mismatch:.1e} "
         f"(relative), so the same directions are scored.\n\n" + bullets(lines)
     )
+
+
+def _layer_name(layer) -> str:
+    return "the head" if str(layer) == "head" else f"layer {layer}"
+
+
+def lens_table1_findings(table: pd.DataFrame) -> str:
+    """Sentences on `jacobian_lens.lens_table1`: Table 1 along the lens's top eigenvector, with the lens's and the true curvature."""
+    table = as_saved(table)
+    if table.empty:
+        return "**This run:** no layer has lines along the lens's top eigenvector."
+    t = table.set_index("layer")
+    eps = float(table["eps"].iloc[0])
+    low, high = t["median_rho_lens"].idxmin(), t["median_rho_lens"].idxmax()
+    covers = [str(layer) for layer, row in t.iterrows() if row["ci_lo_lens"] <= 1 <= row["ci_hi_lens"]]
+    lines = [
+        f"{_layer_name(r.layer)}: {r.median_rho_lens:.4g} [{r.ci_lo_lens:.4g}, {r.ci_hi_lens:.4g}] with the lens's curvature, "
+        f"{r.median_rho_true:.4g} [{r.ci_lo_true:.4g}, {r.ci_hi_true:.4g}] with G_ℓ's; along G_ℓ's own top eigenvector "
+        f"{r.table1_median_rho_same:.4g} on the same positions ({r.table1_median_rho:.4g} on all of the layer study's); "
+        f"{int(r.n_censored)} of {int(r.n)} lines censored"
+        for r in table.itertuples()
+    ]
+    return (
+        f"**This run:** along ± the top eigenvector of the held-out lens Ḡ_ℓ at ε = {eps:g}, the lens's own curvature "
+        f"uᵀḠ_ℓu gives a median ρ from {t.loc[low, 'median_rho_lens']:.4g} ({_layer_name(low)}) to "
+        f"{t.loc[high, 'median_rho_lens']:.4g} ({_layer_name(high)}), its 95% CI containing 1 at {len(covers)} of {len(t)} "
+        f"layers ({', '.join(_layer_name(x) for x in covers) or 'none'}); the true curvature uᵀG_ℓu on the same lines gives "
+        f"{t['median_rho_true'].min():.4g}–{t['median_rho_true'].max():.4g}, and G_ℓ's own top eigenvector (the layer "
+        f"study's Table 1, same positions) {t['table1_median_rho_same'].min():.4g}–{t['table1_median_rho_same'].max():.4g}.\n\n"
+        + bullets(lines)
+    )

@@ -30,7 +30,7 @@ EXPECTED_TABLES = {
     "07_entropy_stratification": ["stratifier_variance", "stable_region_axes", "claims"],
     "08_layer_pullback": [
         "layer_positions", "layer_table1", "layer_rho_by_eps", "layer_spearman", "layer_exactness_frontier", "layer_nonmonotone",
-        "layer_power_law", "layer_effective_dimension", "jacobian_lens",
+        "layer_power_law", "layer_effective_dimension", "jacobian_lens", "jacobian_lens_table1",
     ],
     "09_interpolation_plateaus": ["plateau_paths", "plateau_statistics", "plateau_jump_hits", "plateau_fisher_length"],
     "11_steering_budget": [

@@ -147,12 +147,43 @@ def run_layer_spectra(params, seed: int | None = None, progress: bool = True) ->
     position); `lens`: one row per (layer, position, random direction of the layer study). Cached as
     parquet beside the run's sample.
     """
+    entries = _dense_layer_pass(params, seed, progress)
+    return entries["spectra"], entries["lens"]
+
+
+def run_lens_top_eigvec(params, seed: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """Return notebook 08's lines along `±` the top eigenvector of the held-out lens `Ḡ_ℓ`, every layer and ε.
+
+    The positions and the dense pass are `run_layer_spectra`'s (whichever of the two runs first measures
+    both); the exact boundaries are `layer_boundary`'s at `eps_grid` to `layer_rtol`, as the layer
+    study's. Rows: `jacobian_lens.LENS_TOP_COLUMNS`. Cached as parquet beside the run's sample.
+    """
+    return _dense_layer_pass(params, seed, progress)["lens-top-eigvec"]
+
+
+def dense_layer_cache_files(params, seed: int) -> dict[str, Path]:
+    """Return where the dense pass caches each of its products (keyed by what that product depends on; for tests and clean-ups)."""
+    positions = (*SAMPLE_KEYS, "layers", "layer_positions", "layer_dense_positions")
+    keys = {
+        "spectra": params.key(*positions, "layer_per_class"),
+        "lens": params.key(*positions, "layer_per_class"),
+        "lens-top-eigvec": params.key(*positions, "eps_grid", "divergence", "layer_rtol"),
+    }
+    return {name: params.cache_path / f"layer-{name}-seed{seed}-{key}.parquet" for name, key in keys.items()}
+
+
+def _dense_layer_pass(params, seed: int | None, progress: bool) -> dict[str, pd.DataFrame]:
+    """Return every product of notebook 08's dense pass, read from the cache or, if any is missing, all measured at once.
+
+    One pass of `d` JVPs per position and layer gives `G_ℓ` and the lens `Ḡ_ℓ`, from which come the spectra,
+    the lens's scores on the random directions and the lens's top eigenvector; only the missing entries are
+    written (the others were read and stay as they are).
+    """
     seed = params.seed if seed is None else seed
-    key = params.key(*SAMPLE_KEYS, "layers", "layer_positions", "layer_dense_positions", "layer_per_class")
-    paths = [params.cache_path / f"layer-{name}-seed{seed}-{key}.parquet" for name in ("spectra", "lens")]
-    cached = [_read_parquet(params, path, f"layer {name} (seed {seed})") for path, name in zip(paths, ("spectra", "lens"))]
-    if all(frame is not None for frame in cached):
-        return cached[0], cached[1]
+    paths = dense_layer_cache_files(params, seed)
+    cached = {name: _read_parquet(params, path, f"layer {name} (seed {seed})") for name, path in paths.items()}
+    if all(frame is not None for frame in cached.values()):
+        return cached
     sample = load_sample(params, seed, progress=progress)
     rows = layer_study.choose_positions(sample.table, params.layer_positions, seed)
     rows = rows[layer_study.choose_positions(sample.table.iloc[rows], params.layer_dense_positions, seed)]
@@ -162,22 +193,29 @@ def run_layer_spectra(params, seed: int | None = None, progress: bool = True) ->
     width = int(next(iter(residuals.values())).shape[-1])
     prefilled = Prefilled(model, [sample.context_ids[i] for i in rows], batch_size=params.batch_size)
     position_ids = sample.table["position"].to_numpy()[rows]
-    spectra, lenses = [], []
+    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in paths}
     for layer in layers:
         logger.info("layer %s: dense G and the averaged lens at %d positions", layer_study.layer_label(layer), len(rows))
-        lens, G = jacobian_lens.measure_lens(
-            model, prefilled, layer, width, position_ids, params.layer_per_class, seed=seed, batch_size=params.batch_size
-        )
+        lens, G, G_bar = jacobian_lens.measure_lens(
+            model, prefilled, layer, width, position_ids, params.layer_per_class, seed=seed, batch_size=params.batch_size,
+            return_lens_metric=True,
+        )  # fmt: skip
         summary = effective_dimension.spectrum_summary(torch.linalg.eigvalsh(G))
         summary.insert(0, "position", position_ids)
         summary.insert(0, "layer", layer_study.layer_label(layer))
-        spectra.append(summary[list(effective_dimension.SPECTRUM_COLUMNS)])
-        lenses.append(lens)
-    spectra, lens = pd.concat(spectra, ignore_index=True), pd.concat(lenses, ignore_index=True)
-    for frame, path, name in ((spectra, paths[0], "spectra"), (lens, paths[1], "lens")):
-        _write_parquet(frame, path)
-        wrote_entry(f"layer {name} (seed {seed})", path)
-    return spectra, lens
+        parts["spectra"].append(summary[list(effective_dimension.SPECTRUM_COLUMNS)])
+        parts["lens"].append(lens)
+        if cached["lens-top-eigvec"] is None:  # its key has eps_grid, divergence, layer_rtol: it may be missing alone, or present alone
+            parts["lens-top-eigvec"].append(jacobian_lens.measure_lens_top_eigvec(
+                model, prefilled, layer, G, G_bar, position_ids, params.eps_grid, divergence=params.divergence,
+                rtol=params.layer_rtol, batch_size=params.batch_size,
+            ))  # fmt: skip
+    for name, path in paths.items():
+        if cached[name] is None:
+            cached[name] = pd.concat(parts[name], ignore_index=True)
+            _write_parquet(cached[name], path)
+            wrote_entry(f"layer {name} (seed {seed})", path)
+    return cached
 
 
 def layer_cache_file(params, seed: int) -> Path:

@@ -8,7 +8,9 @@ direction and position. Since the logits are `z = W h`, averaging the logit velo
 The positions are split into folds (by index, `n_folds`); a position's lens is averaged over the other
 folds only, so no position is tested on a lens that saw it. Per position: the angle between the top
 eigenvectors of `Ḡ_ℓ` and `G_ℓ`; per direction (the layer study's random directions, regenerated from
-their seed): `t_pred` with either metric against the measured `t_emp`.
+their seed): `t_pred` with either metric against the measured `t_emp`. Table 1 with the lens: the exact
+boundary along `±` the top eigenvector of `Ḡ_ℓ`, read with the lens's curvature `uᵀḠu` (what the lens
+alone predicts) and with the true `uᵀGu`, beside the layer study's Table 1 along `G_ℓ`'s own.
 """
 
 from __future__ import annotations
@@ -73,12 +75,13 @@ def random_directions(position_ids, n_per_class: int, width: int, seed: int) -> 
 
 
 def measure_lens(model, prefilled, layer, width: int, position_ids, n_per_class: int, seed: int = 0, n_folds: int = 2,
-                 batch_size: int = 16) -> tuple[pd.DataFrame, torch.Tensor]:  # fmt: skip
+                 batch_size: int = 16, return_lens_metric: bool = False):  # fmt: skip
     """Return `(rows, G)` at `layer`: one row per (position, random direction) and the dense `G_ℓ [P, d, d]`.
 
     One pass of `d` JVPs per position: each position's `G` and `p` are kept, the basis velocities only
     summed per fold, so memory is `P d² + n_folds d V`, never `P d V`. Row columns: layer, position,
     rank (the direction's order among the position's random ones), curv (G), curv_lens (Ḡ), angle_deg.
+    With `return_lens_metric`, `(rows, G, Ḡ)`: the held-out lens metric `Ḡ_ℓ [P, d, d]` too (float64).
     """
     from ..layers.pullback import layer_velocity_chunks
     from .layer_study import layer_label
@@ -111,7 +114,7 @@ def measure_lens(model, prefilled, layer, width: int, position_ids, n_per_class:
             "angle_deg": np.repeat(angles, n_per_class),
         }
     )
-    return rows, G
+    return (rows, G, G_bar) if return_lens_metric else (rows, G)
 
 
 def lens_table(lens: pd.DataFrame, measurements: pd.DataFrame) -> pd.DataFrame:
@@ -145,3 +148,97 @@ def lens_table(lens: pd.DataFrame, measurements: pd.DataFrame) -> pd.DataFrame:
         row["max_curv_mismatch"] = float(mismatch.max())
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# --- Table 1 along the lens's top eigenvector ---------------------------------------------------------
+
+LENS_TOP_COLUMNS = ("layer", "position", "sign", "eps", "curv", "curv_lens", "t_emp", "rho", "rho_lens", "censored")
+
+
+def lens_top_eigvec_directions(model, prefilled, layer, G_bar: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """Return `U [P, 2, d]` (float64): `+` and `−` the top eigenvector of each position's `Ḡ_ℓ [P, d, d]`.
+
+    `+` is oriented as the layer study orients `G_ℓ`'s eigenvectors: toward swapping the two most
+    probable tokens (`a_b − a_a ≥ 0` for the true logit velocity `a = J_ℓ u`), so the `sign` column
+    means the same in both tables.
+    """
+    from ..layers.pullback import layer_curvature
+
+    top = torch.linalg.eigh(G_bar.double()).eigenvectors[..., -1]
+    gap = layer_curvature(model, prefilled, layer, top[:, None, :], batch_size=batch_size)["top2_gap"][:, 0]
+    top = top * torch.where(gap < 0, -1.0, 1.0).to(top.dtype)[:, None]
+    return torch.stack([top, -top], dim=1)
+
+
+def measure_lens_top_eigvec(model, prefilled, layer, G: torch.Tensor, G_bar: torch.Tensor, position_ids, eps_grid,
+                            divergence: str = "forward", rtol: float = 1e-4, batch_size: int = 16) -> pd.DataFrame:  # fmt: skip
+    """Return one row per (position, sign, ε) along `±` the top eigenvector of the held-out lens metric `Ḡ_ℓ`.
+
+    `G, G_bar [P, d, d]` are `measure_lens`'s (`return_lens_metric`) for the positions of `prefilled`;
+    `t_emp` is the exact first crossing through the real network (`layer_boundary`, to `rtol`), so the
+    lens only chooses the direction and, in `rho_lens = ½ t_emp² uᵀḠu / ε`, predicts its curvature;
+    `rho` uses the true `uᵀGu`. Censored lines keep `t_emp = ρ = inf`. Columns: `LENS_TOP_COLUMNS`.
+    """
+    from ..layers.pullback import layer_boundary
+    from .layer_study import layer_label
+
+    U = lens_top_eigvec_directions(model, prefilled, layer, G_bar, batch_size=batch_size)
+    t_emp = layer_boundary(model, prefilled, layer, U, eps_grid, divergence=divergence, rtol=rtol, batch_size=batch_size).numpy()
+    eps = np.asarray(eps_grid, dtype=float).reshape(-1)
+    curv, curv_lens = curvatures(G, U), curvatures(G_bar, U)  # [P, 2]
+    finite = np.isfinite(t_emp)  # [P, 2, E]
+    t_safe = np.where(finite, t_emp, 0.0)
+
+    def rho(c: np.ndarray) -> np.ndarray:
+        return np.where(finite, 0.5 * t_safe**2 * c[..., None] / eps, np.inf)
+
+    P, E = len(position_ids), eps.size
+    return pd.DataFrame(
+        {
+            "layer": layer_label(layer),
+            "position": np.repeat(np.asarray(position_ids), 2 * E),
+            "sign": np.tile(np.repeat([1, -1], E), P),
+            "eps": np.tile(eps, 2 * P),
+            "curv": np.repeat(curv.reshape(-1), E),
+            "curv_lens": np.repeat(curv_lens.reshape(-1), E),
+            "t_emp": t_emp.reshape(-1),
+            "rho": rho(curv).reshape(-1),
+            "rho_lens": rho(curv_lens).reshape(-1),
+            "censored": ~finite.reshape(-1),
+        }
+    )[list(LENS_TOP_COLUMNS)]
+
+
+def lens_table1(lines: pd.DataFrame, measurements: pd.DataFrame, eps: float, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Return Table 1 per layer along the lens's top eigenvector (both signs) at `eps`, beside the layer study's.
+
+    `lines` are `measure_lens_top_eigvec`'s rows, `measurements` the layer study's. Per layer:
+    `median_rho_lens` [`ci_lo_lens`, `ci_hi_lens`] with the lens's curvature `uᵀḠu` (what a reader of
+    the lens alone predicts), `median_rho_true` [`ci_lo_true`, `ci_hi_true`] with `uᵀGu` on the same
+    lines (percentile bootstrap resampling positions, as `layer_study.table1_by_layer`), `n_positions`,
+    `n` lines and `n_censored`; then the layer study's Table 1 median along `G_ℓ`'s own top eigenvector,
+    over all its positions (`table1_median_rho`) and over the lens's positions only (`table1_median_rho_same`).
+    """
+    from .layer_study import layer_sort_key
+    from .stats import bootstrap_median_ci
+
+    at = lines[np.isclose(lines["eps"], eps)]
+    if at.empty:
+        raise ValueError(f"no lens lines at ε = {eps:g} (measured at ε = {sorted(set(lines['eps']))})")
+    top = measurements[(measurements["cls"] == "eigvec") & (measurements["eig_rank"] == 1) & np.isclose(measurements["eps"], eps)]
+    rows = []
+    for layer, part in at.groupby("layer", sort=False):
+        positions = part["position"].to_numpy()
+        own = top[top["layer"].astype(str) == str(layer)]
+        same = own[own["position"].isin(positions)]
+        if same.empty:
+            raise ValueError(f"the layer study has no top eigenvector at layer {layer}, ε = {eps:g}, on the lens's positions")
+        row = dict(layer=str(layer), eps=float(eps), n_positions=int(part["position"].nunique()), n=len(part),
+                   n_censored=int(part["censored"].sum()))  # fmt: skip
+        for name, column in (("lens", "rho_lens"), ("true", "rho")):
+            median, lo, hi = bootstrap_median_ci(part[column].to_numpy(float), n_boot=n_boot, seed=seed, groups=positions)
+            row.update({f"median_rho_{name}": median, f"ci_lo_{name}": lo, f"ci_hi_{name}": hi})
+        row["table1_median_rho"] = sample_median(own["rho"])
+        row["table1_median_rho_same"] = sample_median(same["rho"])
+        rows.append(row)
+    return pd.DataFrame(sorted(rows, key=lambda row: layer_sort_key(row["layer"])))

@@ -200,10 +200,12 @@ def test_the_lens_pass_gives_the_dense_metric_and_a_held_out_lens():
 
     model = _random_lm("gpt_neox")
     contexts = _contexts(lengths=(5, 11, 8, 7))
-    rows, G = jacobian_lens.measure_lens(model, contexts, 1, WIDTH, [3, 4, 5, 6], n_per_class=2, batch_size=3)
+    rows, G, G_bar_pass = jacobian_lens.measure_lens(model, contexts, 1, WIDTH, [3, 4, 5, 6], n_per_class=2, batch_size=3,
+                                                     return_lens_metric=True)  # fmt: skip
     torch.testing.assert_close(G, L.layer_fisher_matrix(model, contexts, 1, WIDTH))
     A, z = L.layer_velocities(model, contexts, 1, torch.eye(WIDTH, dtype=torch.float64).expand(4, WIDTH, WIDTH), return_logits=True)
     _, G_bar, _ = jacobian_lens.lens_metrics(A, torch.softmax(z, -1))
+    torch.testing.assert_close(G_bar_pass, G_bar)  # the one-pass fold sums give the held-out lens's metric
     U = jacobian_lens.random_directions([3, 4, 5, 6], 2, WIDTH, seed=0)
     assert rows["curv_lens"].to_numpy() == pytest.approx(jacobian_lens.curvatures(G_bar, U).reshape(-1), rel=1e-9)
     assert len(rows) == 8 and ((rows["angle_deg"] >= 0) & (rows["angle_deg"] <= 90)).all()

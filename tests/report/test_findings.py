@@ -61,3 +61,18 @@ def test_sign_pattern_and_predictor_sentences_on_a_sweep(sweep):  # noqa: F811
     assert ("quartic root beats the best" in text) == beats
     cells = stratifiers.stratifier_variance(measurements, positions, 1.0, cls="all")
     assert "eff_rank's spread" in findings.stratifier_findings(cells)
+
+
+def test_lens_table1_sentence_quotes_the_table():
+    table = pd.DataFrame({
+        "layer": ["0", "1", "head"], "eps": 0.01, "n_positions": 4, "n": 8, "n_censored": [0, 1, 0],
+        "median_rho_lens": [3.99512, 0.61234, 1.0021], "ci_lo_lens": [2.5, 0.4, 0.999], "ci_hi_lens": [9.7, 1.2, 1.004],
+        "median_rho_true": [0.9422, 1.0042, 1.0021], "ci_lo_true": 0.9, "ci_hi_true": 1.1,
+        "table1_median_rho": [1.0096, 1.0044, 1.0024], "table1_median_rho_same": [1.0079, 1.0051, 1.0015],
+    })  # fmt: skip
+    text = findings.lens_table1_findings(table)
+    assert "from 0.6123 (layer 1) to 3.995 (layer 0)" in text  # rounded as save_table writes them
+    assert "its 95% CI containing 1 at 2 of 3 layers (layer 1, the head)" in text
+    assert "same lines gives 0.9422–1.004" in text and "same positions) 1.002–1.008" in text
+    assert "1 of 8 lines censored" in text and text.count("\n- ") == 3
+    assert findings.lens_table1_findings(table.iloc[:0]).startswith("**This run:** no layer")
