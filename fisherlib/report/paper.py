@@ -412,4 +412,13 @@ def _newer_results(run_dir: Path) -> str:
                 f"{100 * loss.max():.1f} points of the within-50% share at inner layers, its top eigenvector "
                 f"{inner['median_angle_deg'].min():.0f}–{inner['median_angle_deg'].max():.0f}° from G_ℓ's"
             )
+    lens_top = _read(run_dir, "jacobian_lens_table1")
+    if lens_top is not None and len(lens_top):
+        inner = lens_top[lens_top["layer"].astype(str) != "head"]
+        if len(inner):
+            sentences.append(
+                f"along the lens's own top eigenvector at ε = {inner['eps'].iloc[0]:g} the lens's curvature gives a median ρ of "
+                f"{inner['median_rho_lens'].min():.2f}–{inner['median_rho_lens'].max():.2f} at inner layers, the true curvature "
+                f"{inner['median_rho_true'].min():.3f}–{inner['median_rho_true'].max():.3f}"
+            )
     return ("Newer results: " + "; ".join(sentences) + ".") if sentences else ""
