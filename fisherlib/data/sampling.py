@@ -181,6 +181,7 @@ def sample_positions(
     candidates = []
     for domain, target in zip(domains, per_domain):
         candidates += _draw_candidates(model.tokenizer, documents[domain], pool_factor * target, min_prefix, max_context, rng)
+    _check_token_ids(model, candidates)
     pool = _measure_candidates(model, candidates, top_k, batch_size, progress)
     chosen = _stratified_choice(pool, dict(zip(domains, per_domain)), rng)
     table = pool["table"].iloc[chosen].reset_index(drop=True)
@@ -307,6 +308,28 @@ def _draw_candidates(tokenizer, documents, n_candidates, min_prefix, max_context
             break
         round_index += 1
     return candidates
+
+
+def _check_token_ids(model, candidates: list[dict]) -> None:
+    """Raise unless every token id of the candidates' contexts indexes a row of the model's input embedding.
+
+    `load_model` checks the tokenizer once; this catches a tokenizer swapped in later, before the
+    forward pass would fail with a bare `IndexError: index out of range in self`.
+    """
+    network = getattr(model, "model", None)
+    embedding = network.get_input_embeddings() if callable(getattr(network, "get_input_embeddings", None)) else None
+    weight = getattr(embedding, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or not candidates:
+        return
+    rows = int(weight.shape[0])
+    worst = max(candidates, key=lambda cand: max(cand["ids"]))
+    largest = max(worst["ids"])
+    if largest >= rows:
+        raise FisherlibError(
+            f"the tokenizer gives token ids up to {largest} (document {worst['doc'].doc_id!r} of domain "
+            f"{worst['doc'].domain!r}), but the model's input embedding has {rows} rows: the tokenizer belongs to "
+            "another model. Use the model's own tokenizer (load_model of a folder holding both)."
+        )
 
 
 def _measure_candidates(model, candidates, top_k, batch_size, progress) -> dict[str, Any]:
