@@ -53,8 +53,11 @@ _EMPTY_THINK = re.compile(r"<think>\s*</think>\s*")
 _OFFLINE_VALUES = {"1", "true", "yes", "on"}
 _PATH_SYNTAX = (
     "a local file given as PATH or DOMAIN=PATH (.jsonl with `text`, `question`+`answer` or `messages` per line; "
-    "any other file is read as plain text), e.g. 'math=../shared/fixtures/corpora/gsm8k/test.jsonl'"
+    "any other file is read as plain text), e.g. 'math=../shared/fixtures/corpora/gsm8k/test.jsonl', or a folder "
+    "of .jsonl, .txt and .raw files read as one domain"
 )
+# The files of a folder given as a corpus that are read (any other file, a README or SOURCE.md, is not).
+FOLDER_SUFFIXES = (".jsonl", ".txt", ".raw")
 _HUB_ADVICE = (
     "use local files instead (e.g. CORPORA=\"math=path/to/file.jsonl wiki=path/to/file.txt\", "
     "see fixture_corpora() for the offline samples) or the embedded corpora 'stdlib-code' and 'stdlib-docs'."
@@ -118,8 +121,11 @@ def load_corpus(
     """Yield `n_docs` documents of corpus `name` in an order fixed by `seed`.
 
     `name` is a hub corpus (gsm8k, codeparrot, ultrachat, wikitext), an embedded one
-    (stdlib-code, stdlib-docs), or a local file as `PATH` or `DOMAIN=PATH`. Names, files
-    and the hub are checked now, so a bad corpus fails here rather than mid-iteration.
+    (stdlib-code, stdlib-docs), or a local file or folder as `PATH` or `DOMAIN=PATH`. A folder is one
+    domain (`DOMAIN`, else the folder's name) made of the `FOLDER_SUFFIXES` files directly inside it,
+    read in sorted order, each document's id prefixed with its file's name; other files (a README) are
+    not read, and a folder with none of those files is refused. Names, files and the hub are checked
+    now, so a bad corpus fails here rather than mid-iteration.
     `render` ("plain" or "chat") applies to dialogues only, so one setting serves all corpora.
     `strip_calculator`, `detokenize_wikitext` and `stream_scan`: see `CORPUS_OPTION_DEFAULTS`; the
     first applies to GSM8K and to every `question`+`answer` record, the second to hub wikitext and to
@@ -145,10 +151,73 @@ def load_corpus(
             f"Unknown corpus {name!r}. Valid names: {', '.join(sorted(_HUB_CORPORA))} (Hugging Face hub), "
             f"{', '.join(sorted(_EMBEDDED_CORPORA))} (embedded, offline), or {_PATH_SYNTAX}."
         )
+    if path.is_dir():
+        documents = []
+        for file in _folder_files(path, name):
+            documents += _read_local(file, domain or path.name, render, tokenizer, options, in_folder=True)
+        return iter(_seeded_sample(documents, n_docs, seed))
     if not path.is_file():
         raise CorpusError(f"Corpus file not found: {str(path)!r} (from {name!r}). Check the path; {_PATH_SYNTAX}.")
     documents = _read_local(path, domain or path.stem, render, tokenizer, options)
     return iter(_seeded_sample(documents, n_docs, seed))
+
+
+def corpus_domain(name: str) -> str | None:
+    """Return the domain that corpus `name` gives its documents (without reading it), or None if unknown.
+
+    A hub corpus's own domain (gsm8k: math), an embedded corpus's name, a local spec's `DOMAIN`, else
+    its file's stem or its folder's name.
+    """
+    if name in _HUB_CORPORA:
+        return _HUB_CORPORA[name].domain
+    if name in _EMBEDDED_CORPORA:
+        return name
+    domain, path = _parse_local_spec(name)
+    if path is None:
+        return None
+    return domain or (path.name if path.is_dir() else path.stem)
+
+
+def duplicate_domains(names: Sequence[str]) -> dict[str, list[str]]:
+    """Return `{domain: [names]}` for each domain that two or more of the corpora `names` would give."""
+    by_domain: dict[str, list[str]] = {}
+    for name in names:
+        domain = corpus_domain(str(name))
+        if domain is not None:
+            by_domain.setdefault(domain, []).append(str(name))
+    return {domain: given for domain, given in by_domain.items() if len(given) > 1}
+
+
+def duplicate_domains_message(duplicates: dict[str, list[str]]) -> str:
+    """Return the sentence that refuses `duplicates` (from `duplicate_domains`) and says how to rename."""
+    clashes = "; ".join(f"domain {domain!r} from {', '.join(repr(name) for name in names)}" for domain, names in duplicates.items())
+    domain, names = next(iter(duplicates.items()))
+    path = names[-1].partition("=")[2] if "=" in names[-1] else names[-1]
+    return (
+        f"two corpora give the same {clashes}: each domain is one corpus with an equal share of the positions, "
+        f"so they would be merged silently. Rename one (e.g. '{domain}2={path}'), or put the files in one folder "
+        f"and give it as '{domain}=<folder>' to read them as one domain."
+    )
+
+
+def check_distinct_domains(names: Sequence[str]) -> None:
+    """Raise CorpusError when two of the corpora `names` give the same domain (see `duplicate_domains`)."""
+    duplicates = duplicate_domains(names)
+    if duplicates:
+        raise CorpusError(duplicate_domains_message(duplicates))
+
+
+def _folder_files(folder: Path, name: str) -> list[Path]:
+    """Return the `FOLDER_SUFFIXES` files directly inside `folder`, sorted; raise CorpusError if there are none."""
+    files = sorted(path for path in folder.iterdir() if path.is_file() and path.suffix in FOLDER_SUFFIXES)
+    if not files:
+        held = sorted(path.name for path in folder.iterdir())
+        shown = ", ".join(held[:8]) + (f" and {len(held) - 8} more" if len(held) > 8 else "") if held else "nothing"
+        raise CorpusError(
+            f"Corpus folder {str(folder)!r} (from {name!r}) holds no {', '.join(FOLDER_SUFFIXES)} files (it holds "
+            f"{shown}). Put the corpus files directly in it, or give one file as DOMAIN=PATH."
+        )
+    return files
 
 
 def render_messages(messages: Sequence[dict[str, str]], render: str = "plain", tokenizer: Any = None) -> str:
@@ -274,7 +343,7 @@ _LOCAL_TEXT_CHUNK_CHARS = 1000
 
 def _parse_local_spec(name: str) -> tuple[str | None, Path | None]:
     """Split `DOMAIN=PATH` or `PATH`; return `(None, None)` when `name` does not look like a file at all."""
-    if Path(name).expanduser().is_file():
+    if Path(name).expanduser().is_file() or Path(name).expanduser().is_dir():
         return None, Path(name).expanduser()
     domain, separator, rest = name.partition("=")
     if separator and re.fullmatch(r"[\w.-]+", domain) and rest:
@@ -283,7 +352,10 @@ def _parse_local_spec(name: str) -> tuple[str | None, Path | None]:
     return (None, Path(name).expanduser()) if looks_like_path else (None, None)
 
 
-def _read_local(path: Path, domain: str, render: str, tokenizer: Any, options: dict[str, Any]) -> list[Document]:
+def _read_local(
+    path: Path, domain: str, render: str, tokenizer: Any, options: dict[str, Any], in_folder: bool = False
+) -> list[Document]:
+    """Return the documents of one local file; `in_folder`: ids start with the file's name (unique in its folder)."""
     try:
         # Text mode with universal newlines reads CRLF and LF files alike.
         with path.open(encoding="utf-8") as handle:
@@ -291,18 +363,20 @@ def _read_local(path: Path, domain: str, render: str, tokenizer: Any, options: d
     except UnicodeDecodeError as error:
         raise CorpusError(f"Corpus file {str(path)!r} is not UTF-8 text ({error}).") from error
     if path.suffix == ".jsonl":
-        return _parse_jsonl(content, path, domain, render, tokenizer, options)
+        return _parse_jsonl(content, path, domain, render, tokenizer, options, in_folder)
     documents = []
     for index, (doc_id, text) in enumerate(split_text_documents(content)):
         # Titled articles are wikitext's format, and so are its escaped separators.
         if doc_id is not None and options["detokenize_wikitext"]:
             text = detokenize_wikitext(text)
+        if in_folder:
+            doc_id = f"{path.name}:{doc_id if doc_id is not None else index}"
         documents.append(Document(domain, doc_id or f"{path.stem}:{index}", text))
     return documents
 
 
 def _parse_jsonl(
-    content: str, path: Path, domain: str, render: str, tokenizer: Any, options: dict[str, Any]
+    content: str, path: Path, domain: str, render: str, tokenizer: Any, options: dict[str, Any], in_folder: bool = False
 ) -> list[Document]:
     documents = []
     for line_number, line in enumerate(content.splitlines(), start=1):
@@ -321,7 +395,10 @@ def _parse_jsonl(
                 f"(keys: {sorted(record)})."
             )
         if text.strip():
-            doc_id = str(record.get("id", f"{path.stem}:{line_number}"))
+            if in_folder:
+                doc_id = f"{path.name}:{record.get('id', line_number)}"
+            else:
+                doc_id = str(record.get("id", f"{path.stem}:{line_number}"))
             documents.append(Document(domain, doc_id, text))
     return documents
 

@@ -26,9 +26,9 @@ import pandas as pd
 import torch
 
 from ..io.cache import read_folder, write_folder
-from .corpora import Document, load_corpus
+from .corpora import Document, check_distinct_domains, duplicate_domains_message, load_corpus
 from .corpora import corpus_options as resolve_corpus_options
-from ..core.errors import FisherlibError, ParameterError
+from ..core.errors import CorpusError, FisherlibError, ParameterError
 from ..core.fisher import effective_rank, entropy, fisher_eigh, top_k_distribution
 from ..io.progress import progress as progress_iter
 from ..io.progress import progress_bar
@@ -181,6 +181,7 @@ def sample_positions(
     candidates = []
     for domain, target in zip(domains, per_domain):
         candidates += _draw_candidates(model.tokenizer, documents[domain], pool_factor * target, min_prefix, max_context, rng)
+    _check_token_ids(model, candidates)
     pool = _measure_candidates(model, candidates, top_k, batch_size, progress)
     chosen = _stratified_choice(pool, dict(zip(domains, per_domain)), rng)
     table = pool["table"].iloc[chosen].reset_index(drop=True)
@@ -261,10 +262,17 @@ def _corpus_label(source: str | list[Document]) -> str:
 def _documents_by_domain(
     model, sources, n_positions, pool_factor, n_docs, seed, render, options=None
 ) -> dict[str, list[Document]]:
-    """Read each corpus (or take its loaded documents); group documents by their domain."""
+    """Read each corpus (or take its loaded documents); group documents by their domain.
+
+    Raises:
+        CorpusError: two corpora give the same domain (checked before reading any, where the names tell).
+    """
+    # Each domain gets an equal share of the positions, so two corpora under one domain would be merged silently.
+    check_distinct_domains([source for source in sources if isinstance(source, str)])
     per_corpus = math.ceil(pool_factor * n_positions / len(sources))
     wanted = n_docs or per_corpus  # one candidate per document where the corpus is large enough
     by_domain: dict[str, list[Document]] = {}
+    giver: dict[str, str] = {}
     for source in sources:
         if isinstance(source, str):
             docs = list(load_corpus(source, wanted, seed, render=render, tokenizer=model.tokenizer, **(options or {})))
@@ -272,7 +280,12 @@ def _documents_by_domain(
             docs = source[:wanted]
         if not docs:
             raise FisherlibError(f"corpus {_corpus_label(source)!r} gave no documents")
+        label = _corpus_label(source)
+        clashes = {doc.domain: [giver[doc.domain], label] for doc in docs if giver.get(doc.domain, label) != label}
+        if clashes:
+            raise CorpusError(duplicate_domains_message(clashes))
         for doc in docs:
+            giver[doc.domain] = label
             by_domain.setdefault(doc.domain, []).append(doc)
     return by_domain
 
@@ -307,6 +320,28 @@ def _draw_candidates(tokenizer, documents, n_candidates, min_prefix, max_context
             break
         round_index += 1
     return candidates
+
+
+def _check_token_ids(model, candidates: list[dict]) -> None:
+    """Raise unless every token id of the candidates' contexts indexes a row of the model's input embedding.
+
+    `load_model` checks the tokenizer once; this catches a tokenizer swapped in later, before the
+    forward pass would fail with a bare `IndexError: index out of range in self`.
+    """
+    network = getattr(model, "model", None)
+    embedding = network.get_input_embeddings() if callable(getattr(network, "get_input_embeddings", None)) else None
+    weight = getattr(embedding, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or not candidates:
+        return
+    rows = int(weight.shape[0])
+    worst = max(candidates, key=lambda cand: max(cand["ids"]))
+    largest = max(worst["ids"])
+    if largest >= rows:
+        raise FisherlibError(
+            f"the tokenizer gives token ids up to {largest} (document {worst['doc'].doc_id!r} of domain "
+            f"{worst['doc'].domain!r}), but the model's input embedding has {rows} rows: the tokenizer belongs to "
+            "another model. Use the model's own tokenizer (load_model of a folder holding both)."
+        )
 
 
 def _measure_candidates(model, candidates, top_k, batch_size, progress) -> dict[str, Any]:

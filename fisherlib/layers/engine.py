@@ -22,7 +22,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import nn
 
-from ..core.errors import FisherlibError
+from ..core.errors import FisherlibError, InputError
 
 HEAD = "head"
 ATTENTION_NAME = "fisherlib_copies"
@@ -55,10 +55,21 @@ def decoder_blocks(network: nn.Module) -> nn.ModuleList:
 
 
 def _final_norm(network: nn.Module) -> nn.Module:
-    for name in _FINAL_NORM_NAMES:
-        module = getattr(network.base_model, name, None)
-        if isinstance(module, nn.Module):
-            return module
+    """Return the module whose input is the residual stream after the last block (the final norm, mostly).
+
+    OPT keeps its final norm in `base_model.decoder`; OPT-350m has none, and the last block's output goes
+    straight to `project_out` (the residual's width to the head's), so that module's input is the residual.
+    """
+    decoder = getattr(network.base_model, "decoder", None)
+    owners = [network.base_model] + ([decoder] if isinstance(decoder, nn.Module) else [])
+    for owner in owners:
+        for name in _FINAL_NORM_NAMES:
+            module = getattr(owner, name, None)
+            if isinstance(module, nn.Module):
+                return module
+    project_out = getattr(decoder, "project_out", None)
+    if isinstance(project_out, nn.Module):
+        return project_out
     raise FisherlibError(
         f"cannot find the final norm of {type(network).__name__} (looked for {', '.join(_FINAL_NORM_NAMES)})"
     )
@@ -119,6 +130,30 @@ def _hidden_of(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
 
 
+def _check_width(hidden: torch.Tensor, delta: torch.Tensor, layer_name: str) -> None:
+    """Raise InputError unless a perturbation `delta [..., d']` matches the residual `hidden [..., d]` it is added to.
+
+    `d' = 1` broadcasts (the engine's own zero perturbation when it only reads logits or captures).
+    """
+    if delta.shape[-1] not in (1, hidden.shape[-1]):
+        raise InputError(
+            f"the directions have width {delta.shape[-1]}, but the residual stream at {layer_name} has width "
+            f"{hidden.shape[-1]}: give directions of that width (layer_residuals(model, sample, layer) has it). "
+            "The residual stream can be wider than the LM head's input (OPT's word_embed_proj_dim)."
+        )
+
+
+def layer_name(network: nn.Module, module: nn.Module) -> str:
+    """Return which layer `module` (a `hook_module`) is the input of, in words: "layer 3", "the LM head"."""
+    if module is network.get_output_embeddings():
+        return f"layer {HEAD!r} (the LM head's input)"
+    blocks = decoder_blocks(network)
+    for index, block in enumerate(blocks):
+        if module is block:
+            return f"layer {index}"
+    return f"layer {len(blocks)} (after the last block)"
+
+
 def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
     if args:
         return (hidden, *args[1:]), kwargs
@@ -136,12 +171,19 @@ def copies_attention(module, query, key, value, attention_mask, scaling=None, dr
     queries share key heads as `repeat_kv` does (query head `h` reads key head `h // (H / H_kv)`). Returns
     `([R, M, H, hd], None)`, the layout of transformers' attention functions.
     """
-    if kwargs.get("softcap") is not None or kwargs.get("sliding_window") is not None or kwargs.get("s_aux") is not None:
-        raise FisherlibError("the layer study does not support soft-capped, sliding-window or sink attention")
     R, H, M, hd = query.shape
     H_kv = key.shape[1]
     groups = H // H_kv
     T = key.shape[2] - M
+    window = kwargs.get("sliding_window")
+    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
+        raise FisherlibError("the layer study does not support soft-capped or sink attention")
+    # A copy sees T prefix slots and itself: a window of at least T + 1 tokens masks nothing (full attention).
+    if window is not None and window < T + 1:
+        raise FisherlibError(
+            f"{type(module).__name__} attends within a sliding window of {window} tokens, shorter than the context "
+            f"here ({T + 1} tokens); the layer study needs attention over the whole context: set max_context to at most {window}"
+        )
     scaling = hd**-0.5 if scaling is None else scaling
     work = torch.promote_types(query.dtype, torch.float32)
     q = query.reshape(R, H_kv, groups * M, hd)
@@ -225,6 +267,40 @@ def copies_attention_on(network: nn.Module):
 # --- the prefix, run once, and forward passes of the target token ----------------------------------
 
 
+def check_full_attention(network: nn.Module, layers, context_length: int) -> None:
+    """Raise unless every cache layer of `network` holds the full context of `context_length` tokens.
+
+    A sliding-window layer (Mistral, Gemma 2 and 3) whose window is at least the context is full attention
+    there: it keeps every key (its cache drops only keys older than `window - 1` tokens) and its mask hides
+    none, so it is accepted. A window that binds, and caches that are not keys and values of every token
+    (linear attention, state-space layers), are refused, naming the layer.
+    """
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    name = type(network).__name__
+    if layers is None:
+        raise FisherlibError(
+            f"{name} returned no key/value cache with layers; the layer study needs attention layers whose keys and "
+            "values it can cache (a state-space model such as Mamba has none)"
+        )
+    for index, layer in enumerate(layers):
+        if type(layer) is DynamicLayer:
+            continue
+        if type(layer) is DynamicSlidingWindowLayer:
+            if layer.sliding_window >= context_length:
+                continue
+            raise FisherlibError(
+                f"{name} attends within a sliding window of {layer.sliding_window} tokens (block {index}), shorter than "
+                f"the longest context here ({context_length} tokens), so the layer study's cached prefix would not be "
+                f"what the model sees: set max_context to at most {layer.sliding_window}, or choose a model with full attention"
+            )
+        raise FisherlibError(
+            f"{name} keeps a {type(layer).__name__} cache in block {index} (not the keys and values of every token: "
+            "linear attention or a state-space layer); the layer study supports models whose every layer attends to "
+            "the full context"
+        )
+
+
 class Prefix:
     """A batch of contexts whose prefixes (all but the target token) have been run once.
 
@@ -235,7 +311,6 @@ class Prefix:
     """
 
     def __init__(self, network: nn.Module, contexts: list[torch.Tensor]):
-        from transformers.cache_utils import DynamicLayer
 
         self.network = network
         device = next(network.parameters()).device
@@ -252,11 +327,7 @@ class Prefix:
             out = network(input_ids=ids.to(device), attention_mask=valid.long().to(device), use_cache=True)
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         layers = getattr(cache, "layers", None)
-        if layers is None or any(type(layer) is not DynamicLayer for layer in layers):
-            raise FisherlibError(
-                f"{type(network).__name__} uses a sliding-window or hybrid key/value cache; the layer study "
-                "supports models whose every layer attends to the full context"
-            )
+        check_full_attention(network, layers, T + 1)
         self.kv = [(layer.keys, layer.values) for layer in layers]
         self.valid = valid.to(device)
         self.target = torch.stack([c[-1] for c in contexts]).to(device)
@@ -288,6 +359,7 @@ class Prefix:
 
         def add(module, args, kwargs):
             hidden = _hidden_of(args, kwargs)
+            _check_width(hidden, delta, layer_name(self.network, module))
             if id(module) in capture_ids:
                 captured[id(module)] = hidden
             return _with_hidden(args, kwargs, hidden + delta.to(hidden.dtype))
@@ -489,6 +561,7 @@ def full_context_logits(model, sample, layer, delta: torch.Tensor, batch_size: i
 
         def perturb(module, args, kwargs):
             hidden = _hidden_of(args, kwargs).clone()
+            _check_width(hidden, add, layer_name(network, module))
             hidden[torch.arange(len(part), device=device), last] += add
             return _with_hidden(args, kwargs, hidden)
 

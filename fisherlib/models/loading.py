@@ -311,7 +311,38 @@ def _network_error_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
-def _translate_load_error(error: BaseException, model_id: str, revision: str | None) -> FisherlibError | None:
+def _weights_folder(source: str, revision: str | None) -> Path | None:
+    """Return the folder holding the weight files of `source`: itself if local, else its hub cache snapshot."""
+    if Path(source).is_dir():
+        return Path(source)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        config_file = try_to_load_from_cache(source, "config.json", revision=revision)
+    except Exception:  # noqa: BLE001 - only used to name a damaged file; not finding it is no error
+        return None
+    return Path(config_file).parent if isinstance(config_file, str) else None
+
+
+def _unreadable_safetensors(folder: Path | None) -> list[tuple[Path, str]]:
+    """Return `(file, error)` for each `*.safetensors` file in `folder` whose header safetensors cannot read."""
+    if folder is None:
+        return []
+    from safetensors import safe_open
+
+    unreadable = []
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own SafetensorError (and OSError)
+            unreadable.append((path, str(error)))
+    return unreadable
+
+
+def _translate_load_error(
+    error: BaseException, model_id: str, revision: str | None, source: str | None = None
+) -> FisherlibError | None:
     """Return the fisherlib error that explains `error`, or None to let it through unchanged."""
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -323,6 +354,15 @@ def _translate_load_error(error: BaseException, model_id: str, revision: str | N
 
     chain = list(_exception_chain(error))
     message = "\n".join(str(link) for link in chain)
+    if any(type(link).__name__ == "SafetensorError" for link in chain):
+        # safetensors says what is wrong with a file but never which file.
+        damaged = _unreadable_safetensors(_weights_folder(source or model_id, revision))
+        files = "; ".join(f"{path} ({reason})" for path, reason in damaged) or f"a weight file of {model_id} ({error})"
+        return FisherlibError(
+            f"Cannot read the weights: {files}. The file is truncated or damaged, typically by an interrupted "
+            "download or copy: re-download it (huggingface-cli download <id> --local-dir <folder>, or delete it from "
+            "the hub cache and load again) or re-save the model (model.save_pretrained)."
+        )
     if any(isinstance(link, GatedRepoError) for link in chain) or "gated repo" in message.lower():
         return GatedModelError(
             f"{model_id} is a gated model. Accept its licence on https://huggingface.co/{model_id}, then "
@@ -359,14 +399,14 @@ def _translate_load_error(error: BaseException, model_id: str, revision: str | N
 
 
 @contextmanager
-def _load_errors_explained(model_id: str, revision: str | None) -> Iterator[None]:
-    """Turn hub and loading errors into fisherlib errors with a one-line remedy."""
+def _load_errors_explained(model_id: str, revision: str | None, source: str | None = None) -> Iterator[None]:
+    """Turn hub and loading errors into fisherlib errors with a one-line remedy (`source`: where the files are)."""
     try:
         yield
     except FisherlibError:
         raise
     except Exception as error:
-        translated = _translate_load_error(error, model_id, revision)
+        translated = _translate_load_error(error, model_id, revision, source)
         if translated is None:
             raise
         raise translated from None
@@ -417,6 +457,33 @@ def _load_tokenizer(source: str, revision: str | None) -> Any:
             )
         tokenizer.pad_token = fallback
     return tokenizer
+
+
+def check_tokenizer_fits_embedding(tokenizer: Any, model: Any, source: str) -> None:
+    """Raise unless every id of `tokenizer` indexes a row of `model`'s input embedding.
+
+    A tokenizer copied from another model into the folder gives ids past the embedding, which the
+    forward pass reports only as `IndexError: index out of range in self`.
+
+    Raises:
+        FisherlibError: naming the ids past the embedding and what to copy instead.
+    """
+    embedding = model.get_input_embeddings() if callable(getattr(model, "get_input_embeddings", None)) else None
+    weight = getattr(embedding, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+        return
+    rows = int(weight.shape[0])
+    vocabulary = tokenizer.get_vocab()
+    past = sorted((index, token) for token, index in vocabulary.items() if index >= rows)
+    if not past:
+        return
+    examples = ", ".join(f"{token!r} = {index}" for index, token in past[:3])
+    raise FisherlibError(
+        f"{source}: the tokenizer has {len(vocabulary)} tokens with ids up to {past[-1][0]}, but the model's input "
+        f"embedding has {rows} rows, so ids {rows} to {past[-1][0]} ({len(past)} tokens, e.g. {examples}) index past it: "
+        "the tokenizer belongs to another model. Copy this model's own tokenizer files (tokenizer.json, "
+        "tokenizer_config.json, ...) next to its config.json."
+    )
 
 
 def _hub_commit_hash(model: Any, model_id: str, revision: str | None) -> str | None:
@@ -547,7 +614,7 @@ def load_model(
             )
     hub_revision = None if is_local else revision
 
-    with _load_errors_explained(model_id, hub_revision):
+    with _load_errors_explained(model_id, hub_revision, source):
         config = AutoConfig.from_pretrained(source, revision=hub_revision)
         _check_causal_lm_config(config, model_id)
         tokenizer = _load_tokenizer(source, hub_revision)
@@ -563,6 +630,7 @@ def load_model(
     if getattr(model.generation_config, "pad_token_id", None) is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 
+    check_tokenizer_fits_embedding(tokenizer, model, source)
     head = find_lm_head(model)
     head.n_tokens = min(len(tokenizer), head.vocab_size)
     if head.logit_scale_source:

@@ -12,6 +12,7 @@ non-linear post-processing (Gemma 2's tanh soft-capping) is refused with the con
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -321,6 +322,13 @@ def check_head_reproduces_logits(
         )
 
     model_dtype = next(model.parameters()).dtype
+    finite = torch.isfinite(expected).all(-1) & torch.isfinite(reconstructed).all(-1)
+    if not bool(finite.all()):
+        # Comparing NaN with NaN would blame the head; the logits themselves are broken, so say where.
+        raise FisherlibError(
+            f"The logits of {type(model).__name__} are not finite (NaN or inf at {int((~finite).sum())} of "
+            f"{len(finite)} checked positions): {_locate_non_finite(model, input_ids, attention_mask)}"
+        )
     default_atol, default_rtol = _LOGIT_TOLERANCES.get(model_dtype, _LOGIT_TOLERANCES[torch.bfloat16])
     atol = default_atol if atol is None else atol
     rtol = default_rtol if rtol is None else rtol
@@ -332,6 +340,59 @@ def check_head_reproduces_logits(
             "The Fisher pullback of spec §2 would not describe this model."
         )
     return max_error
+
+
+def _first_tensor(output: Any) -> torch.Tensor | None:
+    """Return a module's output tensor: itself, the first tensor of a tuple, or the first of a ModelOutput."""
+    if isinstance(output, torch.Tensor):
+        return output
+    values = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else ()
+    return next((value for value in values if isinstance(value, torch.Tensor)), None)
+
+
+def _locate_non_finite(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> str:
+    """Return a sentence naming where a forward pass first turns non-finite and which parameters hold NaN or inf.
+
+    One forward pass with a hook on every submodule: hooks fire as modules finish, in execution order,
+    so the first module with a non-finite output is where the NaN or inf arises.
+    """
+    first: list[str] = []
+
+    def watch(name: str):
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            tensor = _first_tensor(output)
+            if not first and tensor is not None and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                first.append(name)
+
+        return hook
+
+    handles = [module.register_forward_hook(watch(name)) for name, module in model.named_modules() if name]
+    try:
+        with torch.inference_mode():
+            device = _model_device(model)
+            model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    where = "no module's output"
+    if first:
+        block = re.search(r"\.(?:layers|h|blocks|layer)\.(\d+)(?:\.|$)", first[0])
+        where = f"the first module whose output is not finite is {first[0]}" + (
+            f" (decoder block {block.group(1)})" if block else ""
+        )
+    with torch.no_grad():
+        broken = [name for name, parameter in model.named_parameters() if not bool(torch.isfinite(parameter).all())]
+    if broken:
+        shown = ", ".join(broken[:3]) + (f" and {len(broken) - 3} more" if len(broken) > 3 else "")
+        return (
+            f"{where}, and {len(broken)} parameter tensor{'s' if len(broken) > 1 else ''} hold{'' if len(broken) > 1 else 's'} "
+            f"NaN or inf ({shown}). The weights are damaged: re-download the model or re-save it from a good copy."
+        )
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return (
+        f"{where}; no parameter holds NaN or inf, so the activations overflow in {dtype}: "
+        "load the model in a wider dtype (dtype='float32' or 'bfloat16')."
+    )
 
 
 def _explain_mismatch(reconstructed: torch.Tensor, expected: torch.Tensor) -> str:

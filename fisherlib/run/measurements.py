@@ -189,16 +189,16 @@ def _dense_layer_pass(params, seed: int | None, progress: bool) -> dict[str, pd.
     rows = rows[layer_study.choose_positions(sample.table.iloc[rows], params.layer_dense_positions, seed)]
     model = load_model_for(params)
     layers = list(params.layers) or default_layers(model)
-    residuals = residuals_by_layer(model, sample, layers[:1], batch_size=params.batch_size)
-    width = int(next(iter(residuals.values())).shape[-1])
+    # Each layer's own width: the residual stream can be wider than the head's input (OPT's word_embed_proj_dim).
+    widths = {layer: int(r.shape[-1]) for layer, r in residuals_by_layer(model, [sample.context_ids[rows[0]]], layers).items()}
     prefilled = Prefilled(model, [sample.context_ids[i] for i in rows], batch_size=params.batch_size)
     position_ids = sample.table["position"].to_numpy()[rows]
     parts: dict[str, list[pd.DataFrame]] = {name: [] for name in paths}
     for layer in layers:
         logger.info("layer %s: dense G and the averaged lens at %d positions", layer_study.layer_label(layer), len(rows))
         lens, G, G_bar = jacobian_lens.measure_lens(
-            model, prefilled, layer, width, position_ids, params.layer_per_class, seed=seed, batch_size=params.batch_size,
-            return_lens_metric=True,
+            model, prefilled, layer, widths[check_layer(model, layer)], position_ids, params.layer_per_class, seed=seed,
+            batch_size=params.batch_size, return_lens_metric=True,
         )  # fmt: skip
         summary = effective_dimension.spectrum_summary(torch.linalg.eigvalsh(G))
         summary.insert(0, "position", position_ids)

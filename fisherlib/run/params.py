@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import ParameterError
+from ..data.corpora import duplicate_domains, duplicate_domains_message
 from ..io.locations import repo_root
 
 ARCH_DEFAULT_CORPORA = {
@@ -156,6 +157,9 @@ class StudyParams:
             problems.append("steer_target_gain must be positive (nats of log-probability gained)")
         if self.run_name and (not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", self.run_name)):
             problems.append(f"run_name={self.run_name!r} must be a folder name (letters, digits, '_', '.', '-')")
+        duplicated = duplicate_domains(self.corpus_list)
+        if duplicated:
+            problems.append(duplicate_domains_message(duplicated).removesuffix("."))
         if self.small_eps not in self.eps_grid or self.large_eps not in self.eps_grid:
             problems.append(f"small_eps={self.small_eps} and large_eps={self.large_eps} must be in eps_grid")
         if problems:

@@ -409,3 +409,48 @@ def test_corpus_options_are_checked():
         corpus_options(stream_scan=-1)
     with pytest.raises(CorpusError, match="True or False"):
         load_corpus("stdlib-code", 3, strip_calculator="yes")
+
+
+# --- issue 23: a folder as a corpus, one domain per corpus ------------------------------------------
+
+
+def test_a_folder_is_one_domain_of_its_jsonl_and_text_files(tmp_path: Path):
+    folder = tmp_path / "maths"
+    folder.mkdir()
+    write_jsonl(folder / "b.jsonl", [{"text": "second file, first record"}, {"text": "second file, second record"}])
+    (folder / "a.txt").write_text("the first file, one paragraph of prose")
+    (folder / "SOURCE.md").write_text("where the files came from: not a document")
+    named = sorted(load_corpus(f"math={folder}", 10), key=lambda doc: doc.doc_id)
+    assert {doc.domain for doc in named} == {"math"}
+    assert [doc.text for doc in named] == [
+        "the first file, one paragraph of prose", "second file, first record", "second file, second record",
+    ]  # fmt: skip
+    # Ids name the file, so records of two files never share one; without DOMAIN= the folder names it.
+    assert [doc.doc_id for doc in named] == ["a.txt:0", "b.jsonl:1", "b.jsonl:2"]
+    assert {doc.domain for doc in load_corpus(str(folder), 10)} == {"maths"}
+    # The same seed gives the same documents in the same order.
+    assert [d.doc_id for d in load_corpus(str(folder), 10, seed=3)] == [d.doc_id for d in load_corpus(str(folder), 10, seed=3)]
+
+
+def test_a_folder_without_corpus_files_is_refused_naming_what_it_holds(tmp_path: Path):
+    (tmp_path / "notes.md").write_text("nothing to read")
+    with pytest.raises(CorpusError) as error:
+        load_corpus(f"math={tmp_path}", 5)
+    message = str(error.value)
+    assert str(tmp_path) in message and "notes.md" in message and ".jsonl" in message and "not found" not in message
+
+
+def test_two_corpora_of_one_domain_are_refused(tmp_path: Path):
+    from fisherlib.data.corpora import check_distinct_domains
+
+    x, y = write_jsonl(tmp_path / "x.jsonl", [{"text": "x"}]), write_jsonl(tmp_path / "y.jsonl", [{"text": "y"}])
+    with pytest.raises(CorpusError) as error:
+        check_distinct_domains([f"a={x}", f"a={y}"])
+    message = str(error.value)
+    assert "'a'" in message and f"a={x}" in message and f"a={y}" in message and "rename" in message.lower()
+    # A file's stem, a hub corpus's domain and an explicit name all count.
+    with pytest.raises(CorpusError, match="'math'"):
+        check_distinct_domains(["gsm8k", f"math={x}"])
+    with pytest.raises(CorpusError, match="'x'"):
+        check_distinct_domains([str(x), f"x={y}"])
+    check_distinct_domains([f"a={x}", f"b={y}", "stdlib-code", "stdlib-docs"])

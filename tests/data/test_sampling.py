@@ -144,3 +144,12 @@ def test_fixture_model_and_corpora_give_200_positions(shared_dir):
     assert (counts == 10).all() and set(sample.table.domain) == {"math", "code", "dialogue", "wiki"}
     assert sample.table["max_prob"].min() < 0.3 < 0.9 < sample.table["max_prob"].max()
     assert not sample.table.select_dtypes("number").isna().any().any()
+
+
+def test_two_loaded_corpora_of_one_domain_are_refused(small_model):
+    first = [Document("words", f"x{i}", " ".join(WORDS)) for i in range(4)]
+    second = [Document("words", f"y{i}", " ".join(reversed(WORDS))) for i in range(4)]
+    from fisherlib.core.errors import FisherlibError
+
+    with pytest.raises(FisherlibError, match="domain 'words'"):
+        _sample(small_model, [first, second], n_positions=10)

@@ -19,7 +19,7 @@ WIDTH = 32
 
 def _random_lm(kind: str, seed: int = 0) -> torch.nn.Module:
     """A small causal LM from a config, in float64, with weights scaled up so that its distributions are peaked."""
-    from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig
+    from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig, OPTConfig
 
     torch.manual_seed(seed)
     config = {
@@ -35,6 +35,26 @@ def _random_lm(kind: str, seed: int = 0) -> torch.nn.Module:
         ),
         # Learned absolute positions, a tied head.
         "gpt2": GPT2Config(vocab_size=VOCAB, n_embd=WIDTH, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0),
+        # Sliding-window attention: a window longer than every context (16 > 11 tokens) never binds ...
+        "mistral": MistralConfig(
+            vocab_size=VOCAB, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64, sliding_window=16,
+        ),
+        # ... one of 4 tokens does.
+        "mistral_binding": MistralConfig(
+            vocab_size=VOCAB, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64, sliding_window=4,
+        ),
+        # OPT-350m's layout: post-norm blocks, no final norm, the residual (64) projected to the head's width (32).
+        "opt_projected": OPTConfig(
+            vocab_size=VOCAB, hidden_size=64, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=64, word_embed_proj_dim=WIDTH, do_layer_norm_before=False,
+        ),
+        # The other OPTs': pre-norm blocks and a final norm, inside the model's `decoder`.
+        "opt": OPTConfig(
+            vocab_size=VOCAB, hidden_size=64, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=64, word_embed_proj_dim=WIDTH,
+        ),
     }[kind]  # fmt: skip
     model = _norms_in_model_dtype(AutoModelForCausalLM.from_config(config).double().eval())
     with torch.no_grad():
@@ -256,6 +276,58 @@ def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="ε"):
         L.layer_boundary(model, contexts, 1, _directions(3, 1), [0.0])
     assert L.default_layers(model) == [0, 1, 2, 3, "head"]
+
+
+# --- issue 23: sliding windows that never bind, OPT ---------------------------------------------------
+
+
+def _engine_logits(model, contexts, layer, delta) -> torch.Tensor:
+    """The engine's logits `[P, M, V]` with `delta [P, M, d]` added at `layer`: the prefix cached, M copies of the target."""
+    from fisherlib.layers import engine
+
+    network = engine.network_of(model)
+    prefix = engine.Prefix(network, contexts)
+    logits, _ = prefix.forward(engine.hook_module(network, layer), torch.arange(len(contexts)), delta)
+    return logits.double()
+
+
+@pytest.mark.parametrize("kind", ["mistral", "opt_projected", "opt"])
+def test_engine_is_exact_on_sliding_windows_that_never_bind_and_on_opt(kind):
+    model = _random_lm(kind)
+    contexts = _contexts()
+    generator = torch.Generator().manual_seed(3)
+    from fisherlib.layers.engine import residuals_by_layer
+
+    residuals = residuals_by_layer(model, contexts, L.default_layers(model))
+    for layer, r in residuals.items():
+        width = r.shape[-1]
+        delta = 0.3 * torch.randn(len(contexts), 4, width, dtype=torch.float64, generator=generator)
+        expected = L.full_context_logits(model, contexts, layer, delta)
+        torch.testing.assert_close(_engine_logits(model, contexts, layer, delta), expected, rtol=1e-10, atol=1e-10, msg=f"{kind} layer {layer}")
+    U = _directions(len(contexts), 2, d=residuals[1].shape[-1])
+    t = L.layer_boundary(model, contexts, 1, U, [0.05])[..., 0]
+    # At the engine's first crossing the full-context divergence is ε (one brute-force pass, not a bisection).
+    divergence = _divergence_full_context(model, contexts, 1, U, t)
+    torch.testing.assert_close(divergence, torch.full_like(divergence, 0.05), rtol=1e-5, atol=0, msg=kind)
+
+
+def test_a_sliding_window_shorter_than_the_context_is_refused():
+    model = _random_lm("mistral_binding")
+    contexts = _contexts()
+    with pytest.raises(FisherlibError) as error:
+        L.layer_boundary(model, contexts, 1, _directions(len(contexts), 2, d=64), [0.05])
+    message = str(error.value)
+    assert "sliding window of 4 tokens" in message and "11 tokens" in message and "max_context" in message
+
+
+def test_directions_of_the_wrong_width_are_named():
+    # OPT's residual stream (64) is wider than the LM head's input (32): today a bare RuntimeError (64 vs 32).
+    model = _random_lm("opt_projected")
+    contexts = _contexts()
+    with pytest.raises(ValueError) as error:
+        L.layer_boundary(model, contexts, 1, _directions(len(contexts), 2, d=WIDTH), [0.05])
+    message = str(error.value)
+    assert "width 32" in message and "width 64" in message and "layer 1" in message
 
 
 # --- the stories260K fixture (Llama architecture, trained) ------------------------------------------

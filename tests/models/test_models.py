@@ -572,3 +572,58 @@ def test_cpu_out_of_memory_triggers_the_backoff(caplog: pytest.LogCaptureFixture
         return 1
 
     assert sum(run_with_oom_backoff(python_oom, [1, 2, 3], batch_size=4)) == 3
+
+
+# ---------------------------------------------------------------- issue 23: inputs that failed unclearly
+
+
+def test_a_tokenizer_from_another_model_is_refused_at_load(tmp_path: Path) -> None:
+    # 16 embedding rows, a tokenizer of len(WORDS) + 2 ids: today a raw IndexError from the embedding.
+    config = transformers.GPT2Config(vocab_size=16, n_embd=HIDDEN, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=1)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    tokenizer = make_tokenizer()
+    tokenizer.save_pretrained(tmp_path)
+    largest = max(tokenizer.get_vocab().values())
+    with pytest.raises(FisherlibError) as error:
+        load_model(tmp_path, device="cpu")
+    message = str(error.value)
+    assert "16 rows" in message and f"ids 16 to {largest}" in message
+    assert "tokenizer" in message and "another model" in message and str(tmp_path) in message
+
+
+def test_a_tokenizer_past_the_embedding_is_refused_at_sampling_too(saved_model_dir: Path) -> None:
+    from fisherlib.data.corpora import Document
+    from fisherlib.data.sampling import sample_positions
+
+    loaded = load_model(saved_model_dir, device="cpu")
+    # A tokenizer swapped in after the load: ids past the 128 rows of the embedding.
+    vocab = {"[UNK]": 0, "</s>": 1} | {word: 200 + index for index, word in enumerate(dict.fromkeys(WORDS))}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    loaded.tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="</s>", pad_token="</s>")
+    documents = [Document("words", f"d{i}", " ".join(WORDS[i:] + WORDS[:i])) for i in range(6)]
+    with pytest.raises(FisherlibError, match=r"token ids up to \d+ .* 128 rows"):
+        sample_positions(loaded, documents, 5, top_k=4, min_prefix=2, max_context=32, progress=False)
+
+
+def test_nan_weights_are_named_instead_of_blamed_on_soft_capping(tmp_path: Path) -> None:
+    model = make_model("llama_tied")
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path)
+    make_tokenizer().save_pretrained(tmp_path)
+    with pytest.raises(FisherlibError) as error:
+        load_model(tmp_path, device="cpu")
+    message = str(error.value)
+    assert "not finite" in message and "soft-capping" not in message
+    assert "model.layers.1" in message and "model.layers.1.mlp.down_proj.weight" in message
+
+
+def test_a_truncated_safetensors_file_is_named(tmp_path: Path) -> None:
+    save_random_qwen3(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(FisherlibError) as error:
+        load_model(tmp_path, device="cpu")
+    message = str(error.value)
+    assert str(weights) in message and "truncated" in message and "re-download" in message

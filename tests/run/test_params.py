@@ -121,3 +121,10 @@ def test_from_namespace_reads_the_parameter_cells_a_kernel_ran():
     # Analysis cells that assign (a computed value, or a literal but no parameter) are not parameter cells.
     analysis = ["seed0 = params.seed_list[0]\nunit = params.resample_unit", "threshold = 0.5\nlabel = 'x'"]
     assert StudyParams.from_namespace({"In": ["", parameters_cell_source(), *analysis]}).n_positions == 400
+
+
+def test_two_corpora_of_one_domain_are_refused_before_any_work(tmp_path):
+    with pytest.raises(ParameterError) as error:
+        StudyParams.create(corpora=[f"a={tmp_path}/x.jsonl", f"a={tmp_path}/y.jsonl"])
+    message = str(error.value)
+    assert "domain 'a'" in message and "y.jsonl" in message and "rename" in message.lower()
