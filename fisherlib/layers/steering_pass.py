@@ -28,7 +28,10 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from ..core.errors import InputError
-from .engine import HEAD, SEQUENCE_ATTENTION_NAME, _hidden_of, _with_hidden, attention_function_on, check_layer, hook_module, network_of
+from .engine import (
+    HEAD, SEQUENCE_ATTENTION_NAME, _hidden_of, _with_hidden, attention_function_on, check_layer, hook_module, network_of,
+    residuals_by_layer,
+)  # fmt: skip
 from .pullback import T_MAX_FACTOR, _divergence, _first_crossing
 
 DEFAULT_ROW_BUDGET = 1 << 28  # bytes of float64 logits (and their tangents) held by one batch of steered texts
@@ -65,9 +68,12 @@ def token_texts(model, texts) -> list[torch.Tensor]:
     return out
 
 
-def check_vector(model, v) -> torch.Tensor:
-    """Return the steering vector `v [d]` as float64, or raise InputError (wrong width, zero, not finite)."""
-    width = network_of(model).get_output_embeddings().weight.shape[1]
+def check_vector(model, v, width: int | None = None) -> torch.Tensor:
+    """Return the steering vector `v [d]` as float64, or raise InputError (wrong width, zero, not finite).
+
+    `width` is the residual stream's at the layer (default: the LM head's input, the same in most models).
+    """
+    width = network_of(model).get_output_embeddings().weight.shape[1] if width is None else width
     v = torch.as_tensor(v)
     if v.dim() != 1 or v.shape[0] != width:
         raise InputError(f"the steering vector must be 1-D of the residual width d = {width}, got shape {tuple(v.shape)}")
@@ -106,7 +112,10 @@ class SteeredTexts:
         network = network_of(model)
         layer = check_steering_layer(model, layer)
         tokens = token_texts(model, texts)
-        v = check_vector(model, v)
+        # The residual's width at the layer: wider than the head's input in some models (OPT's word_embed_proj_dim).
+        longest = max(tokens, key=len)
+        width = int(residuals_by_layer(model, [longest], [layer])[layer].shape[-1]) if len(longest) >= 2 else None
+        v = check_vector(model, v, width)
         lengths = torch.tensor([len(t) for t in tokens])
         ids = torch.zeros(len(tokens), int(lengths.max()), dtype=torch.long)
         for row, t in enumerate(tokens):
