@@ -62,6 +62,7 @@ help:
 	@echo "make reproduce [ARCH=tiny|pythia|llama|qwen|<hub id>] [SEEDS='0 1 2 3'] [REVISION=step<N>]   run notebooks 01-09 and 11"
 	@echo "make reproduce MODEL=<hf folder> CORPORA='DOMAIN=PATH ...'              the local tier (PATH: .jsonl or .txt)"
 	@echo "  RUN=<name> names the run (default: the model); TORCH=... TORCH_INDEX=<pip index> choose the torch build"
+	@echo "  NPROC=N measures the direction sweep with N processes first (torchrun: one GPU each, or gloo on CPUs)"
 	@echo "make dynamics [ARCH=tiny|pythia REVISIONS='step1000 step8000 ...']       notebook 10 over training checkpoints"
 	@echo "make tiny-model   retrain the shipped embedded model models/tiny from scratch (~40 min, one core)"
 	@echo "make grid ARCHS='pythia EleutherAI/pythia-410m' [REVISIONS=...] [SEEDS=...] [EXECUTOR=slurm|local]   one job per run (submitit)"
