@@ -18,7 +18,6 @@ unless `--device cuda`. Prints one row per method and ends with `speedup <ratio>
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 
@@ -29,6 +28,7 @@ from fisherlib.layers import pullback as layers
 from fisherlib.core.bisection import bisection_boundary
 from fisherlib.data.corpora import load_corpus
 from fisherlib.run.params import ARCH_DEFAULT_CORPORA
+from options import model_parser
 
 
 def draw_contexts(model, corpus: str, n: int, max_context: int, min_prefix: int, seed: int) -> list[torch.Tensor]:
@@ -65,17 +65,11 @@ def naive_boundary(model, contexts, layer, U, eps, bisection_steps: int = 50, ba
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny", help="registry name or model folder (default: tiny)")
-    parser.add_argument("--corpus", default=None, help="corpus for the contexts (default: the model's first default corpus)")
-    parser.add_argument("--layer", default="2", help="block boundary (int) or 'head' (default 2)")
+    parser = model_parser(__doc__)
     parser.add_argument("--positions", type=int, default=8)
     parser.add_argument("--directions", type=int, default=4)
     parser.add_argument("--eps", type=float, nargs="+", default=[0.01, 1.0])
     parser.add_argument("--max-context", type=int, default=128)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -18,7 +18,6 @@ bisects cell by cell: `grid_speedup <ratio>x grid_max_rel_err <error>`.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
@@ -26,6 +25,7 @@ import torch
 import fisherlib as fl
 from fisherlib.data.corpora import load_corpus
 from fisherlib.run.params import ARCH_DEFAULT_CORPORA
+from options import model_parser
 from fisherlib.steps.steering import METHODS, closed_form_scales, steering_scale
 
 
@@ -42,10 +42,7 @@ def draw_prompts(model, corpus: str, n: int, n_tokens: int, seed: int) -> list[t
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny", help="registry name or model folder (default: tiny)")
-    parser.add_argument("--corpus", default=None, help="corpus of the prompts (default: the model's first default corpus)")
-    parser.add_argument("--layer", default="2", help="block boundary (int) or 'head' (default 2)")
+    parser = model_parser(__doc__)
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--eps", type=float, default=1.0)
@@ -54,9 +51,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--grid-eps", type=float, nargs="+", default=[0.1, 0.3, 1.0])
     parser.add_argument("--grid-quantiles", type=float, nargs="+", default=[0.5, 0.9, 0.95])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -374,6 +374,15 @@ def steering(runs: dict[str, Path]) -> pd.DataFrame:
     return frame.fillna("—") if len(frame) else pd.DataFrame({"note": ["no run wrote steering_population_summary yet"]})
 
 
+def _inner_layers(run_dir: Path, name: str) -> pd.DataFrame | None:
+    """Return table `name`'s rows at inner layers (the head left out, where a lens is the identity), or None if it has none."""
+    table = _read(run_dir, name)
+    if table is None or not len(table):
+        return None
+    inner = table[table["layer"].astype(str) != "head"]
+    return inner if len(inner) else None
+
+
 def _newer_results(run_dir: Path) -> str:
     """Return the story's sentences on the newer papers' results (power law, effective dimension, lens), if written."""
     from .claim_rules import EFF_DIM_SHARE, REL_SPECTRAL_LOW
@@ -402,23 +411,19 @@ def _newer_results(run_dir: Path) -> str:
             f"layers (FishBack: {EFF_DIM_SHARE[0]:.0%}–{EFF_DIM_SHARE[1]:.0%}) and differs from the identity by "
             f"{rel.min():.1%}–{rel.max():.1%} in relative spectral norm (FishBack: > {REL_SPECTRAL_LOW:.0%})"
         )
-    lens = _read(run_dir, "jacobian_lens")
-    if lens is not None and len(lens):
-        inner = lens[lens["layer"].astype(str) != "head"]
-        if len(inner):
-            loss = inner["within_50_G"] - inner["within_50_lens"]
-            sentences.append(
-                f"one averaged Jacobian lens in place of the per-position pullback loses {100 * loss.min():.1f}–"
-                f"{100 * loss.max():.1f} points of the within-50% share at inner layers, its top eigenvector "
-                f"{inner['median_angle_deg'].min():.0f}–{inner['median_angle_deg'].max():.0f}° from G_ℓ's"
-            )
-    lens_top = _read(run_dir, "jacobian_lens_table1")
-    if lens_top is not None and len(lens_top):
-        inner = lens_top[lens_top["layer"].astype(str) != "head"]
-        if len(inner):
-            sentences.append(
-                f"along the lens's own top eigenvector at ε = {inner['eps'].iloc[0]:g} the lens's curvature gives a median ρ of "
-                f"{inner['median_rho_lens'].min():.2f}–{inner['median_rho_lens'].max():.2f} at inner layers, the true curvature "
-                f"{inner['median_rho_true'].min():.3f}–{inner['median_rho_true'].max():.3f}"
-            )
+    inner = _inner_layers(run_dir, "jacobian_lens")
+    if inner is not None:
+        loss = inner["within_50_G"] - inner["within_50_lens"]
+        sentences.append(
+            f"one averaged Jacobian lens in place of the per-position pullback loses {100 * loss.min():.1f}–"
+            f"{100 * loss.max():.1f} points of the within-50% share at inner layers, its top eigenvector "
+            f"{inner['median_angle_deg'].min():.0f}–{inner['median_angle_deg'].max():.0f}° from G_ℓ's"
+        )
+    inner = _inner_layers(run_dir, "jacobian_lens_table1")
+    if inner is not None:
+        sentences.append(
+            f"along the lens's own top eigenvector at ε = {inner['eps'].iloc[0]:g} the lens's curvature gives a median ρ of "
+            f"{inner['median_rho_lens'].min():.2f}–{inner['median_rho_lens'].max():.2f} at inner layers, the true curvature "
+            f"{inner['median_rho_true'].min():.3f}–{inner['median_rho_true'].max():.3f}"
+        )
     return ("Newer results: " + "; ".join(sentences) + ".") if sentences else ""
