@@ -55,7 +55,7 @@ RUNNER_ARGS := --run $(RUN_NAME) --kernel $(KERNEL) --cwd notebooks $(PARAM_ARGS
 # into the cache notebook 03 then reads.
 NPROC ?= 1
 
-.PHONY: all venv constraints test test-unit test-integration test-notebooks bench bench-real bench-layers bench-steering grid gpu-check reproduce dynamics tiny-model paper book clean help
+.PHONY: all venv constraints test test-unit test-integration test-notebooks test-architectures bench bench-real bench-layers bench-steering grid gpu-check reproduce dynamics tiny-model paper book clean help
 all: help
 
 help:
@@ -70,7 +70,7 @@ help:
 	@echo "make book         the static site of every complete run: build/book/html/index.html (offline)"
 	@echo "make test         unit + integration + notebook tests (creates .venv)"
 	@echo "make constraints  rewrite constraints.txt (the exact versions the set-up installs) from .venv"
-	@echo "make test-unit | test-integration | test-notebooks | bench"
+	@echo "make test-unit | test-integration | test-notebooks | test-architectures | bench"
 	@echo "make bench-real | gpu-check   real-size head benchmark; GPU check (CPU dry run without CUDA)"
 	@echo "make bench-layers   layer_boundary against the naive full-context search (tiny, ~3 min)"
 	@echo "make bench-steering   closed-form steering budget against bisection with full passes (tiny, ~1 min)"
@@ -120,6 +120,10 @@ test-integration: $(STAMP)
 
 test-notebooks: $(STAMP)
 	$(PY) -m pytest -q -m notebooks
+
+# The layer engine on 30 architectures built from configs (its path, JVPs and first crossings against brute force).
+test-architectures: $(STAMP)
+	$(PY) -m pytest -q tests/layers/test_full_context.py
 
 # BENCH_ARGS="--vocab 5000" for a quicker look; the default is the issue's V = 50 000 problem (~12 min on 2 cores).
 bench: $(STAMP)

@@ -59,7 +59,7 @@ _EXPORTS = {
     "layer_boundary": "layers.pullback",
     "layer_fisher_eigh": "layers.pullback",
     "layer_curvature": "layers.pullback",
-    "Prefilled": "layers.engine",
+    "Prefilled": "layers.passes",
     # a KL budget for activation steering (notebook 11)
     "steering_budget": "steps.steering",
     "steering_scale": "steps.steering",

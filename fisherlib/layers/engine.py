@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -264,6 +265,20 @@ def copies_attention_on(network: nn.Module):
     return attention_function_on(network, ATTENTION_NAME)
 
 
+@contextlib.contextmanager
+def eager_experts(network: nn.Module):
+    """Run mixture-of-experts layers as their plain loop over experts for the duration (`grouped_mm` has no forward-mode rule)."""
+    experts = getattr(network.config, "_experts_implementation", None)
+    if experts in (None, "eager") or not hasattr(network, "set_experts_implementation"):
+        yield
+        return
+    network.set_experts_implementation("eager")
+    try:
+        yield
+    finally:
+        network.set_experts_implementation(experts)
+
+
 # --- the prefix, run once, and forward passes of the target token ----------------------------------
 
 
@@ -323,7 +338,7 @@ class Prefix:
             valid[row, : len(context) - 1] = True
         # Right padding: a padded slot attends to the real tokens before it, so no row is fully masked
         # (a fully masked row can give NaN keys, and 0·NaN would leak through the mask).
-        with torch.no_grad():
+        with torch.no_grad(), eager_experts(network):
             out = network(input_ids=ids.to(device), attention_mask=valid.long().to(device), use_cache=True)
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         layers = getattr(cache, "layers", None)
@@ -336,8 +351,15 @@ class Prefix:
         self.dtype = self.kv[0][0].dtype
         self.cache_keyword = _cache_keyword(network)
 
+    path = "prefix-cached"
+    reason = ""
+
     def __len__(self) -> int:
         return len(self.target)
+
+    def copies_per_pass(self, max_queries: int) -> int:
+        """Return how many target-token copies one pass may hold (`max_queries`: each copy is one token here)."""
+        return max_queries
 
     def forward(self, hook: nn.Module, rows: torch.Tensor, delta: torch.Tensor, capture: Sequence[nn.Module] = ()):
         """Return the logits `[R, M, V]` of M copies of each row's target token, copy m with `delta[r, m]` added.
@@ -371,7 +393,7 @@ class Prefix:
         handles = [hook.register_forward_pre_hook(add, with_kwargs=True)]
         handles += [m.register_forward_pre_hook(record, with_kwargs=True) for m in capture if m is not hook]
         try:
-            with copies_attention_on(self.network):
+            with copies_attention_on(self.network), eager_experts(self.network):
                 out = self.network(
                     input_ids=self.target[rows][:, None].expand(R, M),
                     attention_mask=mask,
@@ -383,36 +405,6 @@ class Prefix:
             for handle in handles:
                 handle.remove()
         return out.logits, [captured[id(m)] for m in capture]
-
-
-class Prefilled:
-    """The prefixes of a set of positions, run once, for every later call at any layer.
-
-    A prefix's keys and values do not depend on the layer studied, so a notebook that visits every
-    layer builds this once and passes it as `sample` to the `layer_*` functions. Holds the key/value
-    cache of every position (about `2 · n_layers · d · context` numbers each).
-    """
-
-    def __init__(self, model, sample, batch_size: int = 16):
-        self.network = network_of(model)
-        self.context_ids = contexts_of(sample)
-        self.chunks = [(chunk, Prefix(self.network, [self.context_ids[i] for i in chunk])) for chunk in position_chunks(len(self.context_ids), batch_size)]
-
-    def __len__(self) -> int:
-        return len(self.context_ids)
-
-
-def prefixes(model, sample, batch_size: int):
-    """Yield `(positions [B], Prefix)` chunks of `sample`: those of a `Prefilled`, else run now, one chunk at a time."""
-    if isinstance(sample, Prefilled):
-        if sample.network is not network_of(model):
-            raise FisherlibError("this Prefilled was built for another model")
-        yield from sample.chunks
-        return
-    contexts = contexts_of(sample)
-    network = network_of(model)
-    for chunk in position_chunks(len(contexts), batch_size):
-        yield chunk, Prefix(network, [contexts[i] for i in chunk])
 
 
 def query_budget(network: nn.Module, vocab: int, width: int, memory_budget: int) -> int:
@@ -460,11 +452,60 @@ def jvp_logits(prefix: Prefix, hook, rows, delta, tangent=None, capture=()):
     """Return logits `[R, M, V]` and their directional derivative along `tangent [R, M, d]` (float64).
 
     Without `tangent` the derivative is None and the pass is a plain one (half the cost). `capture`
-    gives `(input, its tangent)` of each listed module.
+    gives `(input, its tangent)` of each listed module. The derivative is a forward-mode JVP; on a model
+    with a layer that has no forward-mode rule (Bloom's GeLU is a custom autograd Function) it is the
+    exact double-backward JVP instead (`uses_double_backward`), remembered for the model.
     """
     if tangent is None:
         logits, captured = prefix.forward(hook, rows, delta.to(prefix.dtype), capture)
         return logits.double(), None, [(c.double(), None) for c in captured]
+    if prefix.network not in _DOUBLE_BACKWARD:
+        try:
+            return _forward_mode_jvp(prefix, hook, rows, delta, tangent, capture)
+        except NotImplementedError as error:
+            remember_double_backward(prefix.network, error)
+    return _double_backward_jvp(prefix, hook, rows, delta, tangent, capture)
+
+
+# Networks whose JVPs are taken by double backward, and the forward-mode error that sent them there.
+_DOUBLE_BACKWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def uses_double_backward(network: nn.Module) -> str | None:
+    """Return why `network`'s JVPs are taken by double backward (the forward-mode error), or None."""
+    return _DOUBLE_BACKWARD.get(network)
+
+
+def remember_double_backward(network: nn.Module, error: NotImplementedError) -> None:
+    """Send `network`'s JVPs to double backward from now on, if `error` says a layer has no forward-mode rule; else re-raise it."""
+    if "forward" not in str(error).lower() and "jvp" not in str(error).lower():
+        raise error
+    _DOUBLE_BACKWARD[network] = _first_line(error)
+
+
+def double_backward_jvp(output: torch.Tensor, point: torch.Tensor, direction: torch.Tensor) -> torch.Tensor | None:
+    """Return `J t` (J = ∂output/∂point, t = `direction`) as `∂/∂w ⟨Jᵀw, t⟩`: two reverse passes, exact.
+
+    `Jᵀw` is linear in the dummy cotangent `w`, so differentiating it along `t` with respect to `w` gives
+    `J t` exactly (no step size); it needs the model's backward to be differentiable. None where `output`
+    does not depend on `point` (the hooked module's own input, read before the push).
+    """
+    if not output.requires_grad:
+        return None
+    cotangent = torch.zeros_like(output, requires_grad=True)
+    (pullback,) = torch.autograd.grad(output, point, cotangent, create_graph=True, allow_unused=True)
+    if pullback is None:
+        return None
+    (jvp,) = torch.autograd.grad(pullback, cotangent, direction, retain_graph=True)
+    return jvp.detach()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".strip()
+
+
+def _forward_mode_jvp(prefix, hook, rows, delta, tangent, capture):
     with fwAD.dual_level():
         dual = fwAD.make_dual(delta.to(prefix.dtype), tangent.to(prefix.dtype))
         logits, captured = prefix.forward(hook, rows, dual, capture)
@@ -474,6 +515,17 @@ def jvp_logits(prefix: Prefix, hook, rows, delta, tangent=None, capture=()):
         derivative = torch.zeros_like(value) if derivative is None else derivative.double()
         captured = [(c.primal.double(), None if c.tangent is None else c.tangent.double()) for c in unpacked]
     return value, derivative, captured
+
+
+def _double_backward_jvp(prefix, hook, rows, delta, tangent, capture):
+    with torch.enable_grad():
+        point = delta.to(prefix.dtype).detach().requires_grad_(True)
+        logits, captured = prefix.forward(hook, rows, point, capture)
+        direction = tangent.to(prefix.dtype)
+        derivative = double_backward_jvp(logits, point, direction)
+        captured = [(c.detach(), double_backward_jvp(c, point, direction)) for c in captured]
+    derivative = torch.zeros_like(logits.detach()) if derivative is None else derivative
+    return logits.detach().double(), derivative.double(), [(c.double(), None if t is None else t.double()) for c, t in captured]
 
 
 def residuals_by_layer(model, sample, layers: Sequence, batch_size: int = 16) -> dict:

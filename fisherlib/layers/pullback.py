@@ -37,9 +37,9 @@ from .engine import (
     n_layers,
     network_of,
     pack,
-    prefixes,
     query_budget,
 )
+from .passes import prefixes
 
 __all__ = [
     "HEAD", "T_MAX_FACTOR", "check_layer", "default_layers", "full_context_logits", "layer_boundary", "layer_curvature",
@@ -188,7 +188,7 @@ def _chunk_velocities(model, sample, layer, U, batch_size, memory_budget):
             zeros = torch.zeros(len(chunk), 1, width, dtype=torch.float64, device=prefix.device)
             z, _, _ = jvp_logits(prefix, hook, torch.arange(len(chunk), device=prefix.device), zeros)
             row_of = torch.arange(len(chunk)).repeat_interleave(D)
-            for rows, local, slot, items in pack(row_of, max_queries):
+            for rows, local, slot, items in pack(row_of, prefix.copies_per_pass(max_queries)):
                 tangent = torch.zeros(len(rows), int(slot.max()) + 1, width, dtype=torch.float64, device=prefix.device)
                 tangent[local, slot] = U_lines[items]
                 _, derivative, _ = jvp_logits(prefix, hook, rows.to(prefix.device), torch.zeros_like(tangent), tangent)
@@ -272,7 +272,7 @@ def layer_boundary(
             z0 = torch.empty(len(chunk), vocab, dtype=torch.float64, device=prefix.device)
             A0 = torch.empty(len(line_row), vocab, dtype=torch.float64, device=prefix.device)
             r_norm = torch.empty(len(chunk), dtype=torch.float64, device=prefix.device)
-            for rows, local, slot, items in pack(line_row, max_queries):
+            for rows, local, slot, items in pack(line_row, prefix.copies_per_pass(max_queries)):
                 tangent = torch.zeros(len(rows), int(slot.max()) + 1, width, dtype=torch.float64, device=prefix.device)
                 tangent[local, slot] = U_lines[items]
                 logits, derivative, [(r, _)] = jvp_logits(
@@ -311,7 +311,7 @@ def _evaluate(prefix, hook, U_lines, line_row, z0, log_p, lines, t, divergence, 
     slope = torch.empty_like(value) if slopes else None
     rows_of_items = line_row[lines.cpu()]
     width = U_lines.shape[-1]
-    for rows, local, slot, items in pack(rows_of_items, max_queries):
+    for rows, local, slot, items in pack(rows_of_items, prefix.copies_per_pass(max_queries)):
         M = int(slot.max()) + 1
         delta = torch.zeros(len(rows), M, width, dtype=torch.float64, device=z0.device)
         u = U_lines[lines[items]]

@@ -19,20 +19,22 @@ reach one. Shapes: `N` texts, `T` tokens (the longest text), `V` vocabulary, `d`
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import math
-
 from dataclasses import dataclass
 
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from ..core.errors import InputError
+from ..core.errors import FisherlibError, InputError
 from .engine import (
-    HEAD, SEQUENCE_ATTENTION_NAME, _hidden_of, _with_hidden, attention_function_on, check_layer, hook_module, network_of,
-    residuals_by_layer,
+    HEAD, SEQUENCE_ATTENTION_NAME, _hidden_of, _with_hidden, attention_function_on, check_layer, double_backward_jvp,
+    hook_module, network_of, remember_double_backward, residuals_by_layer, uses_double_backward,
 )  # fmt: skip
+from .full_context import plain_operations
 from .pullback import T_MAX_FACTOR, _divergence, _first_crossing
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_ROW_BUDGET = 1 << 28  # bytes of float64 logits (and their tangents) held by one batch of steered texts
 
@@ -106,6 +108,8 @@ class SteeredTexts:
     ids: torch.Tensor
     lengths: torch.Tensor
     v: torch.Tensor
+    # Set on the first pass that cannot use `sequence_attention`: the model's own (eager) attention from then on.
+    own_attention: bool = False
 
     @classmethod
     def build(cls, model, texts, layer, v) -> SteeredTexts:
@@ -149,26 +153,34 @@ class SteeredTexts:
         alpha = alpha.to(device=device, dtype=torch.float64)
         push_along = (self.v[None] if directions is None else torch.as_tensor(directions)).to(device=device, dtype=dtype)
         captured = {}
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(torch.no_grad())
-            if slopes:
-                stack.enter_context(fwAD.dual_level())
-                scale = fwAD.make_dual(alpha.to(dtype), torch.ones_like(alpha, dtype=dtype))
-            else:
-                scale = alpha.to(dtype)
 
+        def push_by(scale):
             def push(hidden):
                 if capture:
                     captured["r"] = fwAD.unpack_dual(hidden).primal if slopes else hidden
                 return hidden + scale[:, None, None] * push_along[:, None, :]
 
-            out = self._forward(rows, push, dtype)
-            if slopes:
-                value, tangent = fwAD.unpack_dual(out)
-                tangent = torch.zeros_like(value) if tangent is None else tangent
-                z, zdot = value.double(), tangent.double()
-            else:
-                z, zdot = out.double(), None
+            return push
+
+        if slopes and uses_double_backward(self.network) is None:
+            try:
+                with torch.no_grad(), fwAD.dual_level():
+                    out = self._forward(rows, push_by(fwAD.make_dual(alpha.to(dtype), torch.ones_like(alpha, dtype=dtype))), dtype)
+                    value, tangent = fwAD.unpack_dual(out)
+                    tangent = torch.zeros_like(value) if tangent is None else tangent
+                    z, zdot = value.double(), tangent.double()
+            except NotImplementedError as error:
+                remember_double_backward(self.network, error)
+        if slopes and uses_double_backward(self.network) is not None:
+            with torch.enable_grad():
+                scale = alpha.to(dtype).detach().requires_grad_(True)
+                out = self._forward(rows, push_by(scale), dtype)
+                z, zdot = out.detach().double(), double_backward_jvp(out, scale, torch.ones_like(scale)).double()
+            captured = {k: v.detach() for k, v in captured.items()}
+        elif not slopes:
+            with torch.no_grad():
+                out = self._forward(rows, push_by(alpha.to(dtype)), dtype)
+            z, zdot = out.double(), None
         r = captured["r"].to(torch.promote_types(captured["r"].dtype, torch.float32)) if capture else None
         return z, zdot, r
 
@@ -191,9 +203,20 @@ class SteeredTexts:
             return _with_hidden(args, kwargs, push(_hidden_of(args, kwargs)))
 
         handle = self.hook.register_forward_pre_hook(hook, with_kwargs=True)
+        ids = self.ids[rows].to(self.device)
         try:
-            with attention_function_on(self.network, SEQUENCE_ATTENTION_NAME):
-                return self.network(input_ids=self.ids[rows].to(self.device), attention_mask=self.mask(rows, dtype), use_cache=False).logits
+            if not self.own_attention:
+                try:
+                    with attention_function_on(self.network, SEQUENCE_ATTENTION_NAME):
+                        return self.network(input_ids=ids, attention_mask=self.mask(rows, dtype), use_cache=False).logits
+                except FisherlibError as error:
+                    # No attention function to swap in (GPT-Neo, Bloom, Falcon, MPT), a binding sliding window,
+                    # soft-capped scores: the model's own attention, eager, with its own causal mask.
+                    logger.info("steering passes use %s's own attention: %s", type(self.network).__name__, error)
+                    self.own_attention = True
+            # Padding left open: it comes after each text's last token, which a causal model never lets it reach.
+            with plain_operations(self.network):
+                return self.network(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
         finally:
             handle.remove()
 

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from ..core.errors import ParameterError
+from ..layers.passes import engine_path
 from ..io.cache import read_file, read_folder, write_file
 from .params import StudyParams
 
@@ -118,8 +119,12 @@ def model_card(params: StudyParams, model) -> pd.DataFrame:
 
     For the embedded default, `heldout_loss` is the mean next-token loss (nats per token) on the
     held-out split of the standard library at the loaded revision, as `training.json` records it.
+    `layer_engine` says which engine the layer study runs on (`prefix-cached`, or `full-context` with
+    `layer_engine_reason`), `layer_jvp` how its JVPs are taken.
     """
     card = model.card() if callable(getattr(model, "card", None)) else {}
+    # Which layer engine notebooks 08, 09 and 11 run on this model (probed once), and why.
+    card |= engine_path(model, params.max_context).card()
     row = dict(run=params.name) | {
         # A table holds no missing values: say what None means instead.
         name: ("(final / local folder)" if name == "revision" else "none") if value is None else value

@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 
 from ..io.cache import write_file, write_folder
-from ..layers.engine import Prefilled, check_layer, default_layers, residuals_by_layer
+from ..layers.engine import check_layer, default_layers, residuals_by_layer
+from ..layers.passes import Prefilled
 from ..steps import dynamics, effective_dimension, jacobian_lens, layer_study, plateaus
 from ..steps.sweep import measure_boundaries
 from .inputs import SAMPLE_KEYS, load_head, load_model_for, load_sample, read_entry, wrote_entry

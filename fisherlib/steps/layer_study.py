@@ -28,7 +28,8 @@ import torch
 
 from ..io.atomic import atomic_path
 from ..core.directions import position_generator
-from ..layers.engine import HEAD, Prefilled, default_layers, residuals_by_layer
+from ..layers.engine import HEAD, default_layers, residuals_by_layer
+from ..layers.passes import Prefilled
 from ..layers.pullback import layer_boundary, layer_curvature, layer_fisher_eigh
 
 logger = logging.getLogger("fisherlib")
@@ -366,6 +367,22 @@ def monotone_findings(nonmonotone: pd.DataFrame) -> str:
         f"**Monotonicity.** The divergence fell somewhere before reaching the largest ε on {share.max():.0%} of lines at "
         f"{_layers_text([share.idxmax()])} and on {share.min():.0%} at {_layers_text([share.idxmin()])}."
     )
+
+
+def engine_findings(card: pd.DataFrame) -> str:
+    """Say which layer engine this run's model took, and why, from its model card (`layer_engine*` columns)."""
+    from ..layers.passes import EnginePath
+
+    if "layer_engine" not in card.columns:
+        return "The model card does not say which layer engine ran (it predates the choice): rerun notebook 01 to record it."
+    row = card.iloc[0]
+
+    def text(name: str) -> str:
+        value = row.get(name, "")
+        return "" if pd.isna(value) or value == "none" else str(value)
+
+    jvp = text("layer_jvp") or "forward-mode"
+    return EnginePath(text("layer_engine"), text("layer_engine_reason"), jvp, text("layer_jvp_reason")).sentence()
 
 
 def layer_findings(table1, by_layer, spearman, frontier, nonmonotone, small_eps: float, large_eps: float) -> str:

@@ -33,7 +33,8 @@ import pandas as pd
 import torch
 
 from ..io.atomic import atomic_path
-from ..layers.engine import HEAD, Prefix, check_layer, contexts_of, hook_module, jvp_logits, n_layers, network_of, residuals_by_layer
+from ..layers.engine import HEAD, check_layer, contexts_of, hook_module, jvp_logits, n_layers, network_of, residuals_by_layer
+from ..layers.passes import engine_path, position_batch
 
 logger = logging.getLogger("fisherlib")
 
@@ -94,10 +95,11 @@ def measure_paths(model, sample, pairs: pd.DataFrame, layer, mean: torch.Tensor,
     hook = hook_module(network, layer)
     final = hook_module(network, n_layers(model))
     n = len(alphas)
+    path = engine_path(model, max(len(contexts[a]) for a in pairs["a"])) if len(pairs) else None
     point_rows, step_rows = [], []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs.iloc[start : start + batch_size]
-        prefix = Prefix(network, [contexts[a] for a in chunk["a"]])
+        prefix = position_batch(model, [contexts[a] for a in chunk["a"]], path)
         delta, tangent = [], []
         for row in chunk.itertuples():
             parts = [path_points(residuals[row.a], residuals[row.b], mean, alphas, kind) for kind in PATHS]

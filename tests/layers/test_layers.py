@@ -311,13 +311,20 @@ def test_engine_is_exact_on_sliding_windows_that_never_bind_and_on_opt(kind):
     torch.testing.assert_close(divergence, torch.full_like(divergence, 0.05), rtol=1e-5, atol=0, msg=kind)
 
 
-def test_a_sliding_window_shorter_than_the_context_is_refused():
+def test_a_sliding_window_shorter_than_the_context_runs_on_the_full_context_engine():
+    from fisherlib.layers.passes import engine_path
+
     model = _random_lm("mistral_binding")
     contexts = _contexts()
-    with pytest.raises(FisherlibError) as error:
-        L.layer_boundary(model, contexts, 1, _directions(len(contexts), 2, d=64), [0.05])
-    message = str(error.value)
-    assert "sliding window of 4 tokens" in message and "11 tokens" in message and "max_context" in message
+    path = engine_path(model, max(len(c) for c in contexts))
+    assert path.path == "full-context"
+    assert "sliding window of 4 tokens" in path.reason and "11 tokens" in path.reason
+    U = _directions(len(contexts), 2, d=64)
+    t = L.layer_boundary(model, contexts, 1, U, [0.05])[..., 0]
+    assert torch.isfinite(t).all()
+    # The model's own windowed attention decides: at the first crossing its full-context divergence is ε.
+    divergence = _divergence_full_context(model, contexts, 1, U, t)
+    torch.testing.assert_close(divergence, torch.full_like(divergence, 0.05), rtol=1e-5, atol=0)
 
 
 def test_directions_of_the_wrong_width_are_named():

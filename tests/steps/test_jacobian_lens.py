@@ -119,7 +119,8 @@ def test_lens_table1_differs_where_the_lens_misjudges_the_curvature():
 
 def _lens_at(layer, eps=(1e-3, 1e-2)):
     """The lens's top-eigvec lines and the layer study's measurements at `layer` of a small float64 LM, 4 positions."""
-    from fisherlib.layers.engine import Prefilled, residuals_by_layer
+    from fisherlib.layers.engine import residuals_by_layer
+    from fisherlib.layers.passes import Prefilled
     from test_layers import WIDTH, _contexts, _random_lm
 
     model = _random_lm("gpt_neox")

@@ -9,7 +9,8 @@ import pandas as pd
 import torch
 
 from fisherlib.steps import layer_study as LS
-from fisherlib.layers.engine import Prefilled, residuals_by_layer
+from fisherlib.layers.engine import residuals_by_layer
+from fisherlib.layers.passes import Prefilled
 from test_layers import WIDTH, _contexts, _random_lm
 
 
