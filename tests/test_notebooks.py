@@ -33,6 +33,7 @@ SMOKE = dict(
     max_context=96, pool_factor=2, batch_size=8, layer_positions=8, layer_eig=1, layer_per_class=2, plateau_pairs=6,
     plateau_steps=21, steer_texts=3, steer_tokens=12, steer_target_tokens=4,
 )  # fmt: skip
+NOTEBOOK = {path.stem[:2]: path for path in ALL_NOTEBOOKS}
 REVISIONS = ["step98", "step2000"]  # notebook 10 over two checkpoints keeps the smoke run small
 
 
@@ -72,7 +73,7 @@ def _run_all(tmp_path: Path, notebooks=NOTEBOOKS, **parameters) -> Path:
     import papermill
 
     parameters = SMOKE | parameters | _locations(tmp_path)
-    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs").mkdir(parents=True)
     for path in notebooks:
         papermill.execute_notebook(
             str(path), str(tmp_path / "runs" / path.name), parameters=parameters, kernel_name="python3",
@@ -85,8 +86,10 @@ def _locations(root: Path) -> dict[str, str]:
     return dict(results_root=str(root / "results"), figures_root=str(root / "figures"))
 
 
-def _check_outputs(root: Path, run: str) -> None:
+def _check_outputs(root: Path, run: str, notebooks=None) -> None:
     for notebook, names in EXPECTED_TABLES.items():
+        if notebooks is not None and notebook not in notebooks:
+            continue
         for name in names:
             csv = root / "results" / run / f"{name}.csv"
             assert csv.is_file(), f"{notebook} did not write {csv}"
@@ -95,6 +98,8 @@ def _check_outputs(root: Path, run: str) -> None:
             assert not table.select_dtypes("number").isna().any().any(), f"{csv} holds NaN"
             assert "parameters:" in (root / "results" / run / f"{name}.md").read_text()
     for notebook, names in EXPECTED_FIGURES.items():
+        if notebooks is not None and notebook not in notebooks:
+            continue
         for name in names:
             for suffix in (".png", ".pdf"):
                 figure = root / "figures" / run / f"{name}{suffix}"
@@ -127,9 +132,49 @@ def test_all_notebooks_run_on_the_local_tier(tmp_path, shared_dir):
     assert manifest["model_id"].endswith("stories260K/hf")
 
 
+def _gpt_neo_folder(folder: Path) -> Path:
+    """A GPT-Neo folder (tiny's tokenizer, 4 blocks alternating global and 32-token local attention), weights scaled
+    up from random init so that its distributions are peaked. GPT-Neo keeps its own attention code, and its local
+    window binds on the run's 96-token contexts: the layer engine's full-context path."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(ROOT / "models" / "tiny")
+    config = GPTNeoConfig(
+        vocab_size=len(tokenizer), hidden_size=64, num_layers=4, num_heads=4, attention_types=[[["global", "local"], 2]],
+        window_size=32, max_position_embeddings=128, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.mul_(3)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.notebooks
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_layer_notebooks_run_on_a_gpt_neo_folder(tmp_path, shared_dir):
+    folder = _gpt_neo_folder(tmp_path / "gpt-neo")
+    layer_notebooks = [NOTEBOOK[n] for n in ("01", "08", "09", "11")]
+    root = _run_all(
+        tmp_path / "run", layer_notebooks, arch=str(folder), run_name="neo-smoke", corpora=fixture_corpora(shared_dir),
+        top_k=32, layer_positions=4, steer_texts=2,
+    )  # fmt: skip
+    _check_outputs(root, "neo-smoke", [p.stem for p in layer_notebooks])
+    card = read_table_file(root / "results" / "neo-smoke" / "model_card.csv").iloc[0]
+    assert card["layer_engine"] == "full-context" and "GPTNeoForCausalLM" in card["layer_engine_reason"]
+    executed = nbformat.read(root / "runs" / "08_layer_pullback.ipynb", as_version=4)
+    said = "".join(o.get("data", {}).get("text/markdown", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "ran on the full-context engine" in said
+
+
 # --- hand runs: a tweaked notebook stands on its own ------------------------------------------------
 
-NOTEBOOK = {path.stem[:2]: path for path in ALL_NOTEBOOKS}
 TWEAKS = {  # one analysis parameter per notebook: none of them is in a measurement's cache key
     "02": dict(resample_unit="position"),
     "03": dict(large_eps=0.1),

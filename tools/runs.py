@@ -45,6 +45,9 @@ sys.path.insert(0, str(ROOT))  # `key` runs before the environment exists (make 
 from fisherlib.io.atomic import atomic_write_bytes, make_shared  # noqa: E402 - stdlib only, no torch
 PROGRESS_ENV = "FISHERLIB_PROGRESS"  # fisherlib.io.progress.PROGRESS_ENV; not imported: `key` runs without torch
 NAME_WIDTH = 28
+# A notebook that stops with fisherlib's NotApplicable has run: the run publishes, with the reason recorded here.
+NOT_APPLICABLE = "NotApplicable"
+NOT_APPLICABLE_FILE = "not_applicable.json"  # the same name as fisherlib.report.claims.NOT_APPLICABLE_FILE
 NOTEBOOKS_FOLDER = "notebooks"  # results/<run>/notebooks/: the executed notebooks, published
 
 
@@ -305,10 +308,17 @@ def run_notebook(
         progress_path.unlink(missing_ok=True)
         seconds = time.perf_counter() - started
         log = os.path.relpath(log_path, ROOT)
-        if error is None:
+        results = ROOT / str(parameters.get("results_root", "results")) / run
+        not_applicable = getattr(error, "ename", None) == NOT_APPLICABLE
+        if error is None or not_applicable:
             make_shared(partial)
             os.replace(partial, output)
-            say(f"  {stem:<{NAME_WIDTH}} {seconds:5.0f} s  {_written(parameters, run, started_ns)}")
+            reason = str(getattr(error, "evalue", "") or "").strip() if not_applicable else None
+            record_not_applicable(results, stem, reason, parameters)
+            if not_applicable:
+                say(f"  {stem:<{NAME_WIDTH}} {seconds:5.0f} s  not applicable: {reason}")
+            else:
+                say(f"  {stem:<{NAME_WIDTH}} {seconds:5.0f} s  {_written(parameters, run, started_ns)}")
             return 0
         failed = output.with_suffix(".failed.ipynb")
         if Path(partial).stat().st_size > 0:
@@ -319,6 +329,32 @@ def run_notebook(
         say(f"  {stem:<{NAME_WIDTH}} FAILED after {seconds:.0f} s: {_one_line_error(error)}")
         say(f"  {'':<{NAME_WIDTH}} log: {log}" + (f"  notebook: {os.path.relpath(failed, ROOT)}" if failed.exists() else ""))
         return 1
+
+
+def record_not_applicable(results: Path, stem: str, reason: str | None, parameters: dict[str, Any]) -> None:
+    """Record in `results/not_applicable.json` that notebook `stem` does not apply (`reason`), or no longer
+    (None), and re-evaluate the claims ledger so that its claims say why they are not testable.
+
+    The file, once made, stays (as `{}` when nothing is left) so that publishing overwrites an older copy.
+    """
+    path = results / NOT_APPLICABLE_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        record = {}
+    if reason is None and stem not in record:
+        return
+    if reason is None:
+        record.pop(stem)
+    else:
+        record[stem] = reason
+    atomic_write_bytes(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    if reason is not None:  # the notebook stopped before writing the ledger: write it here, with the reason
+        from fisherlib.run.outputs import write_ledger
+        from fisherlib.run.params import StudyParams
+
+        fields = StudyParams.__dataclass_fields__
+        write_ledger(StudyParams.create(**{k: v for k, v in parameters.items() if k in fields}))
 
 
 def command_notebook(args: argparse.Namespace) -> int:
@@ -377,6 +413,12 @@ def publish(
     except (OSError, ValueError, KeyError):
         earlier = []
     record = {"run": run, "complete": True, "notebooks": sorted(set(earlier) | set(notebooks))}
+    try:
+        skipped = json.loads((results_root / run / NOT_APPLICABLE_FILE).read_text())
+    except (OSError, ValueError):
+        skipped = {}
+    if skipped:
+        record["not_applicable"] = skipped
     atomic_write_bytes(record_path, (json.dumps(record, indent=2) + "\n").encode())
     return copied, unchanged
 

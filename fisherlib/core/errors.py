@@ -43,3 +43,16 @@ class InputError(ParameterError, ValueError):
     Raised by the core math (`fisher`, `boundary`, `directions`, `measure_boundaries`) before any work
     starts. Both a TypeError and a ValueError, so `except ValueError` still catches it.
     """
+
+
+class NotApplicable(FisherlibError):
+    """An analysis that does not apply to this model or run (a local folder has no training checkpoints).
+
+    Not a failure: the notebook stops with this one sentence as its finding, the claims it decides are
+    `not testable` with the reason, and the run still publishes (`tools/runs.py` records it in
+    `results/<run>/not_applicable.json`). A genuine error still stops publication.
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows this instead of a traceback: the executed notebook reads as a finding, not a crash.
+        return [f"Not applicable to this run: {self}"]

@@ -37,8 +37,9 @@ class EnginePath:
     jvp: str = "forward-mode"
     jvp_reason: str = ""
 
-    def card(self) -> dict[str, str]:
-        return dict(layer_engine=self.path, layer_engine_reason=self.reason, layer_jvp=self.jvp, layer_jvp_reason=self.jvp_reason)
+    def card(self) -> dict[str, str | None]:
+        """The model card's fields (None where there is no reason to give)."""
+        return dict(layer_engine=self.path, layer_engine_reason=self.reason or None, layer_jvp=self.jvp, layer_jvp_reason=self.jvp_reason or None)
 
     def sentence(self) -> str:
         """Say which engine ran, and why, in one sentence."""

@@ -26,12 +26,13 @@ from dataclasses import dataclass
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from ..core.errors import FisherlibError, InputError
+from ..core.errors import InputError
 from .engine import (
     HEAD, SEQUENCE_ATTENTION_NAME, _hidden_of, _with_hidden, attention_function_on, check_layer, double_backward_jvp,
     hook_module, network_of, remember_double_backward, residuals_by_layer, uses_double_backward,
 )  # fmt: skip
 from .full_context import plain_operations
+from .passes import PREFIX_CACHED, engine_path
 from .pullback import T_MAX_FACTOR, _divergence, _first_crossing
 
 logger = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class SteeredTexts:
     ids: torch.Tensor
     lengths: torch.Tensor
     v: torch.Tensor
-    # Set on the first pass that cannot use `sequence_attention`: the model's own (eager) attention from then on.
+    # The model's own (eager) attention instead of `sequence_attention` (float64 softmax, plain ops).
     own_attention: bool = False
 
     @classmethod
@@ -124,7 +125,12 @@ class SteeredTexts:
         ids = torch.zeros(len(tokens), int(lengths.max()), dtype=torch.long)
         for row, t in enumerate(tokens):
             ids[row, : len(t)] = t
-        return cls(network, hook_module(network, layer), ids, lengths, v)
+        # Where the layer engine cannot swap in its attention (GPT-Neo, Bloom, Falcon, MPT, Mamba, a binding
+        # sliding window, soft-capped scores), steering passes run the model's own attention, eager.
+        path = engine_path(model, int(lengths.max()))
+        if path.path != PREFIX_CACHED:
+            logger.info("steering passes use %s's own attention: %s", type(network).__name__, path.reason)
+        return cls(network, hook_module(network, layer), ids, lengths, v, own_attention=path.path != PREFIX_CACHED)
 
     @property
     def device(self) -> torch.device:
@@ -206,14 +212,8 @@ class SteeredTexts:
         ids = self.ids[rows].to(self.device)
         try:
             if not self.own_attention:
-                try:
-                    with attention_function_on(self.network, SEQUENCE_ATTENTION_NAME):
-                        return self.network(input_ids=ids, attention_mask=self.mask(rows, dtype), use_cache=False).logits
-                except FisherlibError as error:
-                    # No attention function to swap in (GPT-Neo, Bloom, Falcon, MPT), a binding sliding window,
-                    # soft-capped scores: the model's own attention, eager, with its own causal mask.
-                    logger.info("steering passes use %s's own attention: %s", type(self.network).__name__, error)
-                    self.own_attention = True
+                with attention_function_on(self.network, SEQUENCE_ATTENTION_NAME):
+                    return self.network(input_ids=ids, attention_mask=self.mask(rows, dtype), use_cache=False).logits
             # Padding left open: it comes after each text's last token, which a causal model never lets it reach.
             with plain_operations(self.network):
                 return self.network(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits

@@ -326,13 +326,23 @@ def decide(claim: Claim, tables: Tables) -> Outcome:
     return outcome
 
 
-def evaluate_claims(tables: Tables, arch: str | None = None, notebook: str | None = None) -> pd.DataFrame:
-    """Return the ledger (columns `LEDGER_COLUMNS`) of every claim, or of those decided by `notebook`'s tables."""
+def evaluate_claims(
+    tables: Tables, arch: str | None = None, notebook: str | None = None, not_applicable: dict[str, str] | None = None
+) -> pd.DataFrame:
+    """Return the ledger (columns `LEDGER_COLUMNS`) of every claim, or of those decided by `notebook`'s tables.
+
+    `not_applicable` maps a notebook to why it does not apply to the run: its claims are `not testable`
+    with that reason.
+    """
     rows = []
     for claim in CLAIMS:
         if notebook is not None and claim.notebook != notebook:
             continue
-        outcome = decide(claim, tables)
+        reason = (not_applicable or {}).get(claim.notebook)
+        if reason is not None:
+            outcome = Outcome("—", NOT_TESTABLE, f"notebook {claim.notebook} does not apply to this run: {reason}")
+        else:
+            outcome = decide(claim, tables)
         rows.append(
             {
                 "claim": claim.id,
@@ -350,6 +360,20 @@ def evaluate_claims(tables: Tables, arch: str | None = None, notebook: str | Non
 def needed_tables() -> list[str]:
     """Return the name of every table some claim reads."""
     return sorted({name for claim in CLAIMS for name in claim.tables})
+
+
+NOT_APPLICABLE_FILE = "not_applicable.json"
+
+
+def read_not_applicable(run_dir: Path) -> dict[str, str]:
+    """Return `{notebook: reason}` of the run's notebooks that do not apply to it (`not_applicable.json`)."""
+    import json
+
+    path = Path(run_dir) / NOT_APPLICABLE_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def read_tables(run_dir: Path) -> dict[str, pd.DataFrame]:

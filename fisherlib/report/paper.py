@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..io.atomic import atomic_write_text
-from .claims import CLAIMS, LEDGER_COLUMNS, evaluate_claims, markdown_table, read_tables
+from .claims import CLAIMS, LEDGER_COLUMNS, evaluate_claims, markdown_table, read_not_applicable, read_tables
 from .reference import ACROSS_ARCHITECTURES, MODEL_NAMES, WRITE_UP
 from ..io.locations import repo_root
 from ..io.tables import read_table_file
@@ -173,7 +173,7 @@ def run_ledger(folder: Path) -> pd.DataFrame:
     ledger = _read(folder, "claims")
     if ledger is not None and list(ledger.columns) == LEDGER_COLUMNS:
         return ledger.fillna("")
-    return evaluate_claims(read_tables(folder))
+    return evaluate_claims(read_tables(folder), not_applicable=read_not_applicable(folder))
 
 
 def claims_matrix(runs: dict[str, Path]) -> pd.DataFrame:
@@ -319,6 +319,10 @@ def story(run_dir: Path | str) -> str:
         text += (": an uncalibrated closed form beats a fitted calibrator." if quartic["within_50"] > calibrators.max()
                  else ": the calibrator stays ahead of the closed forms.")
         lines.append(text)
+    if card is not None and card.iloc[0].get("layer_engine") == "full-context":
+        lines.append(f"The layer study ran on the full-context engine: {card.iloc[0]['layer_engine_reason']}.")
+    for notebook, reason in read_not_applicable(run_dir).items():
+        lines.append(f"Notebook {notebook} does not apply to this run: {reason}.")
     newer = _newer_results(run_dir)
     steering = _steering_results(run_dir)
     columns = ["claim", "source", "verdict", "ours"] if "source" in ledger.columns else ["claim", "verdict", "ours"]

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..io.atomic import atomic_path, atomic_write_text
 from ..io.tables import read_table_file, write_table
-from ..report.claims import evaluate_claims, ledger_markdown, read_tables
+from ..report.claims import evaluate_claims, ledger_markdown, read_not_applicable, read_tables
 from .params import OUTPUT_LOCATION_FIELDS, StudyParams
 
 logger = logging.getLogger("fisherlib")
@@ -85,7 +85,7 @@ def write_ledger(params) -> pd.DataFrame:
     """
     path = params.results_dir / "claims.csv"
     with _locked(path):
-        ledger = evaluate_claims(read_tables(params.results_dir), arch=params.arch)
+        ledger = evaluate_claims(read_tables(params.results_dir), arch=params.arch, not_applicable=read_not_applicable(params.results_dir))
         save_table(ledger, "claims", params, caption=f"Claims ledger of run {params.name}")
         markdown = ledger_markdown(ledger, f"Claims ledger of run {params.name}")
         md_path = path.with_suffix(".md")

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..core.errors import FisherlibError
+from ..core.errors import FisherlibError, NotApplicable
 from .geometry import rank_one_summary
 from .sweep import measure_boundaries
 from ..io.progress import progress as progress_iter
@@ -56,6 +56,11 @@ def dynamics_revisions(params) -> list[str]:
         from ..models.tiny import tiny_revisions
 
         revisions = tiny_revisions()
+    elif Path(params.arch).expanduser().is_dir():
+        raise NotApplicable(
+            f"{params.arch!r} is a local folder: one set of weights, no training checkpoints to walk. Notebook 10 needs "
+            "a model with checkpoints (REVISIONS=... of a hub model, or tiny's)"
+        )
     else:
         raise FisherlibError(
             f"no revisions given for {params.arch!r}: pass them, e.g. "

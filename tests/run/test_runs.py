@@ -87,6 +87,8 @@ def _take(folder: Path, said: list[str], order: list[str]) -> None:
 
 def _notebook(path: Path, *sources: str) -> Path:
     notebook = nbformat.v4.new_notebook()
+    # papermill injects parameters only into a notebook that names its language.
+    notebook.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
     parameters = nbformat.v4.new_code_cell("run_name = ''")
     parameters.metadata["tags"] = ["parameters"]
     notebook.cells = [parameters, *(nbformat.v4.new_code_cell(s) for s in sources)]
@@ -205,3 +207,57 @@ def test_publish_writes_each_executed_notebook_without_the_checkout_s_paths(tmp_
     published = (results / "r" / "notebooks" / "01_a.ipynb").read_text()
     assert "tables -> results/r\\n" in published and str(tmp_path) not in published
     assert runs.publish("r", stage, ["01_a"], results, figures, [executed]) == (0, 1)  # unchanged: not rewritten
+
+
+@pytest.mark.notebooks
+def test_a_notebook_that_does_not_apply_is_recorded_and_the_run_still_publishes(tmp_path):
+    """NotApplicable is a finding, not a failure: the executed notebook is kept, the reason recorded, the
+    ledger says why its claims are not testable, and publishing carries the record into run.json."""
+    stage = tmp_path / "stage"
+    parameters = dict(arch="tiny", run_name="r", results_root=str(stage / "results"), figures_root=str(stage / "figures"))
+    source = _notebook(
+        tmp_path / "08_layer_pullback.ipynb",
+        "from fisherlib.core.errors import NotApplicable",
+        "raise NotApplicable('this model has no blocks to study')",
+    )
+    terminal = io.StringIO()
+    output = tmp_path / "run" / "08_layer_pullback.ipynb"
+    code = runs.run_notebook(source, output, "r", parameters, "python3", tmp_path, [], terminal)
+    line = terminal.getvalue().strip()
+    assert code == 0 and "not applicable: this model has no blocks to study" in line, line
+    assert output.is_file() and not output.with_suffix(".failed.ipynb").exists()
+    shown = "".join("".join(o.get("traceback", [])) for c in nbformat.read(output, as_version=4).cells for o in c.get("outputs", []))
+    assert "Not applicable to this run: this model has no blocks to study" in shown
+    assert "Traceback" not in shown  # the notebook reads as a finding
+    results = stage / "results" / "r"
+    assert json.loads((results / "not_applicable.json").read_text()) == {"08_layer_pullback": "this model has no blocks to study"}
+    from fisherlib.io.tables import read_table_file
+    from fisherlib.report.claims import CLAIMS
+
+    ledger = read_table_file(results / "claims.csv")
+    mine = ledger[ledger["claim"].isin([c.id for c in CLAIMS if c.notebook == "08_layer_pullback"])]
+    assert len(mine) > 0 and (mine["verdict"] == "not testable").all()
+    assert mine["evidence"].str.contains("does not apply to this run: this model has no blocks").all()
+
+    runs.publish("r", stage, ["08_layer_pullback"], tmp_path / "results", tmp_path / "figures")
+    record = json.loads((tmp_path / "results" / "r" / "run.json").read_text())
+    assert record["complete"] and record["not_applicable"] == {"08_layer_pullback": "this model has no blocks to study"}
+
+    # Once it applies (and succeeds), the record is cleared, and the next publish says so.
+    code = runs.run_notebook(_notebook(tmp_path / "08_layer_pullback.ipynb", "x = 1"), output, "r", parameters, "python3", tmp_path, [], io.StringIO())
+    assert code == 0 and json.loads((results / "not_applicable.json").read_text()) == {}
+    runs.publish("r", stage, ["08_layer_pullback"], tmp_path / "results", tmp_path / "figures")
+    assert "not_applicable" not in json.loads((tmp_path / "results" / "r" / "run.json").read_text())
+
+
+def test_a_local_folder_has_no_checkpoints_to_walk(tmp_path):
+    from fisherlib.core.errors import FisherlibError, NotApplicable
+    from fisherlib.run.params import StudyParams
+    from fisherlib.steps.dynamics import dynamics_revisions
+
+    with pytest.raises(NotApplicable, match="local folder"):
+        dynamics_revisions(StudyParams.create(arch=str(tmp_path)))
+    # A hub model without REVISIONS is the user's to fix: a genuine error, not a finding.
+    with pytest.raises(FisherlibError, match="no revisions given") as error:
+        dynamics_revisions(StudyParams.create(arch="pythia"))
+    assert not isinstance(error.value, NotApplicable)
