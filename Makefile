@@ -121,9 +121,10 @@ test-integration: $(STAMP)
 test-notebooks: $(STAMP)
 	$(PY) -m pytest -q -m notebooks
 
-# The layer engine on 30 architectures built from configs (its path, JVPs and first crossings against brute force).
+# The layer engine on 30 architectures built from configs (its path, JVPs and first crossings against brute force,
+# ~10 s, also in make test), then notebooks 01, 08 and 09 on each as an HF folder (~20 min on 2 cores).
 test-architectures: $(STAMP)
-	$(PY) -m pytest -q tests/layers/test_full_context.py
+	FISHERLIB_ALL_ARCHITECTURES=1 $(PY) -m pytest -q tests/layers/test_full_context.py tests/test_notebooks.py -k "architecture"
 
 # BENCH_ARGS="--vocab 5000" for a quicker look; the default is the issue's V = 50 000 problem (~12 min on 2 cores).
 bench: $(STAMP)

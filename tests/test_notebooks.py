@@ -11,7 +11,9 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import nbformat
@@ -171,6 +173,54 @@ def test_the_layer_notebooks_run_on_a_gpt_neo_folder(tmp_path, shared_dir):
     executed = nbformat.read(root / "runs" / "08_layer_pullback.ipynb", as_version=4)
     said = "".join(o.get("data", {}).get("text/markdown", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert "ran on the full-context engine" in said
+
+
+ALL_ARCHITECTURES = os.environ.get("FISHERLIB_ALL_ARCHITECTURES") == "1"
+
+
+def _battery_folder(name: str, folder: Path) -> Path:
+    """The layer-engine battery's `name` (tests/layers/battery.py) as an HF folder with tiny's tokenizer (V = 512)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    sys.path.insert(0, str(ROOT / "tests" / "layers"))
+    from battery import configs
+
+    tokenizer = AutoTokenizer.from_pretrained(ROOT / "models" / "tiny")
+    config = configs()[name]
+    config.vocab_size = len(tokenizer)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.mul_(3)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _battery_names() -> list[str]:
+    sys.path.insert(0, str(ROOT / "tests" / "layers"))
+    from battery import configs
+
+    return sorted(configs())
+
+
+@pytest.mark.notebooks
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.skipif(not ALL_ARCHITECTURES, reason="notebooks 01, 08 and 09 on every architecture: make test-architectures")
+@pytest.mark.parametrize("name", _battery_names())
+def test_the_layer_notebooks_run_on_every_architecture(tmp_path, shared_dir, name):
+    folder = _battery_folder(name, tmp_path / name)
+    layer_notebooks = [NOTEBOOK[n] for n in ("01", "08", "09")]
+    # The battery's models are 32 wide with 64 positions: top_k and the contexts fit inside.
+    root = _run_all(
+        tmp_path / "run", layer_notebooks, arch=str(folder), run_name=f"{name}-smoke", corpora=fixture_corpora(shared_dir),
+        top_k=16, max_context=48, layer_positions=4,
+    )  # fmt: skip
+    _check_outputs(root, f"{name}-smoke", [p.stem for p in layer_notebooks])
 
 
 # --- hand runs: a tweaked notebook stands on its own ------------------------------------------------
