@@ -55,7 +55,7 @@ RUNNER_ARGS := --run $(RUN_NAME) --kernel $(KERNEL) --cwd notebooks $(PARAM_ARGS
 # into the cache notebook 03 then reads.
 NPROC ?= 1
 
-.PHONY: all venv constraints test test-unit test-integration test-notebooks test-architectures bench bench-real bench-layers bench-steering grid gpu-check reproduce dynamics tiny-model paper book clean help
+.PHONY: all venv constraints test test-unit test-integration test-notebooks test-architectures readme bench bench-real bench-layers bench-steering grid gpu-check reproduce dynamics tiny-model paper book clean help
 all: help
 
 help:
@@ -67,6 +67,7 @@ help:
 	@echo "make tiny-model   retrain the shipped embedded model models/tiny from scratch (~40 min, one core)"
 	@echo "make grid ARCHS='pythia EleutherAI/pythia-410m' [REVISIONS=...] [SEEDS=...] [EXECUTOR=slurm|local]   one job per run (submitit)"
 	@echo "make paper        assemble results/summary.md across the architectures run so far"
+	@echo "make readme       rewrite README.md's results block from results/tiny/ (RUN=... for another run)"
 	@echo "make book         the static site of every complete run: build/book/html/index.html (offline)"
 	@echo "make test         unit + integration + notebook tests (creates .venv)"
 	@echo "make constraints  rewrite constraints.txt (the exact versions the set-up installs) from .venv"
@@ -188,6 +189,10 @@ tiny-model: $(STAMP)
 
 paper: $(STAMP)
 	$(PY) -m fisherlib.run.cli paper
+
+# The README's results block from results/$(RUN_NAME)/ (the story, then notebooks 06, 08, 09 and 10's findings).
+readme: $(STAMP)
+	$(PY) -m fisherlib.run.cli readme --results results/$(RUN_NAME)
 
 # The site of every complete run, from the stored outputs (nothing executes): build/book/html/index.html.
 book: $(STAMP)

@@ -64,6 +64,15 @@ def _grid(args: argparse.Namespace) -> None:
         raise FisherlibError(f"{len(failed)} of {len(status)} run(s) failed: {', '.join(failed)}; rerun the grid to resubmit them")
 
 
+def _readme(args: argparse.Namespace) -> None:
+    from ..report.readme import write_readme
+
+    from pathlib import Path
+
+    changed = write_readme(Path(args.readme), Path(args.results))
+    print(f"{args.readme}: results block {'rewritten' if changed else 'unchanged'} from {args.results}/")
+
+
 def _paper(args: argparse.Namespace) -> None:
     from ..report.paper import write_summary
 
@@ -120,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     grid.set_defaults(run=_grid)
     paper = commands.add_parser("paper", help="assemble results/summary.md from every run so far")
     paper.set_defaults(run=_paper)
+    readme = commands.add_parser("readme", help="rewrite README.md's results block from a run's tables")
+    readme.add_argument("--results", default="results/tiny", help="the run's results folder (default: results/tiny)")
+    readme.add_argument("--readme", default="README.md")
+    readme.set_defaults(run=_readme)
     book = commands.add_parser("book", help="build the static site of every complete run (default: build/book/html/index.html)")
     book.add_argument("--out", default=None, help="the book's folder (default: build/book)")
     book.set_defaults(run=_book)

@@ -1,0 +1,33 @@
+"""The README's results block is the committed run's tables, as `make readme` writes them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fisherlib.report.readme import BEGIN, END, readme_results, write_readme
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_readme_holds_the_committed_run_s_results_verbatim():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    expected = readme_results(ROOT / "results" / "tiny")
+    assert expected in text, "README.md's results block is stale: run `make readme` (it rewrites it from results/tiny/)"
+    # Every section of the run is there: nothing typed in between.
+    for heading in ("From `results/tiny/`", "**Every predictor on one denominator**", "**At every layer**", "**Janiak et al.'s plateaus**", "**Over training**"):
+        assert heading in expected
+
+
+def test_write_readme_replaces_only_the_block_and_refuses_a_file_without_one(tmp_path):
+    run = ROOT / "results" / "tiny"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\nbefore\n\n{BEGIN.format(run='tiny')}\nold numbers\n{END}\n\nafter\n", encoding="utf-8")
+    assert write_readme(readme, run)
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith("# title\n\nbefore\n\n") and text.endswith("\n\nafter\n") and "old numbers" not in text
+    assert not write_readme(readme, run)  # a second pass changes nothing
+    (tmp_path / "other.md").write_text("no block here\n")
+    with pytest.raises(ValueError, match="no results block"):
+        write_readme(tmp_path / "other.md", run)
