@@ -36,7 +36,15 @@ SMOKE = dict(
     plateau_steps=21, steer_texts=3, steer_tokens=12, steer_target_tokens=4,
 )  # fmt: skip
 NOTEBOOK = {path.stem[:2]: path for path in ALL_NOTEBOOKS}
-REVISIONS = ["step98", "step2000"]  # notebook 10 over two checkpoints keeps the smoke run small
+def _smoke_revisions() -> list[str]:
+    """Two of tiny's shipped revisions, an early checkpoint and the final model: notebook 10 kept small."""
+    from fisherlib.models.tiny import tiny_revisions
+
+    revisions = tiny_revisions()
+    return [revisions[3], revisions[-1]]
+
+
+REVISIONS = _smoke_revisions()
 
 
 def _parameters(path: Path) -> dict:
@@ -134,18 +142,14 @@ def test_all_notebooks_run_on_the_local_tier(tmp_path, shared_dir):
     assert manifest["model_id"].endswith("stories260K/hf")
 
 
-def _gpt_neo_folder(folder: Path) -> Path:
-    """A GPT-Neo folder (tiny's tokenizer, 4 blocks alternating global and 32-token local attention), weights scaled
-    up from random init so that its distributions are peaked. GPT-Neo keeps its own attention code, and its local
-    window binds on the run's 96-token contexts: the layer engine's full-context path."""
+def _random_folder(config, folder: Path) -> Path:
+    """`config`'s model with tiny's tokenizer (V = 512) as an HF folder: random init, 2-D weights scaled by 3 so that its
+    distributions are peaked enough for the study's thresholds."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(ROOT / "models" / "tiny")
-    config = GPTNeoConfig(
-        vocab_size=len(tokenizer), hidden_size=64, num_layers=4, num_heads=4, attention_types=[[["global", "local"], 2]],
-        window_size=32, max_position_embeddings=128, bos_token_id=0, eos_token_id=0,
-    )  # fmt: skip
+    config.vocab_size = len(tokenizer)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():
@@ -155,6 +159,18 @@ def _gpt_neo_folder(folder: Path) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def _gpt_neo_folder(folder: Path) -> Path:
+    """A GPT-Neo folder: 4 blocks alternating global and 32-token local attention. GPT-Neo keeps its own attention
+    code, and its local window binds on the run's 96-token contexts: the layer engine's full-context path."""
+    from transformers import GPTNeoConfig
+
+    config = GPTNeoConfig(
+        hidden_size=64, num_layers=4, num_heads=4, attention_types=[[["global", "local"], 2]], window_size=32,
+        max_position_embeddings=128, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    return _random_folder(config, folder)
 
 
 @pytest.mark.notebooks
@@ -179,25 +195,11 @@ ALL_ARCHITECTURES = os.environ.get("FISHERLIB_ALL_ARCHITECTURES") == "1"
 
 
 def _battery_folder(name: str, folder: Path) -> Path:
-    """The layer-engine battery's `name` (tests/layers/battery.py) as an HF folder with tiny's tokenizer (V = 512)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """The layer-engine battery's `name` (tests/layers/battery.py) as an HF folder."""
     sys.path.insert(0, str(ROOT / "tests" / "layers"))
     from battery import configs
 
-    tokenizer = AutoTokenizer.from_pretrained(ROOT / "models" / "tiny")
-    config = configs()[name]
-    config.vocab_size = len(tokenizer)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() == 2:
-                parameter.mul_(3)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return _random_folder(configs()[name], folder)
 
 
 def _battery_names() -> list[str]:

@@ -28,7 +28,7 @@ from ..core.errors import FisherlibError, InputError
 HEAD = "head"
 ATTENTION_NAME = "fisherlib_copies"
 _MAX_QUERIES = 8192  # copies of target tokens in one forward pass, whatever the memory budget
-_FINAL_NORM_NAMES = ("norm", "final_layer_norm", "ln_f", "final_layernorm", "final_norm", "norm_f")
+_FINAL_NORM_NAMES = ("norm", "final_layer_norm", "ln_f", "final_layernorm", "final_norm", "norm_f", "layer_norm")  # BioGPT, XGLM: layer_norm
 _BLOCK_LIST_NAMES = ("layers", "h", "blocks", "layer")
 
 

@@ -36,6 +36,9 @@ def check_architecture(name: str) -> None:
     assert path.path == ("full-context" if name in FULL_CONTEXT else "prefix-cached"), (name, path)
     assert path.jvp == ("double-backward" if name in DOUBLE_BACKWARD else "forward-mode"), (name, path)
     assert (path.reason != "") == (name in FULL_CONTEXT)
+    # After the last block (the final norm's input; BioGPT and XGLM call it layer_norm) as well as inside.
+    last = L.n_layers(model)
+    torch.testing.assert_close(L.layer_residuals(model, contexts, last), residuals_by_layer(model, contexts, [last])[last], rtol=1e-5, atol=1e-5)
     layer = 1
     residual = L.layer_residuals(model, contexts, layer)
     torch.testing.assert_close(residual, residuals_by_layer(model, contexts, [layer])[layer], rtol=1e-5, atol=1e-5)
