@@ -64,7 +64,7 @@ help:
 	@echo "  RUN=<name> names the run (default: the model); TORCH=... TORCH_INDEX=<pip index> choose the torch build"
 	@echo "  NPROC=N measures the direction sweep with N processes first (torchrun: one GPU each, or gloo on CPUs)"
 	@echo "make dynamics [ARCH=tiny|pythia REVISIONS='step1000 step8000 ...']       notebook 10 over training checkpoints"
-	@echo "make tiny-model   retrain the shipped embedded model models/tiny from scratch (~40 min, one core)"
+	@echo "make tiny-model   retrain the shipped embedded model models/tiny from scratch (~75 min, one core)"
 	@echo "make grid ARCHS='pythia EleutherAI/pythia-410m' [REVISIONS=...] [SEEDS=...] [EXECUTOR=slurm|local]   one job per run (submitit)"
 	@echo "make paper        assemble results/summary.md across the architectures run so far"
 	@echo "make readme       rewrite README.md's results block from results/tiny/ (RUN=... for another run)"

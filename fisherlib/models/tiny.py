@@ -42,7 +42,7 @@ _FORMAT_VERSION = 2
 
 @dataclass(frozen=True)
 class TinyConfig:
-    """Architecture and training hyper-parameters of the tiny model (about 35 minutes on one CPU core).
+    """Architecture and training hyper-parameters of the tiny model (about 75 minutes on one CPU core).
 
     The shipped weights (`models/tiny/`) were trained with these defaults by `make tiny-model`.
     """
@@ -148,7 +148,7 @@ def ensure_tiny_model(
         )
     if steps is None:
         logger.warning(
-            "the shipped tiny model (%s) is missing, so it is trained now: about 40 minutes on one CPU core",
+            "the shipped tiny model (%s) is missing, so it is trained now: about 75 minutes on one CPU core",
             SHIPPED_FOLDER,
         )
     return train_tiny_model(final, config, seed, progress, replace=False)

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     sample.set_defaults(run=_sample)
     tiny = commands.add_parser("tiny", help="train (or find) the embedded default model and print its folder")
     tiny.add_argument("--seed", type=int, default=0)
-    tiny.add_argument("--train", action="store_true", help="train from scratch (about 40 minutes on one core) instead of finding a copy")
+    tiny.add_argument("--train", action="store_true", help="train from scratch (about 75 minutes on one core) instead of finding a copy")
     tiny.add_argument("--output", default="models/tiny", help="where --train writes the model (default: models/tiny)")
     tiny.set_defaults(run=_tiny)
     measure = commands.add_parser(
