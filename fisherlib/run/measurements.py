@@ -9,6 +9,8 @@ themselves live in `fisherlib.steps`; this module only finds their inputs and ke
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ import torch
 
 from ..io.cache import write_file, write_folder
 from ..layers.engine import check_layer, default_layers, residuals_by_layer
-from ..layers.passes import Prefilled
+from ..layers.passes import EnginePath, Prefilled, engine_path
 from ..steps import dynamics, effective_dimension, jacobian_lens, layer_study, plateaus
 from ..steps.sweep import measure_boundaries
 from .inputs import SAMPLE_KEYS, load_head, load_model_for, load_sample, read_entry, wrote_entry
@@ -135,7 +137,24 @@ def run_layer_study(params, seed: int | None = None, progress: bool = True) -> t
     measurements = pd.concat(parts, ignore_index=True)
     _write_parquet(measurements, path)
     wrote_entry(f"layer measurements (seed {seed})", path)
+    run_layer_engine(params, seed)  # recorded beside them: which engine measured them
     return measurements, positions
+
+
+def run_layer_engine(params, seed: int | None = None) -> EnginePath:
+    """Return which layer engine evaluates `params`' model (notebook 08 says it), cached beside the layer measurements.
+
+    Read from the run's cache or a published run's (as every entry is), else probed on the model
+    (`fisherlib.layers.passes.engine_path`) and written to the run's cache.
+    """
+    seed = params.seed if seed is None else seed
+    path = layer_cache_file(params, seed).with_suffix(".engine.json")
+    cached = read_entry(params, path.name, lambda file: json.loads(file.read_text()), f"layer engine (seed {seed})")
+    if cached is not None:
+        return EnginePath(**cached)
+    engine = engine_path(load_model_for(params), params.max_context)
+    write_file(path, lambda file: file.write_text(json.dumps(dataclasses.asdict(engine), sort_keys=True) + "\n"))
+    return engine
 
 
 def run_layer_spectra(params, seed: int | None = None, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:

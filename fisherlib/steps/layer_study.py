@@ -369,22 +369,6 @@ def monotone_findings(nonmonotone: pd.DataFrame) -> str:
     )
 
 
-def engine_findings(card: pd.DataFrame) -> str:
-    """Say which layer engine this run's model took, and why, from its model card (`layer_engine*` columns)."""
-    from ..layers.passes import EnginePath
-
-    if "layer_engine" not in card.columns:
-        return "The model card does not say which layer engine ran (it predates the choice): rerun notebook 01 to record it."
-    row = card.iloc[0]
-
-    def text(name: str) -> str:
-        value = row.get(name, "")
-        return "" if pd.isna(value) or value == "none" else str(value)
-
-    jvp = text("layer_jvp") or "forward-mode"
-    return EnginePath(text("layer_engine"), text("layer_engine_reason"), jvp, text("layer_jvp_reason")).sentence()
-
-
 def layer_findings(table1, by_layer, spearman, frontier, nonmonotone, small_eps: float, large_eps: float) -> str:
     """Return every finding of notebook 08 as Markdown bullets (each read from this run's tables)."""
     bullets = [
