@@ -51,9 +51,10 @@ PARAM_ARGS := -f $(PARAMS) \
 	$(if $(REVISIONS),-y "revisions: [$(foreach r,$(REVISIONS),'$(r)',)]")
 RUNNER_ARGS := --run $(RUN_NAME) --kernel $(KERNEL) --cwd notebooks $(PARAM_ARGS) \
 	-p results_root $(STAGE)/results -p figures_root $(STAGE)/figures
-# NPROC=N > 1: the direction sweep is measured first by N processes (torchrun; gloo on CPU, one GPU each with CUDA),
-# into the cache notebook 03 then reads.
+# NPROC=N > 1: the sample, the direction sweep and the layer study (and `make dynamics`' revisions) are measured
+# first by N processes (torchrun; gloo on CPU, one GPU each with CUDA), into the cache the notebooks then read.
 NPROC ?= 1
+TORCHRUN = $(VENV)/bin/python -m torch.distributed.run --nproc_per_node $(NPROC) -m fisherlib.run.cli
 
 .PHONY: all venv constraints test test-unit test-integration test-notebooks test-architectures readme bench bench-real bench-layers bench-steering grid gpu-check reproduce dynamics tiny-model paper book clean help
 all: help
@@ -62,7 +63,7 @@ help:
 	@echo "make reproduce [ARCH=tiny|pythia|llama|qwen|<hub id>] [SEEDS='0 1 2 3'] [REVISION=step<N>]   run notebooks 01-09 and 11"
 	@echo "make reproduce MODEL=<hf folder> CORPORA='DOMAIN=PATH ...'              the local tier (PATH: .jsonl or .txt)"
 	@echo "  RUN=<name> names the run (default: the model); TORCH=... TORCH_INDEX=<pip index> choose the torch build"
-	@echo "  NPROC=N measures the direction sweep with N processes first (torchrun: one GPU each, or gloo on CPUs)"
+	@echo "  NPROC=N measures the sample, the sweep and the layer study with N processes first (torchrun: one GPU each, or gloo on CPUs)"
 	@echo "make dynamics [ARCH=tiny|pythia REVISIONS='step1000 step8000 ...']       notebook 10 over training checkpoints"
 	@echo "make tiny-model   retrain the shipped embedded model models/tiny from scratch (~75 min, one core)"
 	@echo "make grid ARCHS='pythia EleutherAI/pythia-410m' [REVISIONS=...] [SEEDS=...] [EXECUTOR=slurm|local]   one job per run (submitit)"
@@ -170,9 +171,14 @@ $(RUN_DIR)/02_fisher_geometry.ipynb $(RUN_DIR)/03_direction_sweep.ipynb: $(RUN_D
 # 08, 09 and 11 read notebook 01's sample only.
 $(RUN_DIR)/08_layer_pullback.ipynb $(RUN_DIR)/09_interpolation_plateaus.ipynb $(RUN_DIR)/11_steering_budget.ipynb: $(RUN_DIR)/01_sample_positions.ipynb
 ifneq ($(NPROC),1)
-$(RUN_DIR)/03_direction_sweep.ipynb: $(RUN_DIR)/.sweep-measured
-$(RUN_DIR)/.sweep-measured: $(RUN_DIR)/01_sample_positions.ipynb $(PARAMS) $(STAMP) $(RUN_KEY) $(LIBRARY)
-	$(VENV)/bin/python -m torch.distributed.run --nproc_per_node $(NPROC) -m fisherlib.run.cli measure sweep $(PARAM_ARGS)
+# The sharded steps fill the cache first: notebook 01 reads the sample, 03 and 08 the sweep and the layer study.
+$(RUN_DIR)/01_sample_positions.ipynb: $(RUN_DIR)/.sample-measured
+$(RUN_DIR)/.sample-measured: $(PARAMS) $(STAMP) $(RUN_KEY) $(LIBRARY)
+	$(TORCHRUN) measure sample $(PARAM_ARGS)
+	@touch $@
+$(RUN_DIR)/03_direction_sweep.ipynb $(RUN_DIR)/08_layer_pullback.ipynb: $(RUN_DIR)/.measured
+$(RUN_DIR)/.measured: $(RUN_DIR)/01_sample_positions.ipynb $(PARAMS) $(STAMP) $(RUN_KEY) $(LIBRARY)
+	$(TORCHRUN) measure sweep layers $(PARAM_ARGS)
 	@touch $@
 endif
 $(RUN_DIR)/04_closed_form_exactness.ipynb $(RUN_DIR)/05_direction_classes.ipynb \
@@ -181,6 +187,9 @@ $(RUN_DIR)/06_isotonic_calibration.ipynb $(RUN_DIR)/07_entropy_stratification.ip
 # Notebook 10 reruns every time (REVISIONS may have changed); each revision's measurements are cached, so only new ones cost.
 dynamics: $(RUN_DIR)/01_sample_positions.ipynb
 	@rm -f $(RUN_DIR)/10_training_dynamics.ipynb
+ifneq ($(NPROC),1)
+	$(TORCHRUN) measure dynamics $(PARAM_ARGS)
+endif
 	@$(MAKE) --no-print-directory $(RUN_DIR)/10_training_dynamics.ipynb
 	@$(PY) tools/runs.py publish --run $(RUN_NAME) --stage $(STAGE) --notebooks $(RUN_DIR)/01_sample_positions.ipynb $(RUN_DIR)/10_training_dynamics.ipynb
 

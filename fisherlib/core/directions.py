@@ -20,16 +20,23 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return x / torch.where(norm > 0, norm, torch.ones_like(norm))
 
 
-def position_generator(seed: int, position_id: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """Return a generator seeded by `(seed, position_id)`, so a position's random directions do not depend on its batch.
+# Streams start this far apart in the seed space: no (seed, position) of a study reaches the next stream.
+_STREAM_STRIDE = 1_000_003 * 2**32
+KRYLOV_STREAM = 1
 
-    `seed` and `position_id` are integers (numpy integers too); anything else raises InputError.
+
+def position_generator(seed: int, position_id: int, device: torch.device | str = "cpu", stream: int = 0) -> torch.Generator:
+    """Return a generator seeded by `(seed, position_id, stream)`, so a position's draws do not depend on its batch.
+
+    `stream` separates independent uses at one position (0: the sweep's and the layer study's random
+    directions; `KRYLOV_STREAM`: the layer study's Krylov starts), so that no two share their numbers.
+    `seed`, `position_id` and `stream` are integers (numpy integers too); anything else raises InputError.
     """
-    for name, value in (("seed", seed), ("position_id", position_id)):
+    for name, value in (("seed", seed), ("position_id", position_id), ("stream", stream)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise InputError(f"{name} must be an integer, got {value!r}")
     generator = torch.Generator(device=device)
-    generator.manual_seed((int(seed) * 1_000_003 + int(position_id)) % (2**63 - 1))
+    generator.manual_seed((int(seed) * 1_000_003 + int(position_id) + int(stream) * _STREAM_STRIDE) % (2**63 - 1))
     return generator
 
 

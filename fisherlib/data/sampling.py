@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from ..io.cache import read_folder, write_folder
+from ..io.shards import WHOLE, Shard
 from .corpora import Document, check_distinct_domains, duplicate_domains_message, load_corpus
 from .corpora import corpus_options as resolve_corpus_options
 from ..core.errors import CorpusError, FisherlibError, ParameterError
@@ -131,6 +132,7 @@ def sample_positions(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     corpus_options: dict[str, Any] | None = None,
+    shard: Shard = WHOLE,
 ) -> PositionSample:
     """Return `n_positions` rank-stratified positions of `model` (a `LoadedModel`) over `corpora`.
 
@@ -147,6 +149,8 @@ def sample_positions(
     same parameters load it back; other parameters make a new entry. `corpus_options` override
     `corpora.CORPUS_OPTION_DEFAULTS` (GSM8K calculator annotations, wikitext escapes, stream spread);
     the resolved options, defaults included, are recorded in the parameters and the manifest.
+    `shard` (`fisherlib.io.shards`): this process measures its share of the candidate pool (whole batches)
+    and the shares rejoin before the choice, so every process returns the sample; only rank 0 caches it.
     """
     sources = _corpus_sources(corpora)
     options = resolve_corpus_options(**(corpus_options or {}))
@@ -182,7 +186,7 @@ def sample_positions(
     for domain, target in zip(domains, per_domain):
         candidates += _draw_candidates(model.tokenizer, documents[domain], pool_factor * target, min_prefix, max_context, rng)
     _check_token_ids(model, candidates)
-    pool = _measure_candidates(model, candidates, top_k, batch_size, progress)
+    pool = _measure_candidates(model, candidates, top_k, batch_size, progress, shard)
     chosen = _stratified_choice(pool, dict(zip(domains, per_domain)), rng)
     table = pool["table"].iloc[chosen].reset_index(drop=True)
     table.insert(0, "position", np.arange(len(table)))
@@ -195,7 +199,7 @@ def sample_positions(
         manifest=_manifest(model, pool_size=len(pool["table"]), strata_edges=pool["edges"], corpus_options=options),
         context_ids=[pool["context_ids"][i] for i in chosen],
     )
-    if folder is not None:
+    if folder is not None and shard.rank == 0:
         sample.save(folder)
         logger.info("positions written to %s", folder)
     return sample
@@ -344,8 +348,8 @@ def _check_token_ids(model, candidates: list[dict]) -> None:
         )
 
 
-def _measure_candidates(model, candidates, top_k, batch_size, progress) -> dict[str, Any]:
-    """Capture `h` at every candidate and measure its distribution and Fisher spectrum."""
+def _measure_candidates(model, candidates, top_k, batch_size, progress, shard: Shard = WHOLE) -> dict[str, Any]:
+    """Capture `h` at every candidate and measure its distribution and Fisher spectrum (`shard`'s batches of both)."""
     # Group candidates by document so that each context runs once.
     by_doc: dict[tuple[str, str], list[int]] = {}
     for i, cand in enumerate(candidates):
@@ -360,7 +364,10 @@ def _measure_candidates(model, candidates, top_k, batch_size, progress) -> dict[
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     h = torch.empty(len(candidates), model.head.hidden_size, dtype=torch.float32)
     bar = progress_bar(total=len(candidates), desc="capturing h", unit="pos", disable=not progress)
-    for start in range(0, len(groups), batch_size):
+    captured: list[tuple[list[int], torch.Tensor]] = []
+    for index, start in enumerate(range(0, len(groups), batch_size)):
+        if index % shard.world != shard.rank:
+            continue
         batch = groups[start : start + batch_size]
         length = max(needed(g) for g in batch)
         input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
@@ -374,13 +381,20 @@ def _measure_candidates(model, candidates, top_k, batch_size, progress) -> dict[
                 rows.append(row)
                 cols.append(candidates[i]["index"])
                 order.append(i)
-        h[order] = model.capture(input_ids, attention_mask, rows, cols, batch_size=len(batch)).float().cpu()
-        bar.update(len(order))
+        captured.append((order, model.capture(input_ids, attention_mask, rows, cols, batch_size=len(batch)).float().cpu()))
+        bar.update(len(order) * shard.world)
     bar.close()
+    for order, values in (pair for part in shard.gather(captured) for pair in part):
+        h[order] = values
 
+    mine = torch.as_tensor(shard.rows(len(h), _LOGIT_CHUNK))
     stats = position_statistics(
-        model.head.weight, model.head.bias, h, top_k, progress=progress, n_tokens=getattr(model.head, "n_tokens", None)
+        model.head.weight, model.head.bias, h[mine], top_k, progress=progress, n_tokens=getattr(model.head, "n_tokens", None)
     )
+    if shard.world > 1:  # the shares rejoin in row order
+        parts = [(rows, part) for rows, part in shard.gather((mine, stats)) if len(rows)]
+        where = torch.argsort(torch.cat([rows for rows, _ in parts]))
+        stats = {name: torch.cat([part[name] for _, part in parts])[where] for name in parts[0][1]}
     table = pd.DataFrame(
         dict(
             domain=[c["doc"].domain for c in candidates],

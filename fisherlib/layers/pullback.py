@@ -25,6 +25,8 @@ import math
 import torch
 
 from ..core.boundary import DIVERGENCES, empirical_boundary
+from ..core.directions import KRYLOV_STREAM, position_generator
+from ..core.errors import InputError
 from .engine import (
     HEAD,
     Prefix,
@@ -611,6 +613,7 @@ def layer_fisher_eigh(
     block: int | None = None,
     seed: int = 0,
     batch_size: int = 16,
+    position_ids=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return the top `k` eigenpairs of `G_ℓ = J_ℓᵀ F J_ℓ`: eigenvalues `[P, k]` (descending) and eigenvectors `[P, k, d]`.
 
@@ -620,6 +623,8 @@ def layer_fisher_eigh(
     `‖G x − λ x‖` is below `tol · λ₁` (default 1e-10 in float64, 1e-5 otherwise) or the Krylov basis
     spans all of `R^d` (then the result is exact). `top_k` uses the study's truncated `F_k` (p_K not
     renormalised) instead of `F`. Eigenvector signs are arbitrary. Float64 results, on the CPU.
+    Each position's Krylov start depends only on `(seed, position_ids[i])` (default: its index), so a
+    position measured in another shard of the sample starts from the same vectors.
     """
     network = network_of(model)
     layer = check_layer(model, layer)
@@ -628,7 +633,9 @@ def layer_fisher_eigh(
     dtype = next(network.parameters()).dtype
     tol = (1e-10 if dtype == torch.float64 else 1e-5) if tol is None else tol
     eigvals, eigvecs = [], []
-    generator = torch.Generator().manual_seed(seed)
+    position_ids = range(len(contexts)) if position_ids is None else [int(i) for i in position_ids]
+    if len(position_ids) != len(contexts):
+        raise InputError(f"position_ids must be one id per position ({len(contexts)}), got {len(position_ids)}")
     for chunk, prefix in prefixes(model, sample, batch_size):
         rows = torch.arange(len(prefix), device=prefix.device)
         with torch.no_grad():
@@ -642,7 +649,11 @@ def layer_fisher_eigh(
         def apply(Q: torch.Tensor) -> torch.Tensor:  # [R, d, b] -> G Q
             return _fisher_products(prefix, hook, rows, p, Q)
 
-        start = torch.randn(len(prefix), width, block or min(width, 2 * k), dtype=torch.float64, generator=generator)
+        n_start = block or min(width, 2 * k)
+        start = torch.stack([
+            torch.randn(width, n_start, dtype=torch.float64, generator=position_generator(seed, position_ids[i], stream=KRYLOV_STREAM))
+            for i in chunk.tolist()
+        ])  # fmt: skip
         values, vectors = _block_krylov(apply, start.to(prefix.device), k, tol)
         eigvals.append(values.cpu())
         eigvecs.append(vectors.transpose(1, 2).cpu())

@@ -49,7 +49,7 @@ def _measure(args: argparse.Namespace) -> None:
     for name, value in args.parameter:
         values[name] = yaml.safe_load(value) if value else value
     check_parameter_names(values)
-    measure(StudyParams.create(**values), args.step)
+    measure(StudyParams.create(**values), args.steps)
 
 
 def _grid(args: argparse.Namespace) -> None:
@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     tiny.set_defaults(run=_tiny)
     measure = commands.add_parser(
         "measure", help="run a measurement step into the run's cache, sharded over torchrun's processes "
-        "(torchrun --nproc_per_node N -m fisherlib.run.cli measure sweep -f params/tiny.yaml -p run_name tiny)",
+        "(torchrun --nproc_per_node N -m fisherlib.run.cli measure sample sweep layers -f params/tiny.yaml -p run_name tiny)",
     )  # fmt: skip
-    measure.add_argument("step", help="the step to measure: sweep")
+    measure.add_argument("steps", nargs="+", metavar="step", help="the steps to measure, in order: sample, sweep, layers, dynamics")
     measure.add_argument("-f", "--file", action="append", default=[], help="a YAML file of notebook parameters")
     measure.add_argument("-y", "--yaml", action="append", default=[], help="parameters as a YAML string (lists)")
     measure.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),

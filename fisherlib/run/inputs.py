@@ -152,24 +152,40 @@ def sample_folder(params: StudyParams, seed: int) -> Path:
 
 def load_sample(params: StudyParams, seed: int, progress: bool = True):
     """Return the sampled positions for `seed`: from the cache, else sampled now (and cached)."""
-    from ..data.sampling import PositionSample, sample_positions
+    sample = cached_sample(params, seed)
+    return sample if sample is not None else sample_positions_for(params, seed, progress=progress)
+
+
+def cached_sample(params: StudyParams, seed: int):
+    """Return the cached positions for `seed` (this run's cache or a published run's), else None."""
+    from ..data.sampling import PositionSample
 
     folder = sample_folder(params, seed)
     sample = read_entry(params, folder.name, PositionSample.load, f"positions (seed {seed})", folder=True)
     if sample is not None:
         check_sample_size(params, sample, seed)
-        return sample
+    return sample
+
+
+def sample_positions_for(params: StudyParams, seed: int, shard=None, progress: bool = True):
+    """Sample the positions of `params` for `seed` now and cache them (on rank 0 of `shard`, a `fisherlib.io.shards.Shard`)."""
+    from ..data.sampling import sample_positions
+    from ..io.shards import WHOLE
+
+    shard = WHOLE if shard is None else shard
     model = load_model_for(params)
     sample = sample_positions(
         model, params.corpus_list, params.n_positions, seed=seed, top_k=params.top_k,
         min_prefix=params.min_prefix, max_context=params.max_context, pool_factor=params.pool_factor,
-        batch_size=params.batch_size, n_docs=params.n_docs, render=params.render, progress=progress,
+        batch_size=params.batch_size, n_docs=params.n_docs, render=params.render, progress=progress, shard=shard,
     )  # fmt: skip
     # A short sample is not cached: the study would run on a fraction of the positions it reports.
     check_sample_size(params, sample, seed)
-    sample.params["study"] = params.as_dict()
-    sample.save(folder)
-    wrote_entry(f"positions (seed {seed})", folder)
+    if shard.rank == 0:
+        sample.params["study"] = params.as_dict()
+        folder = sample_folder(params, seed)
+        sample.save(folder)
+        wrote_entry(f"positions (seed {seed})", folder)
     return sample
 
 

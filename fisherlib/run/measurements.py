@@ -113,12 +113,30 @@ def run_layer_study(params, seed: int | None = None, progress: bool = True) -> t
     """
     seed = params.seed if seed is None else seed
     path = layer_cache_file(params, seed)
-    sample = load_sample(params, seed, progress=progress)
-    rows = layer_study.choose_positions(sample.table, params.layer_positions, seed)
+    sample, rows = layer_study_rows(params, seed, progress)
     positions = sample.table.iloc[rows].reset_index(drop=True)
     cached = _read_parquet(params, path, f"layer measurements (seed {seed})")
     if cached is not None:
         return cached, positions
+    measurements = measure_layer_rows(params, seed, sample, rows)
+    _write_parquet(measurements, path)
+    wrote_entry(f"layer measurements (seed {seed})", path)
+    run_layer_engine(params, seed)  # recorded beside them: which engine measured them
+    return measurements, positions
+
+
+def layer_study_rows(params, seed: int, progress: bool = True):
+    """Return `(sample, rows [n])`: the run's sample and the rows of it that the layer study measures, in order."""
+    sample = load_sample(params, seed, progress=progress)
+    return sample, layer_study.choose_positions(sample.table, params.layer_positions, seed)
+
+
+def measure_layer_rows(params, seed: int, sample, rows) -> pd.DataFrame:
+    """Return the layer study's measurements (every layer, then `rows` in order) of the sample's `rows`.
+
+    A row's numbers depend on the rows beside it only through its batch (`params.batch_size` rows in a
+    row, as `Prefilled` cuts them), so whole batches of the study's rows measured apart give its table.
+    """
     model = load_model_for(params)
     layers = list(params.layers) or default_layers(model)
     residuals = residuals_by_layer(model, sample, layers, batch_size=params.batch_size)
@@ -134,11 +152,7 @@ def run_layer_study(params, seed: int | None = None, progress: bool = True) -> t
                 seed=seed, divergence=params.divergence, rtol=params.layer_rtol, batch_size=params.batch_size,
             )  # fmt: skip
         )
-    measurements = pd.concat(parts, ignore_index=True)
-    _write_parquet(measurements, path)
-    wrote_entry(f"layer measurements (seed {seed})", path)
-    run_layer_engine(params, seed)  # recorded beside them: which engine measured them
-    return measurements, positions
+    return pd.concat(parts, ignore_index=True)
 
 
 def run_layer_engine(params, seed: int | None = None) -> EnginePath:

@@ -146,7 +146,9 @@ def measure_layer(
     width = residuals.shape[-1]
     eigvals, eigvecs = torch.zeros(len(prefilled), 0, dtype=torch.float64), torch.zeros(len(prefilled), 0, width, dtype=torch.float64)
     if n_eig > 0:
-        eigvals, eigvecs = layer_fisher_eigh(model, prefilled, layer, k=n_eig, tol=_EIGEN_TOL, seed=seed, batch_size=batch_size)
+        eigvals, eigvecs = layer_fisher_eigh(
+            model, prefilled, layer, k=n_eig, tol=_EIGEN_TOL, seed=seed, batch_size=batch_size, position_ids=position_ids[rows]
+        )  # fmt: skip
     eig_gap = layer_curvature(model, prefilled, layer, eigvecs, batch_size=batch_size)["top2_gap"]
     U, table = layer_directions(eigvecs, eig_gap, residuals, rows, doc_ids, position_ids, n_per_class, seed)
     lines = layer_curvature(model, prefilled, layer, U, top_k=top_k, batch_size=batch_size)

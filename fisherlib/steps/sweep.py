@@ -86,8 +86,7 @@ def measure_boundaries(
     if position_ids.shape != (P,):
         raise InputError(f"position_ids must be P = {P} values, one per position, got shape {position_ids.shape}")
     b64 = None if b is None else b.double()
-    n_directions = 2 * (7 + 6 + 7) + n_random + n_control  # upper bound, for the chunk size
-    chunk = max(1, memory_budget // (4 * 8 * n_directions * W.shape[0]))
+    chunk = positions_per_chunk(W.shape[0], n_random, n_control, memory_budget)
     bar = progress_bar(total=P, desc="direction sweep", unit="pos", disable=not progress)
 
     def measure_chunk(rows: list[int]) -> pd.DataFrame:
@@ -118,6 +117,21 @@ def measure_boundaries(
     measurements = pd.concat(tables, ignore_index=True)
     measurements.insert(0, "seed", int(seed))
     return measurements[list(MEASUREMENT_COLUMNS)]
+
+
+MAX_POSITIONS_PER_CHUNK = 64
+
+
+def positions_per_chunk(vocab: int, n_random: int, n_control: int, memory_budget: int | None = DEFAULT_MEMORY_BUDGET) -> int:
+    """Return how many positions `measure_boundaries` measures at once: its batches, which a shard keeps whole.
+
+    As many as four float64 `[positions, directions, V]` arrays fit in `memory_budget`, and at most
+    `MAX_POSITIONS_PER_CHUNK`: a small head (tiny's 512 tokens) would otherwise take the whole sample in one
+    batch, which no second process could share.
+    """
+    n_directions = 2 * (7 + 6 + 7) + n_random + n_control  # upper bound on the directions per position
+    fit = resolve_memory_budget(None, memory_budget) // (4 * 8 * n_directions * vocab)
+    return int(min(MAX_POSITIONS_PER_CHUNK, max(1, fit)))
 
 
 def _times_rows(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:

@@ -203,6 +203,21 @@ def test_layer_fisher_eigh_matches_dense_pullback(top_k):
     torch.testing.assert_close(curvature, values, rtol=1e-6, atol=1e-9 * float(expected.max()))
 
 
+def test_a_positions_eigenpairs_do_not_depend_on_the_batch_it_is_measured_in():
+    """A shard of the layer study (`fisherlib.run.distributed`) measures some positions alone: same Krylov starts, same bits."""
+    model = _random_lm("gpt_neox")
+    contexts = _contexts(lengths=(5, 11, 8, 7))
+    # A loose tolerance stops the iteration before the basis spans R^d: the result depends on the start.
+    values, vectors = L.layer_fisher_eigh(model, contexts, 1, k=2, tol=1e-3, batch_size=2)
+    alone_values, alone_vectors = L.layer_fisher_eigh(model, contexts[2:], 1, k=2, tol=1e-3, batch_size=2, position_ids=[2, 3])
+    assert torch.equal(alone_values, values[2:]) and torch.equal(alone_vectors, vectors[2:])
+    # Without the ids the two contexts start from positions 0 and 1's vectors: other Ritz values, in the last bits.
+    other_values, _ = L.layer_fisher_eigh(model, contexts[2:], 1, k=2, tol=1e-3, batch_size=2)
+    assert not torch.equal(other_values, values[2:])
+    with pytest.raises(FisherlibError, match="one id per position"):
+        L.layer_fisher_eigh(model, contexts, 1, k=2, position_ids=[0, 1])
+
+
 @pytest.mark.parametrize("layer", [1, "head"])
 def test_layer_fisher_matrix_is_the_dense_pullback(layer):
     model = _random_lm("gpt_neox")

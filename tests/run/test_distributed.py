@@ -14,22 +14,28 @@ import pytest
 from fisherlib.run.distributed import shard_path, shard_rows
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = ["-p", "n_positions", "30", "-p", "eps_grid", "[0.01, 0.1, 1.0]", "-p", "n_random", "4", "-p", "n_control", "2",
-         "-p", "max_context", "96", "-p", "pool_factor", "2"]  # fmt: skip
+# 80 positions: the sweep's batches of 64 give both ranks work; 20 layer-study positions in batches of 8.
+SMALL = ["-p", "n_positions", "80", "-p", "eps_grid", "[0.01, 0.1, 1.0]", "-p", "n_random", "4", "-p", "n_control", "2",
+         "-p", "max_context", "96", "-p", "pool_factor", "2", "-p", "layer_positions", "20", "-p", "batch_size", "8",
+         "-y", "revisions: [step16, step4000]"]  # fmt: skip
+STEPS = ["sample", "sweep", "layers", "dynamics"]
+# Files that name the run (its cache folder) or a torch archive's record name: not tables.
+NOT_TABLES = ("params.json", ".checksums.json")
 
 
 def _measure(cache: Path, nproc: int, env: dict | None = None) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)] if nproc > 1 else [sys.executable]
-    command = [*launcher, "-m", "fisherlib.run.cli", "measure", "sweep", *SMALL, "-p", "cache_dir", str(cache),
+    command = [*launcher, "-m", "fisherlib.run.cli", "measure", *STEPS, *SMALL, "-p", "cache_dir", str(cache),
                "-p", "results_root", str(cache.parent / "results"), "-p", "run_name", cache.name]  # fmt: skip
     # One thread per process in both runs: a thread count can change the last bit of a reduction.
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
 
 
-def _sweep(cache: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    [path] = [p for p in cache.glob("sweep-seed0-*.parquet") if ".shard" not in p.name]
-    return pd.read_parquet(path), pd.read_parquet(path.with_name(path.name.replace("sweep-", "sweep-positions-")))
+def _tables(cache: Path) -> dict[str, bytes]:
+    """Every cached table and tensor file of a run, by its path in the cache."""
+    files = [p for p in cache.rglob("*") if p.is_file() and p.suffix in (".parquet", ".pt", ".json") and not p.name.startswith(".")]
+    return {str(p.relative_to(cache)): p.read_bytes() for p in files if p.name not in NOT_TABLES and not p.name.startswith("head-")}
 
 
 def test_shards_cover_every_position_once():
@@ -40,42 +46,58 @@ def test_shards_cover_every_position_once():
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_two_gloo_ranks_give_the_single_process_sweep_and_a_dead_rank_resumes(tmp_path):
+def test_two_gloo_ranks_give_the_single_process_tables_byte_for_byte_and_a_dead_rank_resumes(tmp_path):
     single = _measure(tmp_path / "one", 1)
     assert single.returncode == 0, single.stderr[-2000:]
-    # Rank 1 dies after measuring, before writing its shard: the job fails, no sweep is written, rank 0's shard is kept.
+    # Rank 1 dies in the sweep after measuring, before writing its shard: the job fails, the sample is cached,
+    # no sweep is written, rank 0's shard is kept.
     failed = _measure(tmp_path / "two", 2, {"FISHERLIB_FAIL_RANK": "1"})
-    assert failed.returncode != 0
+    assert failed.returncode != 0 and "stopped on purpose" in failed.stderr
+    assert list((tmp_path / "two").glob("positions-seed0-*/positions.parquet"))
     assert not [p for p in (tmp_path / "two").glob("sweep-seed0-*.parquet") if ".shard" not in p.name]
     assert [p.name.split(".")[1] for p in (tmp_path / "two").glob("sweep-seed0-*.shard*.parquet")] == ["shard0of2"]
     rerun = _measure(tmp_path / "two", 2)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert "rank 0/2" not in rerun.stderr and "rank 1/2" in rerun.stderr  # only the missing shard is measured
+    # Only the missing shard of the sweep is measured (rank 0's 64 positions are read back), then the rest.
+    assert "rank 0/2: 64 of 80 positions" in failed.stderr and "rank 0/2: 64 of 80 positions" not in rerun.stderr
+    assert "rank 1/2: 16 of 80 positions" in rerun.stderr and "rank 1/2: 8 of 20 layer-study positions" in rerun.stderr
     assert not list((tmp_path / "two").glob("*.shard*"))  # gathered, then the shards removed
-    (one, one_positions), (two, two_positions) = _sweep(tmp_path / "one"), _sweep(tmp_path / "two")
-    pd.testing.assert_frame_equal(one_positions, two_positions, check_exact=True)
-    floats = one.select_dtypes("float").columns
-    pd.testing.assert_frame_equal(one.drop(columns=floats), two.drop(columns=floats), check_exact=True)
-    # Every draw and every censoring decision is the same; values agree to the last bits (a batch of other
-    # positions can change the rounding of a batched product).
-    pd.testing.assert_frame_equal(one[floats], two[floats], check_exact=False, rtol=1e-10, atol=0)
-    assert (np.isinf(one[floats].to_numpy()) == np.isinf(two[floats].to_numpy())).all()
+    one, two = _tables(tmp_path / "one"), _tables(tmp_path / "two")
+    assert sorted(one) == sorted(two)
+    assert any(name.startswith("layers-") for name in one) and sum(name.startswith("dynamics-") for name in one) >= 4
+    assert [name for name in one if one[name] != two[name]] == []
+    # The bytes are the tables': the gathered sweep reads back as the single-process one, row for row.
+    [sweep] = [name for name in one if name.startswith("sweep-seed0-")]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "one" / sweep), pd.read_parquet(tmp_path / "two" / sweep), check_exact=True)
 
 
-def test_make_reproduce_with_nproc_measures_the_sweep_first(tmp_path):
-    """`make -n reproduce NPROC=2`: the torchrun step after notebook 01 and before 03, with the run's parameters."""
+def test_make_reproduce_with_nproc_measures_the_sharded_steps_first(tmp_path):
+    """`make -n reproduce NPROC=2`: torchrun samples before notebook 01 and measures before 03 and 08; `make dynamics` too."""
     import shutil
 
     if shutil.which("make") is None:
         pytest.skip("needs make")
     run = f"nproc-dry-{os.getpid()}"
-    command = ["make", "-n", "--no-print-directory", "reproduce", "NPROC=2", f"RUN={run}", f"VENV={sys.prefix}",
-               f"STAMP={Path(sys.prefix) / '.installed'}"]  # fmt: skip
+
+    def dry_run(goal: str) -> list[str]:
+        command = ["make", "-n", "--no-print-directory", goal, "NPROC=2", f"RUN={run}", f"VENV={sys.prefix}",
+                   f"STAMP={Path(sys.prefix) / '.installed'}"]  # fmt: skip
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120).stdout.splitlines()
+
     try:
-        output = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120).stdout.splitlines()
+        output, dynamics = dry_run("reproduce"), dry_run("dynamics")
     finally:
         shutil.rmtree(ROOT / "runs" / run, ignore_errors=True)
-    where = {name: next(i for i, line in enumerate(output) if name in line) for name in ("01_sample_positions.ipynb", "torch.distributed.run", "03_direction_sweep.ipynb")}
-    assert where["01_sample_positions.ipynb"] < where["torch.distributed.run"] < where["03_direction_sweep.ipynb"]
-    torchrun = output[where["torch.distributed.run"]]
-    assert "--nproc_per_node 2" in torchrun and f'-p run_name "{run}"' in torchrun and f"-p cache_dir results/{run}/cache" in torchrun
+
+    def line_of(text: str, lines: list[str]) -> int:
+        return next(i for i, line in enumerate(lines) if text in line)
+
+    sample, sweep = line_of(" measure sample ", output), line_of(" measure sweep layers ", output)
+    notebooks = {name: line_of(f"notebooks/{name}", output) for name in ("01_sample_positions", "03_direction_sweep", "08_layer_pullback")}
+    assert sample < notebooks["01_sample_positions"] < sweep < min(notebooks["03_direction_sweep"], notebooks["08_layer_pullback"])
+    for step in (output[sample], output[sweep]):
+        assert "torch.distributed.run --nproc_per_node 2" in step
+        assert f'-p run_name "{run}"' in step and f"-p cache_dir results/{run}/cache" in step
+    assert not [line for line in dynamics if " measure sweep" in line]  # notebook 10 needs the sample only
+    [measure_dynamics] = [line for line in dynamics if "torch.distributed.run" in line and " measure dynamics " in line]
+    assert dynamics.index(measure_dynamics) < line_of("notebooks/10_training_dynamics", dynamics)
