@@ -51,19 +51,19 @@ PARAM_ARGS := -f $(PARAMS) \
 	$(if $(REVISIONS),-y "revisions: [$(foreach r,$(REVISIONS),'$(r)',)]")
 RUNNER_ARGS := --run $(RUN_NAME) --kernel $(KERNEL) --cwd notebooks $(PARAM_ARGS) \
 	-p results_root $(STAGE)/results -p figures_root $(STAGE)/figures
-# NPROC=N > 1: the sample, the direction sweep and the layer study (and `make dynamics`' revisions) are measured
+# NPROC=N > 1: the sample, the direction sweep, the layer study and the steering budgets (and `make dynamics`' revisions) are measured
 # first by N processes (torchrun; gloo on CPU, one GPU each with CUDA), into the cache the notebooks then read.
 NPROC ?= 1
 TORCHRUN = $(VENV)/bin/python -m torch.distributed.run --nproc_per_node $(NPROC) -m fisherlib.run.cli
 
-.PHONY: all venv constraints test test-unit test-integration test-notebooks test-architectures readme bench bench-real bench-layers bench-steering grid gpu-check reproduce dynamics tiny-model paper book clean help
+.PHONY: all venv constraints test test-unit test-integration test-notebooks test-architectures readme bench bench-real bench-layers bench-steering bench-distributed grid gpu-check reproduce dynamics tiny-model paper book clean help
 all: help
 
 help:
 	@echo "make reproduce [ARCH=tiny|pythia|llama|qwen|<hub id>] [SEEDS='0 1 2 3'] [REVISION=step<N>]   run notebooks 01-09 and 11"
 	@echo "make reproduce MODEL=<hf folder> CORPORA='DOMAIN=PATH ...'              the local tier (PATH: .jsonl or .txt)"
 	@echo "  RUN=<name> names the run (default: the model); TORCH=... TORCH_INDEX=<pip index> choose the torch build"
-	@echo "  NPROC=N measures the sample, the sweep and the layer study with N processes first (torchrun: one GPU each, or gloo on CPUs)"
+	@echo "  NPROC=N measures the sample, the sweep, the layer study and the steering budgets with N processes first (torchrun: one GPU each, or gloo on CPUs)"
 	@echo "make dynamics [ARCH=tiny|pythia REVISIONS='step1000 step8000 ...']       notebook 10 over training checkpoints"
 	@echo "make tiny-model   retrain the shipped embedded model models/tiny from scratch (~75 min, one core)"
 	@echo "make grid ARCHS='pythia EleutherAI/pythia-410m' [REVISIONS=...] [SEEDS=...] [EXECUTOR=slurm|local]   one job per run (submitit)"
@@ -76,6 +76,7 @@ help:
 	@echo "make bench-real | gpu-check   real-size head benchmark; GPU check (CPU dry run without CUDA)"
 	@echo "make bench-layers   layer_boundary against the naive full-context search (tiny, ~3 min)"
 	@echo "make bench-steering   closed-form steering budget against bisection with full passes (tiny, ~1 min)"
+	@echo "make bench-distributed   the sharded sweep, layer study and steering budgets with 1 and 2 processes (tiny, ~6 min)"
 
 venv: $(STAMP)
 # The two stamps below are brought up to date while make reads this file, before it decides what to rebuild,
@@ -144,6 +145,10 @@ bench-layers: $(STAMP)
 bench-steering: $(STAMP)
 	$(PY) benchmarks/bench_steering.py $(BENCH_STEERING_ARGS)
 
+# `fisherlib measure sweep`, `layers` and `steering` with 1 and 2 torchrun processes (threads split between them), one run.
+bench-distributed: $(STAMP)
+	$(PY) benchmarks/bench_distributed.py $(BENCH_DISTRIBUTED_ARGS)
+
 # A grid of runs, one `make reproduce` job each, through submitit: EXECUTOR=slurm (PARTITION, GPUS, MEM_GB,
 # TIME_MIN) or local. Complete runs are skipped; rerunning resubmits the failed ones. Then `make paper`.
 ARCHS ?= $(ARCH)
@@ -171,14 +176,15 @@ $(RUN_DIR)/02_fisher_geometry.ipynb $(RUN_DIR)/03_direction_sweep.ipynb: $(RUN_D
 # 08, 09 and 11 read notebook 01's sample only.
 $(RUN_DIR)/08_layer_pullback.ipynb $(RUN_DIR)/09_interpolation_plateaus.ipynb $(RUN_DIR)/11_steering_budget.ipynb: $(RUN_DIR)/01_sample_positions.ipynb
 ifneq ($(NPROC),1)
-# The sharded steps fill the cache first: notebook 01 reads the sample, 03 and 08 the sweep and the layer study.
+# The sharded steps fill the cache first: notebook 01 reads the sample, 03, 08 and 11 the sweep, the layer
+# study and the steering budgets.
 $(RUN_DIR)/01_sample_positions.ipynb: $(RUN_DIR)/.sample-measured
 $(RUN_DIR)/.sample-measured: $(PARAMS) $(STAMP) $(RUN_KEY) $(LIBRARY)
 	$(TORCHRUN) measure sample $(PARAM_ARGS)
 	@touch $@
-$(RUN_DIR)/03_direction_sweep.ipynb $(RUN_DIR)/08_layer_pullback.ipynb: $(RUN_DIR)/.measured
+$(RUN_DIR)/03_direction_sweep.ipynb $(RUN_DIR)/08_layer_pullback.ipynb $(RUN_DIR)/11_steering_budget.ipynb: $(RUN_DIR)/.measured
 $(RUN_DIR)/.measured: $(RUN_DIR)/01_sample_positions.ipynb $(PARAMS) $(STAMP) $(RUN_KEY) $(LIBRARY)
-	$(TORCHRUN) measure sweep layers $(PARAM_ARGS)
+	$(TORCHRUN) measure sweep layers steering $(PARAM_ARGS)
 	@touch $@
 endif
 $(RUN_DIR)/04_closed_form_exactness.ipynb $(RUN_DIR)/05_direction_classes.ipynb \

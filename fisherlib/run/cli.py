@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "measure", help="run a measurement step into the run's cache, sharded over torchrun's processes "
         "(torchrun --nproc_per_node N -m fisherlib.run.cli measure sample sweep layers -f params/tiny.yaml -p run_name tiny)",
     )  # fmt: skip
-    measure.add_argument("steps", nargs="+", metavar="step", help="the steps to measure, in order: sample, sweep, layers, dynamics")
+    measure.add_argument("steps", nargs="+", metavar="step", help="the steps to measure, in order: sample, sweep, layers, dynamics, steering")
     measure.add_argument("-f", "--file", action="append", default=[], help="a YAML file of notebook parameters")
     measure.add_argument("-y", "--yaml", action="append", default=[], help="parameters as a YAML string (lists)")
     measure.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),

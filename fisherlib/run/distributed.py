@@ -8,6 +8,7 @@ and writes the very cache entry the notebook's own call would, so the notebook f
 - `sweep`: the direction sweep (notebook 03), by `measure_boundaries`' batches of positions.
 - `layers`: the layer study's boundaries and eigenpairs at every layer (notebook 08), by batches of rows.
 - `dynamics`: notebook 10's revisions, one rank each in turn (each revision is its own cache entry).
+- `steering`: notebook 11's budgets, by steering vector (each rank builds the vectors, then measures its share).
 
 A shard is made of whole batches of the single-process run, and every random draw depends only on
 `(seed, position)`, so each number is computed from the same inputs by the same kernels: the tables are
@@ -46,11 +47,12 @@ from .measurements import (
     measure_layer_rows,
     measure_revision,
     run_layer_engine,
+    run_steering,
     sweep_path,
 )
 
 logger = logging.getLogger("fisherlib")
-STEPS = ("sample", "sweep", "layers", "dynamics")
+STEPS = ("sample", "sweep", "layers", "dynamics", "steering")
 _FAIL_AFTER_SHARD = "FISHERLIB_FAIL_RANK"  # tests: the rank named here dies after measuring, before writing its shard
 
 
@@ -237,11 +239,26 @@ def run_dynamics_sharded(params, seed: int, rank: int, world: int, progress: boo
     return mine
 
 
+def run_steering_sharded(params, seed: int, rank: int, world: int, progress: bool = True) -> dict[str, pd.DataFrame]:
+    """Measure notebook 11's budgets with the vectors shared out; rank 0 writes the entry. Returns the tables.
+
+    The vectors' tables travel between the processes (`all_gather_object`): a rank that dies here leaves no
+    entry, and the rerun measures the budgets again.
+    """
+    if rank == 0:
+        load_sample(params, seed, progress=progress)
+    _barrier(world)
+    shard = Shard(rank, world, _gather_objects if world > 1 else Shard().gather)
+    tables = run_steering(params, seed, progress=False, shard=shard)
+    _barrier(world)  # the entry is written before any rank reports the step done
+    return tables
+
+
 def measure(params, steps, progress: bool = True) -> None:
     """Run `steps` (names of `STEPS`, in order) for `params`, sharded over the torchrun processes.
 
-    `sample` and `sweep` run for every seed of the run, `layers` for `params.seed` and `dynamics` for the
-    first seed, as notebooks 01, 03, 08 and 10 do.
+    `sample` and `sweep` run for every seed of the run, `layers` and `steering` for `params.seed` and
+    `dynamics` for the first seed, as notebooks 01, 03, 08, 11 and 10 do.
     """
     steps = [steps] if isinstance(steps, str) else list(steps)
     unknown = [step for step in steps if step not in STEPS]
@@ -252,7 +269,8 @@ def measure(params, steps, progress: bool = True) -> None:
             params = dataclasses.replace(params, device=device)  # the device is not in any cache key
         processes = f"{world} process{'es' if world > 1 else ''}"
         for step in steps:
-            seeds = {"sample": params.seed_list, "sweep": params.seed_list, "layers": [params.seed], "dynamics": params.seed_list[:1]}[step]
+            seeds = {"sample": params.seed_list, "sweep": params.seed_list, "layers": [params.seed], "steering": [params.seed],
+                     "dynamics": params.seed_list[:1]}[step]  # fmt: skip
             for seed in seeds:
                 if step == "sample":
                     sample_sharded(params, seed, rank, world, progress=progress)
@@ -263,6 +281,9 @@ def measure(params, steps, progress: bool = True) -> None:
                 elif step == "layers":
                     measured = run_layer_study_sharded(params, seed, rank, world, progress=progress)
                     said = measured is not None and f"{len(measured)} rows in {layer_cache_file(params, seed)}"
+                elif step == "steering":
+                    tables = run_steering_sharded(params, seed, rank, world, progress=progress)
+                    said = f"{tables['vectors'].shape[0]} vectors, {len(tables['tokens'])} token rows in {params.cache_path}/steering-seed{seed}-*"
                 else:
                     run_dynamics_sharded(params, seed, rank, world, progress=progress)
                     said = f"{len(dynamics_revisions(params))} revisions, each in {params.cache_path}/dynamics-*"

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from ..io.cache import write_file, write_folder
+from ..io.shards import WHOLE, Shard
 from ..layers.engine import check_layer, default_layers, residuals_by_layer
 from ..layers.passes import EnginePath, Prefilled, engine_path
 from ..steps import dynamics, effective_dimension, jacobian_lens, layer_study, plateaus
@@ -346,8 +347,12 @@ def steering_layer(params, model):
     return check_steering_layer(model, n_layers(model) // 2 if params.steer_layer == -1 else params.steer_layer)
 
 
-def run_steering(params, seed: int | None = None, progress: bool = True) -> dict[str, pd.DataFrame]:
-    """Return notebook 11's long tables (`steering_study.measure_steering`) for `params`, cached as one folder entry."""
+def run_steering(params, seed: int | None = None, progress: bool = True, shard: Shard = WHOLE) -> dict[str, pd.DataFrame]:
+    """Return notebook 11's long tables (`steering_study.measure_steering`) for `params`, cached as one folder entry.
+
+    With a `shard` of several processes (`fisherlib.run.distributed`), each measures its share of the
+    vectors and the first writes the entry.
+    """
     from ..steps import steering_study
 
     seed = params.seed if seed is None else seed
@@ -370,13 +375,14 @@ def run_steering(params, seed: int | None = None, progress: bool = True) -> dict
     tables = steering_study.measure_steering(
         model, sample, torch.softmax(logits, -1), steering_layer(params, model), params.steer_eps, params.steer_quantile,
         params.steer_texts, params.steer_tokens, params.steer_random, params.top_k, params.steer_target_tokens,
-        params.steer_target_gain, seed, rtol=params.layer_rtol, batch_size=params.batch_size, log=logger.info,
+        params.steer_target_gain, seed, rtol=params.layer_rtol, batch_size=params.batch_size, log=logger.info, shard=shard,
     )  # fmt: skip
 
     def write(staging: Path) -> None:
         for name in STEERING_TABLES:
             tables[name].to_parquet(staging / f"{name}.parquet", index=False)
 
-    write_folder(folder, write)
-    wrote_entry(f"steering budgets (seed {seed})", folder)
+    if shard.rank == 0:
+        write_folder(folder, write)
+        wrote_entry(f"steering budgets (seed {seed})", folder)
     return tables

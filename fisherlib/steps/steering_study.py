@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
+from ..io.shards import WHOLE, Shard
 from ..layers.engine import residuals_by_layer
 from ..layers.pullback import T_MAX_FACTOR
 from ..layers import steering_pass as engine
@@ -41,13 +42,15 @@ def choose_prompts(table: pd.DataFrame, n_texts: int, seed: int) -> np.ndarray:
 def measure_steering(
     model, sample, p: torch.Tensor, layer, eps, quantile: float, n_texts: int, n_tokens: int, n_random: int,
     top_k: int, n_target: int, target_gain: float, seed: int, rtol: float = 1e-4, batch_size: int = 16,
-    max_pairs: int = 64, log=print,
+    max_pairs: int = 64, log=print, shard: Shard = WHOLE,
 ) -> dict[str, pd.DataFrame]:  # fmt: skip
     """Return notebook 11's long tables: `vectors`, `tokens`, `population`, `natural`, `prompts`.
 
     `sample` a `PositionSample` with contexts; `p [P, V]` its next-token distributions (from the head);
     `eps [E]` the budgets' ε; the prompt set is `n_texts` contexts of distinct documents, each cut to its
-    first `n_tokens` tokens; the vectors are built from the positions of the other documents.
+    first `n_tokens` tokens; the vectors are built from the positions of the other documents. With a
+    `shard` of several processes, each measures the budgets of every `world`-th vector and every process
+    returns the whole tables.
     """
     table = sample.table.reset_index(drop=True)
     contexts = [torch.as_tensor(c).long() for c in sample.context_ids]
@@ -77,18 +80,16 @@ def measure_steering(
     for i, v in enumerate(steering_vectors.random_vectors(n_random, width, seed)):
         vectors[f"random:{i}"] = v
 
-    token_parts, population = [], []
-    for label, v in vectors.items():
+    # Each vector's budgets need nothing from the others': a shard (torchrun) measures its share of the vectors.
+    labels = list(vectors)
+    measured = {}
+    for label in (labels[i] for i in shard.rows(len(labels))):
         log(f"vector {label}: per-token budgets (+), population budgets (+ and -)")
-        for mode in POSITIONS:
-            part = steering_budget(model, texts, layer, v, eps, positions=mode, rtol=rtol, batch_size=batch_size)
-            token_parts.append(part.assign(vector=label, kind=label.split(":")[0], sign="+", mode=mode))
-        for sign, factor in SIGNS.items():
-            for e in eps:
-                for method in METHODS:
-                    found = steering_scale(model, texts, layer, factor * v, eps=e, quantile=quantile, method=method, rtol=rtol)
-                    population.append(dict(vector=label, kind=label.split(":")[0], sign=sign, eps=float(e), quantile=quantile,
-                                           method=method, alpha=found.alpha, passes=found.passes))  # fmt: skip
+        measured[label] = _vector_budgets(model, texts, layer, label, vectors[label], eps, quantile, rtol, batch_size)
+    for part in shard.gather(measured):
+        measured.update(part)
+    token_parts = [part for label in labels for part in measured[label][0]]
+    population = [row for label in labels for row in measured[label][1]]
     tokens = pd.concat(token_parts, ignore_index=True)
     tokens = tokens[["vector", "kind", "sign", "mode", *tokens.columns[:-4]]]
 
@@ -110,6 +111,23 @@ def measure_steering(
         natural=natural,
         prompts=table.iloc[prompt_rows][["position", "domain", "doc_id"]].assign(n_tokens=[len(t) for t in texts]),
     )
+
+
+def _vector_budgets(model, texts, layer, label: str, v, eps, quantile: float, rtol: float, batch_size: int):
+    """Return one vector's per-token budget tables (`+v`, every mode) and population budget rows (`±v`, every ε and method)."""
+    kind = label.split(":")[0]
+    token_parts = [
+        steering_budget(model, texts, layer, v, eps, positions=mode, rtol=rtol, batch_size=batch_size).assign(vector=label, kind=kind, sign="+", mode=mode)
+        for mode in POSITIONS
+    ]  # fmt: skip
+    population = []
+    for sign, factor in SIGNS.items():
+        for e in eps:
+            for method in METHODS:
+                found = steering_scale(model, texts, layer, factor * v, eps=e, quantile=quantile, method=method, rtol=rtol)
+                population.append(dict(vector=label, kind=kind, sign=sign, eps=float(e), quantile=quantile,
+                                       method=method, alpha=found.alpha, passes=found.passes))  # fmt: skip
+    return token_parts, population
 
 
 # --- the notebook's tables ----------------------------------------------------------------------

@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # 80 positions: the sweep's batches of 64 give both ranks work; 20 layer-study positions in batches of 8.
 SMALL = ["-p", "n_positions", "80", "-p", "eps_grid", "[0.01, 0.1, 1.0]", "-p", "n_random", "4", "-p", "n_control", "2",
          "-p", "max_context", "96", "-p", "pool_factor", "2", "-p", "layer_positions", "20", "-p", "batch_size", "8",
-         "-y", "revisions: [step16, step4000]"]  # fmt: skip
-STEPS = ["sample", "sweep", "layers", "dynamics"]
+         "-p", "steer_texts", "4", "-p", "steer_tokens", "16", "-y", "revisions: [step16, step4000]"]  # fmt: skip
+STEPS = ["sample", "sweep", "layers", "dynamics", "steering"]
 # Files that name the run (its cache folder) or a torch archive's record name: not tables.
 NOT_TABLES = ("params.json", ".checksums.json")
 
@@ -65,6 +65,7 @@ def test_two_gloo_ranks_give_the_single_process_tables_byte_for_byte_and_a_dead_
     one, two = _tables(tmp_path / "one"), _tables(tmp_path / "two")
     assert sorted(one) == sorted(two)
     assert any(name.startswith("layers-") for name in one) and sum(name.startswith("dynamics-") for name in one) >= 4
+    assert sum(name.startswith("steering-") for name in one) == 5  # notebook 11's five tables
     assert [name for name in one if one[name] != two[name]] == []
     # The bytes are the tables': the gathered sweep reads back as the single-process one, row for row.
     [sweep] = [name for name in one if name.startswith("sweep-seed0-")]
@@ -92,9 +93,10 @@ def test_make_reproduce_with_nproc_measures_the_sharded_steps_first(tmp_path):
     def line_of(text: str, lines: list[str]) -> int:
         return next(i for i, line in enumerate(lines) if text in line)
 
-    sample, sweep = line_of(" measure sample ", output), line_of(" measure sweep layers ", output)
-    notebooks = {name: line_of(f"notebooks/{name}", output) for name in ("01_sample_positions", "03_direction_sweep", "08_layer_pullback")}
-    assert sample < notebooks["01_sample_positions"] < sweep < min(notebooks["03_direction_sweep"], notebooks["08_layer_pullback"])
+    sample, sweep = line_of(" measure sample ", output), line_of(" measure sweep layers steering ", output)
+    readers = ("03_direction_sweep", "08_layer_pullback", "11_steering_budget")
+    notebooks = {name: line_of(f"notebooks/{name}", output) for name in ("01_sample_positions", *readers)}
+    assert sample < notebooks["01_sample_positions"] < sweep < min(notebooks[name] for name in readers)
     for step in (output[sample], output[sweep]):
         assert "torch.distributed.run --nproc_per_node 2" in step
         assert f'-p run_name "{run}"' in step and f"-p cache_dir results/{run}/cache" in step
