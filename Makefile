@@ -19,6 +19,8 @@ ARCH ?= tiny
 REVISION ?=
 REVISIONS ?=
 MODEL ?=
+# DEVICE=auto spreads a model larger than one GPU over every GPU (accelerate's device_map="auto"); cuda:1, cpu, ...
+DEVICE ?=
 CORPORA ?=
 SEEDS ?=
 ifneq ($(wildcard $(ARCH)/config.json),)
@@ -48,6 +50,7 @@ PARAM_ARGS := -f $(PARAMS) \
 	$(if $(CORPORA),-y "corpora: [$(foreach c,$(CORPORA),'$(c)',)]") \
 	$(if $(SEEDS),-y "seeds: [$(foreach s,$(SEEDS),$(s),)]") \
 	$(if $(REVISION),-p revision "$(REVISION)") \
+	$(if $(DEVICE),-p device "$(DEVICE)") \
 	$(if $(REVISIONS),-y "revisions: [$(foreach r,$(REVISIONS),'$(r)',)]")
 RUNNER_ARGS := --run $(RUN_NAME) --kernel $(KERNEL) --cwd notebooks $(PARAM_ARGS) \
 	-p results_root $(STAGE)/results -p figures_root $(STAGE)/figures

@@ -13,6 +13,11 @@ differently).
     python benchmarks/bench_distributed.py                          # tiny's parameters, 1 and 2 processes
     python benchmarks/bench_distributed.py --threads-each 1                 # one thread per process: the same bytes
     python benchmarks/bench_distributed.py --steps sweep --nproc 1 2 4 -p n_positions 800
+    python benchmarks/bench_distributed.py --geometry pythia-1b -p n_positions 100   # a real-size head (bench_real.py)
+
+`--geometry` builds one of `bench_real.py`'s real-tier LM heads at full size (random weights, a `--layers`
+trunk, its word-level tokenizer over the embedded corpora), saves it to the scratch folder, and measures it
+as a model folder with pythia's parameters on the embedded corpora.
 """
 
 from __future__ import annotations
@@ -50,6 +55,21 @@ def table_bytes(cache: Path, step: str) -> bytes:
     return b"".join(path.read_bytes() for path in paths)
 
 
+def save_geometry(name: str, layers: int, folder: Path) -> Path:
+    """Save `bench_real.py`'s model of geometry `name` (float32, `layers` trunk layers) and its tokenizer to `folder`."""
+    import torch
+
+    from bench_real import GEOMETRIES, build_model
+
+    if name not in GEOMETRIES:
+        sys.exit(f"--geometry {name!r} is not one of bench_real.py's: {', '.join(GEOMETRIES)}")
+    loaded = build_model(name, layers, torch.device("cpu"), torch.float32)
+    loaded.model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+    print(f"{name}: V = {loaded.head.vocab_size}, d = {loaded.head.hidden_size}, {layers} trunk layers, saved to {folder}", flush=True)
+    return folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params/tiny.yaml", help="the run's parameter file (default: tiny's)")
@@ -57,10 +77,16 @@ def main() -> None:
     parser.add_argument("--nproc", nargs="+", type=int, default=[1, 2], help="process counts (the first is the baseline)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads in all, split between the processes")
     parser.add_argument("--threads-each", type=int, default=None, help="threads of every process instead (1: equal threads, identical tables)")
+    parser.add_argument("--geometry", default=None, help="a real-size head of bench_real.py (pythia-1b, llama-3.2-1b, qwen3-1.7b) instead of the --params model")
+    parser.add_argument("--layers", type=int, default=2, help="trunk layers of --geometry's model (default 2)")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     args = parser.parse_args()
-    parameters = ["-f", args.params] + [item for pair in args.parameter for item in ("-p", *pair)]
+    overrides = [item for pair in args.parameter for item in ("-p", *pair)]
     with tempfile.TemporaryDirectory(prefix="bench-distributed-") as scratch:
+        parameters = ["-f", args.params, *overrides]
+        if args.geometry:
+            folder = save_geometry(args.geometry, args.layers, Path(scratch) / args.geometry)
+            parameters = ["-f", "params/pythia.yaml", "-p", "arch", str(folder), "-y", "corpora: [stdlib-code, stdlib-docs]", *overrides]
         sampled = Path(scratch) / "sampled"
         print(f"sampling once ({args.params}) into {sampled} ...", flush=True)
         measure(sampled, ["sample"], 1, args.threads, parameters)

@@ -14,7 +14,11 @@ Steps:
      fisherlib's Newton, V = 50 000), for the ratio;
   3. the real-size run of issue 9 item 4 on CUDA: benchmarks/bench_real.py --device cuda for the three
      heads (pythia-1b, Llama-3.2-1B, Qwen3-1.7B geometries, 2-layer trunk, study parameters);
-and prints one table: seconds per position and peak GPU memory per stage and head, and the bench ratio.
+  4. the sharded measurement of issue 20 on the pythia-1b geometry: benchmarks/bench_distributed.py, the
+     sweep and the layer study with 1 process and, when the device has more than one GPU, with all of them
+     (needs pyyaml and pyarrow on the image: without them the step fails and says so);
+and prints one table: seconds per position and peak GPU memory per stage and head, the bench ratio, and
+the sharded steps' wall times.
 
 Without CUDA (or with --dry-run) every step runs a small CPU version instead, so that the script itself
 is checked, and the output says which steps were skipped for want of a GPU.
@@ -68,6 +72,10 @@ def main() -> int:
         bench_boundary = [python, "benchmarks/bench_boundary.py", "--device", "cuda", "--repeats", "3"]
         bench_real = [python, "benchmarks/bench_real.py", "--device", "cuda", "--layers", "2", "--positions", "200",
                       "--sweep-positions", "100", "--full-f-positions", "8", "--batch-size", "16", "--max-context", "512"]  # fmt: skip
+        gpus = torch.cuda.device_count()
+        bench_distributed = [python, "benchmarks/bench_distributed.py", "--geometry", "pythia-1b", "--steps", "sweep", "layers",
+                             "--nproc", "1", *([str(gpus)] if gpus > 1 else []), "-p", "n_positions", "64",
+                             "-p", "layer_positions", "16"]  # fmt: skip
     else:
         why = "--dry-run" if args.dry_run else "CUDA is not available here"
         print(f"DRY RUN ({why}): every step runs a small CPU version; nothing below measures a GPU.", flush=True)
@@ -75,16 +83,20 @@ def main() -> int:
             "the CUDA tests (collected and skipped: they need a CUDA device)",
             "make bench on CUDA (ran bench_boundary.py on the CPU at V = 2000 instead of V = 50 000 on CUDA)",
             "the real-size sweep on CUDA (ran bench_real.py for pythia-1b on the CPU, 4 positions, 1-layer trunk)",
+            "the sharded steps on CUDA (ran bench_distributed.py's sweep for pythia-1b on the CPU, 8 positions, 1 and 2 processes)",
         ]
         bench_boundary = [python, "benchmarks/bench_boundary.py", "--vocab", "2000", "--width", "64", "--positions", "4",
                           "--directions", "6", "--repeats", "1"]  # fmt: skip
         bench_real = [python, "benchmarks/bench_real.py", "--geometry", "pythia-1b", "--positions", "4",
                       "--sweep-positions", "1", "--full-f-positions", "1", "--max-context", "128"]  # fmt: skip
+        bench_distributed = [python, "benchmarks/bench_distributed.py", "--geometry", "pythia-1b", "--layers", "1", "--steps", "sweep",
+                             "--nproc", "1", "2", "--threads-each", "1", "-p", "n_positions", "8", "-p", "max_context", "64",
+                             "-p", "eps_grid", "[0.01, 1.0]"]  # fmt: skip
 
     codes = {}
     code, output, _ = run(
         "CUDA tests", [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py",
-                       "tests/test_boundary.py", "-k", "cuda"], timeout=240 if cuda else 120,
+                       "tests/core/test_boundary.py", "tests/layers/test_layers.py", "-k", "cuda"], timeout=240 if cuda else 120,
     )  # fmt: skip
     # pytest's exit code 5 ("no tests ran") cannot happen: the file always collects; all skipped is 0.
     codes["CUDA tests"] = code
@@ -102,6 +114,10 @@ def main() -> int:
         codes["real-size sweep"] = code
         rows = json.loads(rows_path.read_text())["rows"] if rows_path.is_file() else []
 
+    code, output, _ = run("sharded steps", bench_distributed, timeout=300)
+    codes["sharded steps"] = code
+    sharded_lines = [line for line in output.splitlines() if re.match(r"^(step|sweep|layers)\s", line)]
+
     memory = "peak GPU GiB" if cuda else "peak RSS GiB"
     print("\n" + "=" * 100)
     print(f"GPU CHECK{' (DRY RUN on the CPU)' if not cuda else ''}: {torch.cuda.get_device_name(0) if cuda else 'cpu'}")
@@ -115,6 +131,9 @@ def main() -> int:
     if not rows:
         print("(the real-size run gave no rows; see its output above)")
     print(f"make bench ratio (study bisection / fisherlib): {bench_line}")
+    print("sharded steps (bench_distributed.py, pythia-1b geometry; wall s with start-up, ratio to 1 process):")
+    for line in sharded_lines or ["(no rows; see the step's output above)"]:
+        print(f"  {line}")
     print(f"CUDA tests: {tests_line}")
     for step, code in codes.items():
         print(f"{step}: {'ok' if code == 0 else f'FAILED (exit {code})'}")

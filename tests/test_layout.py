@@ -98,3 +98,15 @@ def test_public_names_and_moved_modules_still_import():
     from fisherlib.models import load_model
 
     assert load_model is fisherlib.load_model and layer_boundary is fisherlib.layer_boundary
+
+
+def test_the_gpu_check_runs_test_files_that_exist():
+    """`make gpu-check` names its CUDA test files by path: a move of the tests must move them there too."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    source = (root / "benchmarks" / "gpu_check.py").read_text()
+    named = set(re.findall(r'"(tests/[\w/]+\.py)"', source))
+    assert named and all((root / path).is_file() for path in named), sorted(named)
+    cuda_tests = {str(path.relative_to(root)) for path in (root / "tests").rglob("test_*.py") if re.search(r"def test_\w*cuda", path.read_text())}
+    assert cuda_tests <= named, sorted(cuda_tests - named)

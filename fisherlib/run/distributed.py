@@ -264,6 +264,9 @@ def measure(params, steps, progress: bool = True) -> None:
     unknown = [step for step in steps if step not in STEPS]
     if unknown:
         raise FisherlibError(f"unknown step {unknown[0]!r}: the sharded steps are {', '.join(STEPS)}")
+    if params.device == "auto" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise FisherlibError("device=auto spreads one model over every GPU, which several processes cannot share: "
+                             "run one process (NPROC=1), or give each process its own GPU (leave device empty)")  # fmt: skip
     with process_group() as (rank, world, device):
         if device is not None and not params.device:
             params = dataclasses.replace(params, device=device)  # the device is not in any cache key

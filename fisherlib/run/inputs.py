@@ -73,6 +73,8 @@ SAMPLE_KEYS = ("arch", "revision", "corpora", "render", "n_positions", "top_k", 
 def _load_model_cached(arch: str, revision: str, device: str, dtype: str):
     from ..models.loading import load_model
 
+    if device == "auto":  # a model larger than one GPU: accelerate spreads its modules over every GPU
+        return load_model(arch, device_map="auto", dtype=dtype or None, revision=revision or None)
     return load_model(arch, device=device or None, dtype=dtype or None, revision=revision or None)
 
 

@@ -135,8 +135,9 @@ def layer_study_rows(params, seed: int, progress: bool = True):
 def measure_layer_rows(params, seed: int, sample, rows) -> pd.DataFrame:
     """Return the layer study's measurements (every layer, then `rows` in order) of the sample's `rows`.
 
-    A row's numbers depend on the rows beside it only through its batch (`params.batch_size` rows in a
-    row, as `Prefilled` cuts them), so whole batches of the study's rows measured apart give its table.
+    A row's numbers depend on the other rows only through its batch (`params.batch_size` consecutive
+    rows, as `Prefilled` cuts them), so whole batches of the study's rows measured apart give its table.
+    Every row needs the residuals of the whole sample (their covariance and activation differences).
     """
     model = load_model_for(params)
     layers = list(params.layers) or default_layers(model)

@@ -54,7 +54,8 @@ DESCRIPTIONS = {
     "corpora": "corpora to sample, equal shares: hub names (`gsm8k`, `codeparrot`, `ultrachat`, `wikitext`), "
     "the embedded `stdlib-code` and `stdlib-docs`, or local `.jsonl` / `.txt` files as `PATH` or `DOMAIN=PATH`",
     "seeds": "seeds to run",
-    "device": "torch device (`cpu`, `cuda`, `cuda:1`, ...)",
+    "device": "torch device (`cpu`, `cuda`, `cuda:1`, ...), or `auto`: a model larger than one GPU spread over "
+    "every GPU (accelerate's `device_map=\"auto\"`)",
     "dtype": "the model's dtype (`float32`, `bfloat16`, `float16`)",
     "cache_dir": "where positions, LM heads and sweeps are cached",
     "layers": "the block boundaries notebook 08 measures",

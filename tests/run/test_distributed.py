@@ -44,6 +44,24 @@ def test_shards_cover_every_position_once():
     assert shard_path(Path("a/sweep-x.parquet"), 1, 2).name == "sweep-x.shard1of2.parquet"
 
 
+def test_a_model_spread_over_every_gpu_runs_in_one_process_only(monkeypatch):
+    from fisherlib.core.errors import FisherlibError
+    from fisherlib.run.distributed import measure
+    from fisherlib.run.params import StudyParams
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(FisherlibError, match="NPROC=1"):
+        measure(StudyParams.create(device="auto"), ["sweep"])
+
+
+def test_device_auto_loads_the_model_through_accelerate():
+    from fisherlib.run.inputs import load_model_for
+    from fisherlib.run.params import StudyParams
+
+    loaded = load_model_for(StudyParams.create(arch="tiny", device="auto"))
+    assert loaded.device_map is not None  # placed by accelerate (here all on the CPU)
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_two_gloo_ranks_give_the_single_process_tables_byte_for_byte_and_a_dead_rank_resumes(tmp_path):
