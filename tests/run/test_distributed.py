@@ -14,10 +14,10 @@ import pytest
 from fisherlib.run.distributed import shard_path, shard_rows
 
 ROOT = Path(__file__).resolve().parents[2]
-# 80 positions: the sweep's batches of 64 give both ranks work; 20 layer-study positions in batches of 8.
+# 80 positions: the sweep's batches of 64 give both ranks work; 12 layer-study positions in batches of 8.
 SMALL = ["-p", "n_positions", "80", "-p", "eps_grid", "[0.01, 0.1, 1.0]", "-p", "n_random", "4", "-p", "n_control", "2",
-         "-p", "max_context", "96", "-p", "pool_factor", "2", "-p", "layer_positions", "20", "-p", "batch_size", "8",
-         "-p", "steer_texts", "4", "-p", "steer_tokens", "16", "-y", "revisions: [step16, step4000]"]  # fmt: skip
+         "-p", "max_context", "96", "-p", "pool_factor", "2", "-p", "layer_positions", "12", "-p", "batch_size", "8",
+         "-p", "steer_texts", "2", "-p", "steer_tokens", "8", "-y", "revisions: [step16, step4000]"]  # fmt: skip
 STEPS = ["sample", "sweep", "layers", "dynamics", "steering"]
 # Files that name the run (its cache folder) or a torch archive's record name: not tables.
 NOT_TABLES = ("params.json", ".checksums.json")
@@ -78,7 +78,7 @@ def test_two_gloo_ranks_give_the_single_process_tables_byte_for_byte_and_a_dead_
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     # Only the missing shard of the sweep is measured (rank 0's 64 positions are read back), then the rest.
     assert "rank 0/2: 64 of 80 positions" in failed.stderr and "rank 0/2: 64 of 80 positions" not in rerun.stderr
-    assert "rank 1/2: 16 of 80 positions" in rerun.stderr and "rank 1/2: 8 of 20 layer-study positions" in rerun.stderr
+    assert "rank 1/2: 16 of 80 positions" in rerun.stderr and "rank 1/2: 4 of 12 layer-study positions" in rerun.stderr
     assert not list((tmp_path / "two").glob("*.shard*"))  # gathered, then the shards removed
     one, two = _tables(tmp_path / "one"), _tables(tmp_path / "two")
     assert sorted(one) == sorted(two)
