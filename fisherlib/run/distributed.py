@@ -1,8 +1,9 @@
 """Data-parallel measurement on torch.distributed: `torchrun --nproc_per_node N -m fisherlib.run.cli measure <step> …`.
 
-Each rank takes a deterministic shard of the work on its own device and writes it as a shard entry
-(atomic, checksummed: `fisherlib.io.cache`); rank 0 then gathers the shards in the single-process order
-and writes the very cache entry the notebook's own call would, so the notebook finds it filled.
+Each rank takes a deterministic shard of the work on its own device; rank 0 gathers the shards in the
+single-process order and writes the very cache entry the notebook's own call would, so the notebook finds
+it filled. `sweep` and `layers` pass their shards through the disk (each an atomic, checksummed shard
+entry: `fisherlib.io.cache`), `sample` and `steering` through memory (`all_gather_object`).
 
 - `sample`: the candidate pool's forward passes and Fisher statistics (`data.sampling`), by batch.
 - `sweep`: the direction sweep (notebook 03), by `measure_boundaries`' batches of positions.
@@ -14,7 +15,8 @@ A shard is made of whole batches of the single-process run, and every random dra
 `(seed, position)`, so each number is computed from the same inputs by the same kernels: the tables are
 the single-process run's byte for byte, at the same number of threads per process (a reduction split over
 more threads can round its last bit differently). A rank that dies leaves its shard unwritten and nothing
-half-written; a rerun with the same world size reuses the shards that finished and measures the rest.
+half-written; a rerun with the same world size reuses the shard entries that finished and measures the
+rest (a step gathered in memory is measured again).
 """
 
 from __future__ import annotations
