@@ -76,8 +76,10 @@ def main() -> None:
     parser.add_argument("--steps", nargs="+", default=["sweep", "layers", "steering"], choices=sorted(OUTPUT))
     parser.add_argument("--nproc", nargs="+", type=int, default=[1, 2], help="process counts (the first is the baseline)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads in all, split between the processes")
-    parser.add_argument("--threads-each", type=int, default=None, help="threads of every process instead (1: equal threads, identical tables)")
-    parser.add_argument("--geometry", default=None, help="a real-size head of bench_real.py (pythia-1b, llama-3.2-1b, qwen3-1.7b) instead of the --params model")
+    parser.add_argument("--threads-each", type=int, default=None,
+                        help="threads of every process instead (1: equal threads, identical tables)")  # fmt: skip
+    parser.add_argument("--geometry", default=None,
+                        help="a real-size head of bench_real.py (pythia-1b, llama-3.2-1b, qwen3-1.7b) instead of the --params model")  # fmt: skip
     parser.add_argument("--layers", type=int, default=2, help="trunk layers of --geometry's model (default 2)")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     args = parser.parse_args()

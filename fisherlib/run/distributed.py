@@ -288,7 +288,8 @@ def measure(params, steps, progress: bool = True) -> None:
                     said = measured is not None and f"{len(measured)} rows in {layer_cache_file(params, seed)}"
                 elif step == "steering":
                     tables = run_steering_sharded(params, seed, rank, world, progress=progress)
-                    said = f"{tables['vectors'].shape[0]} vectors, {len(tables['tokens'])} token rows in {params.cache_path}/steering-seed{seed}-*"
+                    where = f"{params.cache_path}/steering-seed{seed}-*"
+                    said = f"{tables['vectors'].shape[0]} vectors, {len(tables['tokens'])} token rows in {where}"
                 else:
                     run_dynamics_sharded(params, seed, rank, world, progress=progress)
                     said = f"{len(dynamics_revisions(params))} revisions, each in {params.cache_path}/dynamics-*"

@@ -117,7 +117,8 @@ def _vector_budgets(model, texts, layer, label: str, v, eps, quantile: float, rt
     """Return one vector's per-token budget tables (`+v`, every mode) and population budget rows (`±v`, every ε and method)."""
     kind = label.split(":")[0]
     token_parts = [
-        steering_budget(model, texts, layer, v, eps, positions=mode, rtol=rtol, batch_size=batch_size).assign(vector=label, kind=kind, sign="+", mode=mode)
+        steering_budget(model, texts, layer, v, eps, positions=mode, rtol=rtol, batch_size=batch_size)
+        .assign(vector=label, kind=kind, sign="+", mode=mode)
         for mode in POSITIONS
     ]  # fmt: skip
     population = []
