@@ -57,9 +57,21 @@ RUNNER_ARGS := --run $(RUN_NAME) --kernel $(KERNEL) --cwd notebooks $(PARAM_ARGS
 # NPROC=N > 1: the sample, the direction sweep, the layer study and the steering budgets (and `make dynamics`' revisions) are measured
 # first by N processes (torchrun; gloo on CPU, one GPU each with CUDA), into the cache the notebooks then read.
 NPROC ?= 1
-TORCHRUN = $(VENV)/bin/python -m torch.distributed.run --nproc_per_node $(NPROC) -m fisherlib.run.cli
+ifneq ($(shell printf '%s' '$(NPROC)' | grep -Ex '[1-9][0-9]*'),$(NPROC))
+$(error NPROC must be a positive integer, got '$(NPROC)')
+endif
+ifeq ($(DEVICE),auto)
+ifneq ($(NPROC),1)
+$(error DEVICE=auto spreads one model over every GPU in one process, so it cannot run with NPROC=$(NPROC): drop NPROC, or DEVICE=auto)
+endif
+endif
+# A failed step ends with fisherlib's own reason (each rank's `error: …` line), below torchrun's report; the whole
+# output is in $(RUN_DIR)/logs/measure.log.
+TORCHRUN = set -o pipefail; mkdir -p $(RUN_DIR)/logs; $(VENV)/bin/python -m torch.distributed.run --nproc_per_node $(NPROC) -m fisherlib.run.cli
+MEASURED = 2>&1 | tee $(RUN_DIR)/logs/measure.log || { grep -h '^error: ' $(RUN_DIR)/logs/measure.log | sort -u | tail -n 2; \
+	echo "fisherlib measure failed on $(NPROC) processes: the full output is in $(RUN_DIR)/logs/measure.log"; exit 1; }
 
-.PHONY: all venv constraints test test-unit test-integration test-notebooks test-architectures readme bench bench-real bench-layers bench-steering bench-distributed grid gpu-check reproduce dynamics tiny-model paper book clean help
+.PHONY: all venv constraints test test-unit test-integration test-notebooks test-architectures readme verify bench bench-real bench-layers bench-steering bench-distributed grid gpu-check reproduce dynamics tiny-model paper book clean help
 all: help
 
 help:
@@ -70,6 +82,7 @@ help:
 	@echo "make dynamics [ARCH=tiny|pythia REVISIONS='step1000 step8000 ...']       notebook 10 over training checkpoints"
 	@echo "make tiny-model   retrain the shipped embedded model models/tiny from scratch (~75 min, one core)"
 	@echo "make grid ARCHS='pythia EleutherAI/pythia-410m' [REVISIONS=...] [SEEDS=...] [EXECUTOR=slurm|local]   one job per run (submitit)"
+	@echo "make verify [RUN=tiny] [AGAINST=<folder>]   did the rerun reproduce the committed run? (tables, verdicts, notebooks' text)"
 	@echo "make paper        assemble results/summary.md across the architectures run so far"
 	@echo "make readme       rewrite README.md's results block from results/tiny/ (RUN=... for another run)"
 	@echo "make book         the static site of every complete run: build/book/html/index.html (offline)"
@@ -183,11 +196,11 @@ ifneq ($(NPROC),1)
 # study and the steering budgets.
 $(RUN_DIR)/01_sample_positions.ipynb: $(RUN_DIR)/.sample-measured
 $(RUN_DIR)/.sample-measured: $(PARAMS) $(STAMP) $(RUN_KEY) $(LIBRARY)
-	$(TORCHRUN) measure sample $(PARAM_ARGS)
+	@$(TORCHRUN) measure sample $(PARAM_ARGS) $(MEASURED)
 	@touch $@
 $(RUN_DIR)/03_direction_sweep.ipynb $(RUN_DIR)/08_layer_pullback.ipynb $(RUN_DIR)/11_steering_budget.ipynb: $(RUN_DIR)/.measured
 $(RUN_DIR)/.measured: $(RUN_DIR)/01_sample_positions.ipynb $(PARAMS) $(STAMP) $(RUN_KEY) $(LIBRARY)
-	$(TORCHRUN) measure sweep layers steering $(PARAM_ARGS)
+	@$(TORCHRUN) measure sweep layers steering $(PARAM_ARGS) $(MEASURED)
 	@touch $@
 endif
 $(RUN_DIR)/04_closed_form_exactness.ipynb $(RUN_DIR)/05_direction_classes.ipynb \
@@ -197,7 +210,7 @@ $(RUN_DIR)/06_isotonic_calibration.ipynb $(RUN_DIR)/07_entropy_stratification.ip
 dynamics: $(RUN_DIR)/01_sample_positions.ipynb
 	@rm -f $(RUN_DIR)/10_training_dynamics.ipynb
 ifneq ($(NPROC),1)
-	$(TORCHRUN) measure dynamics $(PARAM_ARGS)
+	@$(TORCHRUN) measure dynamics $(PARAM_ARGS) $(MEASURED)
 endif
 	@$(MAKE) --no-print-directory $(RUN_DIR)/10_training_dynamics.ipynb
 	@$(PY) tools/runs.py publish --run $(RUN_NAME) --stage $(STAGE) --notebooks $(RUN_DIR)/01_sample_positions.ipynb $(RUN_DIR)/10_training_dynamics.ipynb
@@ -211,6 +224,11 @@ paper: $(STAMP)
 # The README's results block from results/$(RUN_NAME)/ (the story, then notebooks 06, 08, 09 and 10's findings).
 readme: $(STAMP)
 	$(PY) -m fisherlib.run.cli readme --results results/$(RUN_NAME)
+
+# Did the rerun reproduce the run? Its tables, claims' verdicts and published notebooks' text against the
+# committed copy (git HEAD), or AGAINST=<folder>, with the tolerances of fisherlib/report/verify.py; exits 1 if not.
+verify: $(STAMP)
+	@$(PY) -m fisherlib.run.cli verify --results results/$(RUN_NAME) $(if $(AGAINST),--against "$(AGAINST)")
 
 # The site of every complete run, from the stored outputs (nothing executes): build/book/html/index.html.
 book: $(STAMP)

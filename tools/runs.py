@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -280,55 +281,69 @@ def run_notebook(
         if prerequisites and up_to_date(output, prerequisites):
             say(f"  {stem:<{NAME_WIDTH}} up to date (executed meanwhile by another make)")
             return 0
-        log_path = run_dir / "logs" / f"{stem}.log"
         # Absolute: the kernel runs in another working directory (the notebooks' folder).
-        progress_path = (run_dir / "logs" / f"{stem}.progress").resolve()
-        progress_path.unlink(missing_ok=True)
+        (run_dir / "logs" / f"{stem}.progress").resolve().unlink(missing_ok=True)
+        for stale in run_dir.glob(f".{stem}.*.ipynb"):  # left by a run that was killed; this one holds the lock
+            stale.unlink(missing_ok=True)
         handle, partial = tempfile.mkstemp(prefix=f".{stem}.", suffix=".ipynb", dir=run_dir.resolve())
         os.close(handle)
-        started, started_ns = time.perf_counter(), time.time_ns()
-        error: BaseException | None = None
-        os.environ[PROGRESS_ENV] = str(progress_path)
-        with output_to(log_path) as shell:
-            progress = ProgressLine(shell if terminal is sys.stdout else terminal, stem, progress_path)
-            progress.start()
-            try:
-                import papermill
+        try:
+            return _execute(source, output, partial, run, parameters, kernel, cwd, terminal, say)
+        except KeyboardInterrupt:
+            Path(partial).unlink(missing_ok=True)
+            raise
 
-                papermill.execute_notebook(
-                    str(source), partial, parameters=parameters, kernel_name=kernel, cwd=str(cwd),
-                    log_output=True, progress_bar=False,
-                )  # fmt: skip
-            except Exception as caught:  # noqa: BLE001 - every failure becomes one line and the log's path
-                error = caught
-                logging.getLogger("runs").exception("notebook %s failed", stem)
-            finally:
-                progress.stop()
-        os.environ.pop(PROGRESS_ENV, None)
-        progress_path.unlink(missing_ok=True)
-        seconds = time.perf_counter() - started
-        log = os.path.relpath(log_path, ROOT)
-        results = ROOT / str(parameters.get("results_root", "results")) / run
-        not_applicable = getattr(error, "ename", None) == NOT_APPLICABLE
-        if error is None or not_applicable:
-            make_shared(partial)
-            os.replace(partial, output)
-            reason = str(getattr(error, "evalue", "") or "").strip() if not_applicable else None
-            record_not_applicable(results, stem, reason, parameters)
-            if not_applicable:
-                say(f"  {stem:<{NAME_WIDTH}} {seconds:5.0f} s  not applicable: {reason}")
-            else:
-                say(f"  {stem:<{NAME_WIDTH}} {seconds:5.0f} s  {_written(parameters, run, started_ns)}")
-            return 0
-        failed = output.with_suffix(".failed.ipynb")
-        if Path(partial).stat().st_size > 0:
-            make_shared(partial)
-            os.replace(partial, failed)
+
+def _execute(
+    source: Path, output: Path, partial: str, run: str, parameters: dict[str, Any], kernel: str, cwd: Path, terminal, say,
+) -> int:  # fmt: skip
+    """Run papermill on `source` into `partial`, then rename it into place; print one line; return an exit code."""
+    stem, run_dir = source.stem, output.parent
+    log_path = run_dir / "logs" / f"{stem}.log"
+    progress_path = (run_dir / "logs" / f"{stem}.progress").resolve()
+    started, started_ns = time.perf_counter(), time.time_ns()
+    error: BaseException | None = None
+    os.environ[PROGRESS_ENV] = str(progress_path)
+    with output_to(log_path) as shell:
+        progress = ProgressLine(shell if terminal is sys.stdout else terminal, stem, progress_path)
+        progress.start()
+        try:
+            import papermill
+
+            papermill.execute_notebook(
+                str(source), partial, parameters=parameters, kernel_name=kernel, cwd=str(cwd),
+                log_output=True, progress_bar=False,
+            )  # fmt: skip
+        except Exception as caught:  # noqa: BLE001 - every failure becomes one line and the log's path
+            error = caught
+            logging.getLogger("runs").exception("notebook %s failed", stem)
+        finally:
+            progress.stop()
+    os.environ.pop(PROGRESS_ENV, None)
+    progress_path.unlink(missing_ok=True)
+    seconds = time.perf_counter() - started
+    log = os.path.relpath(log_path, ROOT)
+    results = ROOT / str(parameters.get("results_root", "results")) / run
+    not_applicable = getattr(error, "ename", None) == NOT_APPLICABLE
+    if error is None or not_applicable:
+        make_shared(partial)
+        os.replace(partial, output)
+        reason = str(getattr(error, "evalue", "") or "").strip() if not_applicable else None
+        record_not_applicable(results, stem, reason, parameters)
+        if not_applicable:
+            say(f"  {stem:<{NAME_WIDTH}} {seconds:5.0f} s  not applicable: {reason}")
         else:
-            os.unlink(partial)
-        say(f"  {stem:<{NAME_WIDTH}} FAILED after {seconds:.0f} s: {_one_line_error(error)}")
-        say(f"  {'':<{NAME_WIDTH}} log: {log}" + (f"  notebook: {os.path.relpath(failed, ROOT)}" if failed.exists() else ""))
-        return 1
+            say(f"  {stem:<{NAME_WIDTH}} {seconds:5.0f} s  {_written(parameters, run, started_ns)}")
+        return 0
+    failed = output.with_suffix(".failed.ipynb")
+    if Path(partial).stat().st_size > 0:
+        make_shared(partial)
+        os.replace(partial, failed)
+    else:
+        os.unlink(partial)
+    say(f"  {stem:<{NAME_WIDTH}} FAILED after {seconds:.0f} s: {_one_line_error(error)}")
+    say(f"  {'':<{NAME_WIDTH}} log: {log}" + (f"  notebook: {os.path.relpath(failed, ROOT)}" if failed.exists() else ""))
+    return 1
 
 
 def record_not_applicable(results: Path, stem: str, reason: str | None, parameters: dict[str, Any]) -> None:
@@ -444,7 +459,19 @@ def command_publish(args: argparse.Namespace) -> int:
     where = f"{os.path.relpath(results_root / args.run, ROOT)}/ and {os.path.relpath(figures_root / args.run, ROOT)}/"
     print(f"run {args.run}: {_count(copied, 'file')} published to {where} ({unchanged} unchanged); "
           f"notebooks in {os.path.relpath(results_root / args.run / NOTEBOOKS_FOLDER, ROOT)}/, logs in {args.stage.rsplit('/', 1)[0]}/logs/")  # fmt: skip
+    if _committed(results_root / args.run / "run.json"):
+        print(f"run {args.run}: a committed run, rewritten by this rerun: `make verify RUN={args.run}` says whether it reproduced it; "
+              f"`git checkout -- {where.replace(' and ', ' ')}` restores the committed files")  # fmt: skip
     return 0
+
+
+def _committed(path: Path) -> bool:
+    """Whether git tracks `path` (a published run that a rerun rewrites in place)."""
+    try:
+        done = subprocess.run(["git", "ls-files", "--error-unmatch", str(path)], cwd=ROOT, capture_output=True)
+    except OSError:  # no git: an unpacked archive
+        return False
+    return done.returncode == 0
 
 
 def _lock_path(run_dir: Path) -> Path:
@@ -489,7 +516,12 @@ def main(argv: list[str] | None = None) -> int:
     publish_parser.set_defaults(handler=command_publish)
 
     args = parser.parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print(f"\n  interrupted: {args.command} {getattr(args, 'source', '') or args.run} stopped, nothing of it was published; "
+              "`make reproduce` again resumes from what the cache holds", file=sys.stderr, flush=True)  # fmt: skip
+        return 130
 
 
 if __name__ == "__main__":

@@ -53,9 +53,10 @@ def _measure(args: argparse.Namespace) -> None:
 
 
 def _grid(args: argparse.Namespace) -> None:
-    from .grid import grid_runs, submit_grid
+    from .grid import check_grid, grid_runs, submit_grid
 
     runs = grid_runs(args.archs, args.revisions, args.seeds, args.make_args)
+    check_grid(runs)
     print(f"grid of {len(runs)} run(s) on {args.executor}:")
     status = submit_grid(runs, args.executor, partition=args.partition, gpus_per_job=args.gpus_per_job, mem_gb=args.mem_gb,
                          time_min=args.time_min, wait=not args.no_wait)  # fmt: skip
@@ -83,6 +84,21 @@ def _book(args: argparse.Namespace) -> None:
     from ..report.book import build_book
 
     print(f"book written to {build_book(out=args.out)}")
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+    from pathlib import Path
+
+    from ..report.verify import committed_copy, compare_runs
+
+    run_dir = Path(args.results)
+    against = nullcontext(Path(args.against)) if args.against else committed_copy(run_dir, args.revision)
+    with against as reference:
+        comparison = compare_runs(run_dir, reference)
+    for line in comparison.report():
+        print(line)
+    return 0 if comparison.reproduced else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     grid = commands.add_parser("grid", help="one `make reproduce` job per (arch, revision, seed) through submitit (SLURM or local)")
     grid.add_argument("--archs", nargs="+", required=True, help="registry names or hub ids")
     grid.add_argument("--revisions", nargs="*", default=[], help="model revisions (hub branches, tiny's step<N>)")
-    grid.add_argument("--seeds", nargs="*", default=[], type=int, help="seeds, one run each")
+    grid.add_argument("--seeds", nargs="*", default=[], help="seeds (whole numbers), one run each")
     grid.add_argument("--executor", default="slurm", choices=["slurm", "local"])
     grid.add_argument("--partition", default="", help="SLURM partition")
     grid.add_argument("--gpus-per-job", type=int, default=1)
@@ -136,14 +152,19 @@ def main(argv: list[str] | None = None) -> int:
     book = commands.add_parser("book", help="build the static site of every complete run (default: build/book/html/index.html)")
     book.add_argument("--out", default=None, help="the book's folder (default: build/book)")
     book.set_defaults(run=_book)
+    verify = commands.add_parser("verify", help="did a rerun reproduce the run? compare its tables, verdicts and notebooks' text with the committed copy")
+    verify.add_argument("--results", default="results/tiny", help="the run's results folder (default: results/tiny)")
+    verify.add_argument("--against", default="", help="a folder holding the reference copy (default: the committed one, git HEAD)")
+    verify.add_argument("--revision", default="HEAD", help="the git revision whose copy is the reference (default: HEAD)")
+    verify.set_defaults(run=_verify)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        args.run(args)
+        status = args.run(args)
     except FisherlibError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

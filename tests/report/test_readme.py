@@ -6,15 +6,34 @@ from pathlib import Path
 
 import pytest
 
+from fisherlib.core.errors import FisherlibError
 from fisherlib.report.readme import BEGIN, END, readme_results, write_readme
+from fisherlib.report.verify import committed_copy
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _results_blocks() -> list[str]:
+    """The blocks `make readme` writes from results/tiny: as it is now, and as committed.
+
+    A rerun of the study on another CPU rewrites the working copy's last digits (`make verify` judges
+    those), not the README, so the committed tables' block is right too; outside a git checkout (an
+    unpacked archive) the tables are the committed ones.
+    """
+    blocks = [readme_results(ROOT / "results" / "tiny")]
+    try:
+        with committed_copy(ROOT / "results" / "tiny") as committed:
+            blocks.append(readme_results(committed))
+    except FisherlibError:
+        pass
+    return blocks
+
+
 def test_the_readme_holds_the_committed_run_s_results_verbatim():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    expected = readme_results(ROOT / "results" / "tiny")
-    assert expected in text, "README.md's results block is stale: run `make readme` (it rewrites it from results/tiny/)"
+    blocks = _results_blocks()
+    assert any(block in text for block in blocks), "README.md's results block is stale: run `make readme` (it rewrites it from results/tiny/)"
+    expected = blocks[0]
     # Every section of the run is there: nothing typed in between.
     for heading in ("From `results/tiny/`", "**Every predictor on one denominator**", "**At every layer**", "**Janiak et al.'s plateaus**", "**Over training**"):
         assert heading in expected
