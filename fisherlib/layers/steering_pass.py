@@ -27,6 +27,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from ..core.errors import InputError
+from ..models.surgery import context_length
 from .engine import (
     HEAD, SEQUENCE_ATTENTION_NAME, _hidden_of, _with_hidden, attention_function_on, check_layer, double_backward_jvp,
     hook_module, network_of, remember_double_backward, residuals_by_layer, uses_double_backward,
@@ -64,7 +65,15 @@ def token_texts(model, texts) -> list[torch.Tensor]:
         if ids.numel() == 0:
             raise InputError(f"text {i} has no tokens")
         out.append(ids)
-    vocab = network_of(model).get_input_embeddings().weight.shape[0]
+    network = network_of(model)
+    limit = context_length(network.config) if hasattr(network, "config") else None
+    too_long = [(i, len(ids)) for i, ids in enumerate(out) if limit is not None and len(ids) > limit]
+    if too_long:
+        i, length = too_long[0]
+        more = f" (and {len(too_long) - 1} more)" if len(too_long) > 1 else ""
+        raise InputError(f"text {i} has {length} tokens{more}, more than the model's context of {limit} positions: "
+                         f"cut the prompts to at most {limit} tokens")  # fmt: skip
+    vocab = network.get_input_embeddings().weight.shape[0]
     largest = max(int(ids.max()) for ids in out)
     if largest >= vocab or min(int(ids.min()) for ids in out) < 0:
         raise InputError(f"token ids must lie in 0..{vocab - 1} (the model's vocabulary), found {largest}")

@@ -198,22 +198,61 @@ def is_complete_run(folder: Path) -> bool:
     """Return whether `folder` was published by `make reproduce`: its `run.json` says every notebook succeeded."""
     try:
         return bool(json.loads((folder / "run.json").read_text()).get("complete"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return False
 
 
+def run_damage(folder: Path) -> str | None:
+    """Say what is wrong with a run folder holding study tables, or None for a whole published run.
+
+    Whole means: a readable `run.json` that says the run is complete, every notebook it lists published and
+    readable, every table readable, and a claims ledger (where there is one) with one verdict per claim.
+    """
+    manifest_path = folder / "run.json"
+    if not manifest_path.is_file():
+        return "not a complete `make reproduce` run (no run.json)"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        complete, notebooks = manifest.get("complete"), list(manifest.get("notebooks", []))
+    except (OSError, ValueError, AttributeError, TypeError) as error:
+        return f"run.json cannot be read ({type(error).__name__}: {str(error)[:80]}): rerun `make reproduce` for it"
+    if not complete:
+        return "run.json says the run is not complete"
+    for name in notebooks:
+        path = folder / "notebooks" / f"{name}.ipynb"
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            return f"notebooks/{name}.ipynb, listed in run.json, cannot be read ({type(error).__name__})"
+    for path in sorted(folder.glob("*.csv")):
+        try:
+            read_table_file(path)
+        except (OSError, ValueError) as error:
+            return f"{path.name} cannot be read ({type(error).__name__}: {str(error)[:80]})"
+    ledger = _read(folder, "claims")
+    if ledger is not None:
+        if list(ledger.columns) != LEDGER_COLUMNS:
+            return f"claims.csv has the columns {list(ledger.columns)}, not {LEDGER_COLUMNS}"
+        whole = ledger.dropna(subset=["claim", "verdict"])
+        missing = [claim.id for claim in CLAIMS if claim.id not in set(whole["claim"])]
+        if missing:
+            return f"claims.csv holds {len(CLAIMS) - len(missing)} of {len(CLAIMS)} claims (no verdict for {', '.join(missing[:3])}{', …' if len(missing) > 3 else ''}): truncated or stale, rerun `make reproduce`"
+    return None
+
+
 def find_runs(results_root: Path) -> dict[str, Path]:
-    """Return every complete run under `results_root` (see `is_complete_run`), by name."""
+    """Return every whole published run under `results_root` (see `run_damage`), by name."""
     return {
-        folder.name: folder for folder in sorted(results_root.iterdir()) if _holds_tables(folder) and is_complete_run(folder)
+        folder.name: folder for folder in sorted(results_root.iterdir()) if _holds_tables(folder) and run_damage(folder) is None
     } if results_root.is_dir() else {}
 
 
-def left_out_runs(results_root: Path) -> list[str]:
-    """Return the folders with study tables that are not complete runs (a failed, partial or hand run, scratch)."""
-    return [
-        folder.name for folder in sorted(results_root.iterdir()) if _holds_tables(folder) and not is_complete_run(folder)
-    ] if results_root.is_dir() else []
+def left_out_runs(results_root: Path) -> dict[str, str]:
+    """Return the folders with study tables that are not whole runs (failed, partial, hand-run, damaged), with the reason."""
+    if not results_root.is_dir():
+        return {}
+    reasons = {folder.name: run_damage(folder) for folder in sorted(results_root.iterdir()) if _holds_tables(folder)}
+    return {name: reason for name, reason in reasons.items() if reason}
 
 
 def run_overview(runs: dict[str, Path]) -> pd.DataFrame:
@@ -245,8 +284,8 @@ def write_summary(results_root: Path | None = None) -> Path:
     results_root = results_root or repo_root() / "results"
     runs = find_runs(results_root)
     left_out = left_out_runs(results_root)
-    for name in left_out:
-        logger.warning("left out results/%s: not a complete `make reproduce` run (no run.json)", name)
+    for name, reason in left_out.items():
+        logger.warning("left out results/%s: %s", name, reason)
     sections = [
         "# Summary across runs\n",
         "Each table is read from `results/<run>/`; the write-up's numbers (SPEC §6) stand beside ours.\n",
@@ -254,8 +293,8 @@ def write_summary(results_root: Path | None = None) -> Path:
     ]
     if left_out:
         sections.append(
-            f"Left out (not complete `make reproduce` runs: failed, partial, or notebooks run by hand): "
-            f"{', '.join(f'`{name}`' for name in left_out)}.\n"
+            "Left out (not whole `make reproduce` runs: failed, partial, damaged, or notebooks run by hand): "
+            + "; ".join(f"`{name}` ({reason})" for name, reason in left_out.items()) + ".\n"
         )
     for title, builder in (
         ("Table 1 — median ρ on the top eigenvector of F_k at small ε", table1),

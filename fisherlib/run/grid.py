@@ -50,11 +50,42 @@ def grid_runs(archs, revisions=(), seeds=(), make_args=()) -> list[GridRun]:
     archs = [a for a in archs if a]
     if not archs:
         raise FisherlibError("the grid has no architecture: give ARCHS='tiny' (registry names, hub ids)")
-    seeds = [int(s) for s in seeds]
+    try:
+        seeds = [int(s) for s in seeds]
+    except ValueError:
+        raise FisherlibError(f"SEEDS must be whole numbers separated by spaces, got {' '.join(map(str, seeds))!r}") from None
     return [
         GridRun(arch, revision, seed, tuple(make_args))
         for arch, revision, seed in itertools.product(archs, list(revisions) or [""], seeds or [None])
     ]
+
+
+def job_reason(stdout: Path) -> str:
+    """The reason a job's `make reproduce` gave for failing: the last line its notebook runner printed as an error."""
+    try:
+        lines = [line.strip() for line in stdout.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    reasons = [line for line in lines if line.startswith("error:") or " FAILED " in line or "Error:" in line]
+    return reasons[-1] if reasons else ""
+
+
+def check_grid(runs: list[GridRun], root: Path | None = None) -> None:
+    """Refuse, before anything is submitted, what a job would only find out after it started.
+
+    Raises:
+        FisherlibError: an architecture that is neither a registry name, a hub id nor a model folder, or a
+            `PARAMS=` file that does not exist.
+    """
+    from ..models.loading import resolve_model_id
+
+    root = Path(root) if root is not None else repo_root()
+    for arch in dict.fromkeys(run.arch for run in runs):
+        resolve_model_id(arch)  # UnknownArchitectureError names what is accepted
+    for arg in dict.fromkeys(a for run in runs for a in run.make_args):
+        name, _, value = arg.partition("=")
+        if name == "PARAMS" and not (root / value).is_file():
+            raise FisherlibError(f"PARAMS={value}: no such parameters file under {root}; give one of params/*.yaml")
 
 
 def is_complete(results_root: Path, run: str) -> bool:
@@ -92,9 +123,10 @@ def submit_grid(
     if executor == "slurm":
         options.update(gpus_per_node=gpus_per_job, mem_gb=mem_gb, slurm_partition=partition or None)
     pool.update_parameters(**{k: v for k, v in options.items() if v is not None})
+    # verbose: the job copies make's output to its own log as it runs, where `job_reason` finds the failing line.
     # A job's make must not inherit the grid's own make variables (ARCHS, REVISIONS, SEEDS travel in MAKEFLAGS).
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
-    jobs = [(run, pool.submit(CommandFunction(run.command(), cwd=str(root), verbose=False, env=env))) for run in todo]
+    jobs = [(run, pool.submit(CommandFunction(run.command(), cwd=str(root), verbose=True, env=env))) for run in todo]
     for run, job in jobs:
         say(f"  {run.name}: job {job.job_id} ({' '.join(run.command()[2:])})")
         status[run.name] = "submitted"
@@ -107,5 +139,6 @@ def submit_grid(
             say(f"  {run.name}: done")
         except Exception:  # noqa: BLE001 - a job's failure is reported with its log, the others go on
             status[run.name] = f"failed: {job.paths.stderr}"
-            say(f"  {run.name}: FAILED, log {job.paths.stderr} (rerun the grid to resubmit the failed runs)")
+            reason = job_reason(Path(job.paths.stdout))
+            say(f"  {run.name}: FAILED{f': {reason}' if reason else ''}; log {job.paths.stderr} (rerun the grid to resubmit the failed runs)")
     return status

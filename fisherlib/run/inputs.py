@@ -22,6 +22,7 @@ import torch
 
 from ..core.errors import ParameterError
 from ..layers.passes import engine_path
+from ..models.surgery import context_length
 from ..io.cache import read_file, read_folder, write_file
 from .params import StudyParams
 
@@ -100,8 +101,8 @@ def check_against_model(params: StudyParams, model) -> None:
             f"top_k={params.top_k} must be below the width d={head.hidden_size} for the control directions "
             f"(e.g. top_k={max(2, head.hidden_size // 2)}), or set n_control=0"
         )
-    limit = getattr(model.model.config, "max_position_embeddings", None) if getattr(model, "model", None) else None
-    if isinstance(limit, int) and params.max_context > limit:
+    limit = context_length(model.model.config) if getattr(model, "model", None) else None
+    if limit is not None and params.max_context > limit:
         problems.append(f"max_context={params.max_context} exceeds the model's {limit} positions")
     if problems:
         raise ParameterError(f"{model.model_id}: " + "; ".join(problems) + ". Change it with papermill's -p or the params file.")

@@ -102,3 +102,30 @@ def test_story_and_summary_tell_the_steering_budget_from_its_tables(tmp_path):
     (run / "run.json").write_text('{"complete": true}')
     summary = write_summary(tmp_path).read_text()
     assert "## Steering budget" in summary and "2.0% (max 6.0%)" in summary
+
+
+def test_a_damaged_run_is_named_and_left_out_with_what_is_wrong(tmp_path, caplog):
+    from fisherlib.report.claims import CLAIMS
+    from fisherlib.report.paper import left_out_runs
+
+    for run in ("whole", "truncated", "corrupt", "lost-notebook"):
+        shutil.copytree(ROOT / "results" / "tiny", tmp_path / run, ignore=shutil.ignore_patterns("cache", "*.parquet"))
+    claims = (tmp_path / "truncated" / "claims.csv").read_text()
+    (tmp_path / "truncated" / "claims.csv").write_text(claims[: len(claims) // 2])  # cut mid-row, as a full disk would
+    manifest = (tmp_path / "corrupt" / "run.json").read_text()
+    (tmp_path / "corrupt" / "run.json").write_text(manifest[: len(manifest) // 2])
+    (tmp_path / "lost-notebook" / "notebooks" / "04_closed_form_exactness.ipynb").unlink()
+
+    assert list(find_runs(tmp_path)) == ["whole"]
+    reasons = left_out_runs(tmp_path)
+    assert set(reasons) == {"truncated", "corrupt", "lost-notebook"}
+    assert "claims.csv holds" in reasons["truncated"] and f"of {len(CLAIMS)} claims" in reasons["truncated"]
+    assert reasons["corrupt"].startswith("run.json cannot be read") and "no run.json" not in reasons["corrupt"]
+    assert "04_closed_form_exactness.ipynb" in reasons["lost-notebook"]
+    with caplog.at_level("WARNING", logger="fisherlib"):
+        text = write_summary(tmp_path).read_text()
+    matrix = text.split("## Claims matrix", 1)[1].split("\n## ", 1)[0]
+    header = next(line for line in matrix.splitlines() if line.startswith("| claim"))
+    assert "whole" in header and "truncated" not in header and "corrupt" not in header
+    assert "`truncated` (claims.csv holds" in text
+    assert any("left out results/corrupt: run.json cannot be read" in r.getMessage() for r in caplog.records)

@@ -121,3 +121,37 @@ def test_make_reproduce_with_nproc_measures_the_sharded_steps_first(tmp_path):
     assert not [line for line in dynamics if " measure sweep" in line]  # notebook 10 needs the sample only
     [measure_dynamics] = [line for line in dynamics if "torch.distributed.run" in line and " measure dynamics " in line]
     assert dynamics.index(measure_dynamics) < line_of("notebooks/10_training_dynamics", dynamics)
+
+
+@pytest.mark.parametrize(
+    ("variables", "reason"),
+    [(["NPROC=0"], "NPROC must be a positive integer, got '0'"), (["NPROC=abc"], "NPROC must be a positive integer, got 'abc'"),
+     (["NPROC=2", "DEVICE=auto"], "DEVICE=auto spreads one model over every GPU in one process, so it cannot run with NPROC=2")],
+)  # fmt: skip
+def test_settings_torchrun_cannot_run_are_refused_before_it_starts(variables, reason):
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+    command = ["make", "-n", "--no-print-directory", "reproduce", *variables, f"VENV={sys.prefix}"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and reason in done.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_a_failed_torchrun_step_ends_with_fisherlib_s_reason(tmp_path):
+    """The recipe's tail: below torchrun's report, each rank's `error: …` line and where the whole output went."""
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+    makefile = (ROOT / "Makefile").read_text()
+    measured = makefile.split("\nMEASURED = ", 1)[1].split("\n\n", 1)[0].split("\n# ", 1)[0]
+    (tmp_path / "Makefile").write_text(
+        "SHELL := /bin/bash\nRUN_DIR := run\nNPROC := 2\nMEASURED = " + measured + "\n"
+        "all:\n\t@mkdir -p run/logs; set -o pipefail; { echo 'error: the reason'; echo 'torchrun: ChildFailedError'; echo 'To enable traceback see: x'; exit 1; } $(MEASURED)\n"
+    )  # fmt: skip
+    done = subprocess.run(["make", "--no-print-directory"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert done.returncode != 0
+    assert any(line == "error: the reason" for line in lines[-4:]) and "run/logs/measure.log" in "\n".join(lines[-4:])

@@ -23,6 +23,34 @@ def test_grid_names_runs_as_make_reproduce_does():
     assert GridRun("tiny").name == "tiny" and len(grid_runs(["tiny"])) == 1
 
 
+def test_what_a_job_would_fail_on_is_refused_before_anything_is_submitted(tmp_path, capsys):
+    from fisherlib.core.errors import FisherlibError, UnknownArchitectureError
+    from fisherlib.run.cli import main
+    from fisherlib.run.grid import check_grid
+
+    with pytest.raises(UnknownArchitectureError, match="Unknown architecture 'nosuchmodel'"):
+        check_grid(grid_runs(["tiny", "nosuchmodel"]), root=tmp_path)
+    with pytest.raises(FisherlibError, match="PARAMS=params/none.yaml: no such parameters file"):
+        check_grid(grid_runs(["tiny"], make_args=["PARAMS=params/none.yaml"]), root=tmp_path)
+    with pytest.raises(FisherlibError, match="SEEDS must be whole numbers"):
+        grid_runs(["tiny"], seeds=["0", "x"])
+    check_grid(grid_runs(["tiny", "EleutherAI/pythia-70m"]), root=tmp_path)  # a hub id is checked by its job
+    # The command stops with that one line and submits nothing (no runs/grid folder).
+    assert main(["grid", "--archs", "nosuchmodel", "--executor", "local"]) == 2
+    assert "Unknown architecture 'nosuchmodel'" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_a_failed_job_says_its_own_reason(tmp_path):
+    from fisherlib.run.grid import job_reason
+
+    log = tmp_path / "job.out"
+    log.write_text("  01_sample_positions       3 s  capturing h\n"
+                   "  01_sample_positions FAILED after 3 s: UnknownArchitectureError: Unknown architecture 'x'.\n"
+                   "                      log: runs/x/logs/01_sample_positions.log\n")  # fmt: skip
+    assert job_reason(log) == "01_sample_positions FAILED after 3 s: UnknownArchitectureError: Unknown architecture 'x'."
+    assert job_reason(tmp_path / "missing.out") == ""
+
+
 @pytest.fixture()
 def sandbox(tmp_path: Path) -> Path:
     """A copy of the repository with notebook 01 only, sharing this environment (as tests/test_make_runs.py)."""
@@ -57,6 +85,8 @@ def test_a_local_grid_runs_skips_and_resubmits(sandbox: Path):
     status = submit_grid(runs, "local", root=sandbox, time_min=10, say=said.append)
     assert status["tiny-seed0"] == status["tiny-seed1"] == "done", "\n".join(said)
     assert status["no-such-model-anywhere"].startswith("failed: ") and Path(status["no-such-model-anywhere"][8:]).is_file()
+    [failed] = [line for line in said if line.startswith("  no-such-model-anywhere: FAILED")]
+    assert "Unknown architecture 'no-such-model-anywhere'" in failed  # the job's own reason, not only its log's path
     assert set(find_runs(sandbox / "results")) == {"tiny-seed0", "tiny-seed1"}  # make paper lists both
     again = submit_grid(runs, "local", root=sandbox, time_min=10, say=said.append)
     assert again["tiny-seed0"] == again["tiny-seed1"] == "skipped" and again["no-such-model-anywhere"].startswith("failed")

@@ -261,3 +261,29 @@ def test_a_local_folder_has_no_checkpoints_to_walk(tmp_path):
     with pytest.raises(FisherlibError, match="no revisions given") as error:
         dynamics_revisions(StudyParams.create(arch="pythia"))
     assert not isinstance(error.value, NotApplicable)
+
+
+@pytest.mark.notebooks
+def test_ctrl_c_says_one_line_and_leaves_no_partial_notebook(tmp_path):
+    import signal
+    import subprocess
+
+    source = _notebook(tmp_path / "01_slow.ipynb", "import time\nfor _ in range(600):\n    time.sleep(0.1)")
+    output = tmp_path / "run" / "01_slow.ipynb"
+    command = [sys.executable, str(Path(runs.__file__)), "notebook", str(source), str(output), "--run", "r", "--kernel", "python3",
+               "--cwd", str(tmp_path)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "run").glob(".01_slow.*.ipynb")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(8)  # the kernel is running the cell
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends the terminal's foreground group
+    out, err = process.communicate(timeout=120)
+    tail = (out + err).strip().splitlines()[-4:]
+    assert process.returncode == 130, out + err
+    assert any("interrupted" in line and "resumes" in line for line in tail) and "Traceback" not in out + err
+    assert not list((tmp_path / "run").glob(".01_slow.*.ipynb")) and not output.exists()
+
+    (tmp_path / "run" / ".01_slow.stale.ipynb").write_text("{}")  # as a killed run (SIGKILL) leaves it
+    code, _ = _execute(tmp_path, "01_slow", "print('quick')")
+    assert code == 0 and not list((tmp_path / "run").glob(".01_slow.*.ipynb"))

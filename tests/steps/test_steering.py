@@ -125,4 +125,9 @@ def test_bad_input_gets_one_clear_error(model):
         S.steering_budget(model, texts, 99, v, 0.1)
     with pytest.raises(InputError, match="empty"):
         S.steering_scale(model, [], 1, v)
+    limit = model.config.max_position_embeddings
+    long = _texts((limit + 1, 7))
+    with pytest.raises(InputError, match=f"text 0 has {limit + 1} tokens, more than the model's context of {limit} positions"):
+        S.steering_budget(model, long, 1, v, 0.1)
+    assert len(S.steering_budget(model, _texts((limit,)), 1, v, 0.1, positions="target"))  # the whole context is fine
     assert math.isfinite(S.steering_scale(model, texts, 1, v, eps=0.1).alpha)
