@@ -176,6 +176,15 @@ def up_to_date(output: Path, prerequisites: list[str]) -> bool:
     return output.stat().st_mtime_ns >= newest
 
 
+def rate(state: dict[str, Any]) -> str:
+    """The step's rate as a reader wants it: `(4.7 pos/s)`, or `(38 s/layer)` when a unit takes longer than a second."""
+    n, elapsed = state.get("n") or 0, state.get("elapsed_s") or 0
+    if n <= 0 or elapsed <= 0:
+        return ""
+    per_second = n / elapsed
+    return f" ({per_second:.1f} {state['unit']}/s)" if per_second >= 1 else f" ({1 / per_second:.0f} s/{state['unit']})"
+
+
 class ProgressLine(threading.Thread):
     """Show the progress that fisherlib reports for the running notebook: one rewritten line on a terminal,
     otherwise a line when the step changes or every `every_s` seconds."""
@@ -198,7 +207,7 @@ class ProgressLine(threading.Thread):
             except (OSError, ValueError):
                 continue
             done = f"{state['n']:.0f}" + (f"/{state['total']:.0f}" if state.get("total") else "")
-            line = f"  {self.stem:<{NAME_WIDTH}} {time.monotonic() - self.started_at:5.0f} s  {state['desc']} {done} {state['unit']}"
+            line = f"  {self.stem:<{NAME_WIDTH}} {time.monotonic() - self.started_at:5.0f} s  {state['desc']} {done} {state['unit']}{rate(state)}"
             if self.tty:
                 self.terminal.write("\r\x1b[K" + line)
                 self.terminal.flush()

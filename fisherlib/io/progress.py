@@ -59,7 +59,8 @@ class ReportingBar(tqdm):
         if not force and now - self._reported_at < _MIN_INTERVAL_S:
             return
         self._reported_at = now
-        state = dict(desc=self.desc, n=self.n, total=self.total, unit=self.unit, elapsed_s=round(now - self.start_t, 1))
+        # tqdm's own clock (its start_t is time.time(), not monotonic): the seconds since the bar began.
+        state = dict(desc=self.desc, n=self.n, total=self.total, unit=self.unit, elapsed_s=round(self._time() - self.start_t, 1))
         try:  # renamed into place: the reader never sees half a line
             atomic_write_text(self._report_path, json.dumps(state))
         except OSError:

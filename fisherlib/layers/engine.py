@@ -35,6 +35,19 @@ _BLOCK_LIST_NAMES = ("layers", "h", "blocks", "layer")
 # --- the model's layout ----------------------------------------------------------------------------
 
 
+def context_length(config) -> int | None:
+    """The most positions the model takes (`max_position_embeddings`, GPT-2's `n_positions`), or None when unbounded
+    (a state-space model) or unstated."""
+    get_text_config = getattr(config, "get_text_config", None)
+    views = [config, get_text_config()] if callable(get_text_config) else [config]
+    for view in views:
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(view, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+    return None
+
+
 def network_of(model) -> nn.Module:
     """Return the Hugging Face module of `model` (a `LoadedModel` or the causal LM itself)."""
     inner = getattr(model, "model", None)

@@ -27,9 +27,8 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from ..core.errors import InputError
-from ..models.surgery import context_length
 from .engine import (
-    HEAD, SEQUENCE_ATTENTION_NAME, _hidden_of, _with_hidden, attention_function_on, check_layer, double_backward_jvp,
+    HEAD, SEQUENCE_ATTENTION_NAME, _hidden_of, _with_hidden, attention_function_on, check_layer, context_length, double_backward_jvp,
     hook_module, network_of, remember_double_backward, residuals_by_layer, uses_double_backward,
 )  # fmt: skip
 from .full_context import plain_operations
@@ -105,6 +104,10 @@ def check_steering_layer(model, layer):
         raise InputError(str(error)) from None
 
 
+class _HeadReached(Exception):
+    """Raised at the LM head's input when only that input is wanted."""
+
+
 @dataclass
 class SteeredTexts:
     """A list of texts ready to be forwarded with `α v` added at `layer`, at every position.
@@ -145,10 +148,11 @@ class SteeredTexts:
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
 
-    def rows_per_pass(self, budget: int = DEFAULT_ROW_BUDGET) -> int:
-        """How many texts one pass may hold: float64 logits and tangents of `T × V` each, within `budget` bytes."""
-        vocab = self.network.get_output_embeddings().weight.shape[0]
-        return max(1, budget // (32 * self.ids.shape[1] * vocab))
+    def rows_per_pass(self, budget: int = DEFAULT_ROW_BUDGET, head_input: bool = False) -> int:
+        """How many texts one pass may hold: float64 logits and tangents of `T × V` each (with `head_input`, of the
+        head's input `T × d`), within `budget` bytes."""
+        width = self.network.get_output_embeddings().weight.shape[1 if head_input else 0]
+        return max(1, budget // (32 * self.ids.shape[1] * width))
 
     def mask(self, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Additive `[R, 1, T, T]`: causal, padding keys closed (a padded query still sees the real tokens)."""
@@ -156,12 +160,16 @@ class SteeredTexts:
         open_ = torch.ones(T, T, dtype=torch.bool).tril()[None] & (torch.arange(T)[None, None, :] < self.lengths[rows][:, None, None])
         return torch.zeros(len(rows), 1, T, T, dtype=dtype).masked_fill_(~open_[:, None], torch.finfo(dtype).min).to(self.device)
 
-    def logits(self, rows: torch.Tensor, alpha: torch.Tensor, slopes: bool = False, capture: bool = False, directions=None):
+    def logits(
+        self, rows: torch.Tensor, alpha: torch.Tensor, slopes: bool = False, capture: bool = False, directions=None,
+        head_input: bool = False,
+    ):  # fmt: skip
         """Return `(z [R, T, V], dz/dα [R, T, V] or None, r [R, T, d] or None)`, float64.
 
         Row `k` is text `rows[k]` with `alpha[k] · v` added to the residual at the layer at every position
         (`directions [R, d]`: row k's own vector instead of `v`); with `slopes`, the derivative along α
-        (forward mode); with `capture`, the residual before the push.
+        (forward mode); with `capture`, the residual before the push. With `head_input`, the LM head's input
+        `h [R, T, d_head]` and its derivative stand in for `z` (the head never runs: no `T × V` tensors).
         """
         device = self.device
         dtype = next(self.network.parameters()).dtype
@@ -180,7 +188,7 @@ class SteeredTexts:
         if slopes and uses_double_backward(self.network) is None:
             try:
                 with torch.no_grad(), fwAD.dual_level():
-                    out = self._forward(rows, push_by(fwAD.make_dual(alpha.to(dtype), torch.ones_like(alpha, dtype=dtype))), dtype)
+                    out = self._forward(rows, push_by(fwAD.make_dual(alpha.to(dtype), torch.ones_like(alpha, dtype=dtype))), dtype, head_input)
                     value, tangent = fwAD.unpack_dual(out)
                     tangent = torch.zeros_like(value) if tangent is None else tangent
                     z, zdot = value.double(), tangent.double()
@@ -189,12 +197,12 @@ class SteeredTexts:
         if slopes and uses_double_backward(self.network) is not None:
             with torch.enable_grad():
                 scale = alpha.to(dtype).detach().requires_grad_(True)
-                out = self._forward(rows, push_by(scale), dtype)
+                out = self._forward(rows, push_by(scale), dtype, head_input)
                 z, zdot = out.detach().double(), double_backward_jvp(out, scale, torch.ones_like(scale)).double()
             captured = {k: v.detach() for k, v in captured.items()}
         elif not slopes:
             with torch.no_grad():
-                out = self._forward(rows, push_by(alpha.to(dtype)), dtype)
+                out = self._forward(rows, push_by(alpha.to(dtype)), dtype, head_input)
             z, zdot = out.double(), None
         r = captured["r"].to(torch.promote_types(captured["r"].dtype, torch.float32)) if capture else None
         return z, zdot, r
@@ -211,13 +219,22 @@ class SteeredTexts:
             (grad,) = torch.autograd.grad(objective(out.double()), x)
         return grad.double().cpu()
 
-    def _forward(self, rows: torch.Tensor, push, dtype: torch.dtype) -> torch.Tensor:
-        """Run the rows' texts with `push(hidden) -> hidden` applied to the residual at the layer; logits `[R, T, V]`."""
+    def _forward(self, rows: torch.Tensor, push, dtype: torch.dtype, head_input: bool = False) -> torch.Tensor:
+        """Run the rows' texts with `push(hidden) -> hidden` applied to the residual at the layer; logits `[R, T, V]`,
+        or with `head_input` the LM head's input `[R, T, d]` (the head does not run)."""
 
         def hook(module, args, kwargs):
             return _with_hidden(args, kwargs, push(_hidden_of(args, kwargs)))
 
-        handle = self.hook.register_forward_pre_hook(hook, with_kwargs=True)
+        captured = []
+
+        def stop_at_head(module, args, kwargs):
+            captured.append(_hidden_of(args, kwargs))
+            raise _HeadReached
+
+        handles = [self.hook.register_forward_pre_hook(hook, with_kwargs=True)]
+        if head_input:
+            handles.append(self.network.get_output_embeddings().register_forward_pre_hook(stop_at_head, with_kwargs=True))
         ids = self.ids[rows].to(self.device)
         try:
             if not self.own_attention:
@@ -226,8 +243,11 @@ class SteeredTexts:
             # Padding left open: it comes after each text's last token, which a causal model never lets it reach.
             with plain_operations(self.network):
                 return self.network(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+        except _HeadReached:
+            return captured[0]
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
 
 
 def steering_velocities(steered: SteeredTexts, budget: int = DEFAULT_ROW_BUDGET):

