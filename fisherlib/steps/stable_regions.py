@@ -49,28 +49,55 @@ def kl_slice(
     than `memory_budget` bytes of `[points, V]` work arrays are alive. `divergence="reverse"` gives
     `KL(q ‖ p)`.
     """
-    if divergence not in ("forward", "reverse"):
-        raise ValueError(f"divergence must be 'forward' or 'reverse', not {divergence!r}")
-    W64, h64 = _as_double(W), _as_double(h).reshape(-1)
-    z = W64 @ h64 + (_as_double(b) if b is not None else 0.0)
-    a1, a2 = W64 @ _as_double(u1).reshape(-1), W64 @ _as_double(u2).reshape(-1)
-    log_p = torch.log_softmax(z, -1)
-    p = log_p.exp()
-    x_extent, y_extent = _extents(extent)
-    # Symmetric by construction, with an exact 0 in the middle when n_grid is odd (the point h itself).
-    unit = (2 * torch.arange(n_grid, dtype=torch.float64) - (n_grid - 1)) / max(n_grid - 1, 1)
-    x, y = x_extent * unit, y_extent * unit
+    plane = _Plane(W, b, h, u1, u2, divergence)
+    x, y = plane.axes(extent, n_grid)
     xs, ys = x.repeat(n_grid), y.repeat_interleave(n_grid)  # row-major: y outer, x inner
-    kl = torch.empty(n_grid * n_grid, dtype=torch.float64)
-    per_chunk = max(1, memory_budget // (8 * 3 * z.numel()))
-    for start in range(0, kl.numel(), per_chunk):
-        stop = min(start + per_chunk, kl.numel())
-        log_q = torch.log_softmax(z + xs[start:stop, None] * a1 + ys[start:stop, None] * a2, -1)
-        if divergence == "forward":
-            kl[start:stop] = (p * (log_p - log_q)).sum(-1)
-        else:
-            kl[start:stop] = (log_q.exp() * (log_q - log_p)).sum(-1)
-    return x.numpy(), y.numpy(), kl.clamp_min(0).reshape(n_grid, n_grid).numpy()
+    kl = plane.kl(xs, ys, memory_budget)
+    return x.numpy(), y.numpy(), kl.reshape(n_grid, n_grid).numpy()
+
+
+class _Plane:
+    """The exact divergence at points `h + x u1 + y u2` of one plane (logits `z + x Wu1 + y Wu2`, float64)."""
+
+    def __init__(self, W, b, h, u1, u2, divergence: str = "forward") -> None:
+        if divergence not in ("forward", "reverse"):
+            raise ValueError(f"divergence must be 'forward' or 'reverse', not {divergence!r}")
+        W64, h64 = _as_double(W), _as_double(h).reshape(-1)
+        self.z = W64 @ h64 + (_as_double(b) if b is not None else 0.0)
+        self.a1, self.a2 = W64 @ _as_double(u1).reshape(-1), W64 @ _as_double(u2).reshape(-1)
+        self.log_p = torch.log_softmax(self.z, -1)
+        self.p = self.log_p.exp()
+        self.divergence = divergence
+
+    @staticmethod
+    def axes(extent, n_grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The grid's offsets `x [n]`, `y [n]`: symmetric, with an exact 0 in the middle when `n_grid` is odd."""
+        x_extent, y_extent = _extents(extent)
+        unit = (2 * torch.arange(n_grid, dtype=torch.float64) - (n_grid - 1)) / max(n_grid - 1, 1)
+        return x_extent * unit, y_extent * unit
+
+    def kl(self, xs: torch.Tensor, ys: torch.Tensor, memory_budget: int = DEFAULT_SLICE_BUDGET) -> torch.Tensor:
+        """The divergence `[n]` at the points `(xs[i], ys[i])`, clamped at 0 (rounding below it)."""
+        kl = torch.empty(len(xs), dtype=torch.float64)
+        per_chunk = max(1, memory_budget // (8 * 3 * self.z.numel()))
+        for start in range(0, kl.numel(), per_chunk):
+            stop = min(start + per_chunk, kl.numel())
+            log_q = torch.log_softmax(self.z + xs[start:stop, None] * self.a1 + ys[start:stop, None] * self.a2, -1)
+            if self.divergence == "forward":
+                kl[start:stop] = (self.p * (self.log_p - log_q)).sum(-1)
+            else:
+                kl[start:stop] = (log_q.exp() * (log_q - self.log_p)).sum(-1)
+        return kl.clamp_min(0)
+
+    def open_sides(self, extent, n_grid: int, level: float) -> tuple[bool, bool]:
+        """Whether the contour `level` crosses the grid's left or right side (x), or its top or bottom (y).
+
+        Reads the grid's border alone (the same points, the same values, as the full grid's border).
+        """
+        x, y = self.axes(extent, n_grid)
+        sides_x = self.kl(torch.cat([x[:1].expand(n_grid), x[-1:].expand(n_grid)]), torch.cat([y, y]))
+        sides_y = self.kl(torch.cat([x, x]), torch.cat([y[:1].expand(n_grid), y[-1:].expand(n_grid)]))
+        return bool(sides_x.min() < level), bool(sides_y.min() < level)
 
 
 def restrict_to_plane(F, u1, u2) -> np.ndarray:
@@ -202,14 +229,18 @@ def stable_region_slices(
         t_true = empirical_boundary(z[None], (axes @ W64.T)[None], [eps_levels[-1]])[0, :, 0].numpy()
         t_true = np.where(np.isfinite(t_true), t_true, 0.0)
         reach = np.maximum(np.abs(ellipses[eps_levels[-1]]).max(0), [t_true[:2].max(), t_true[2:].max()]) * margin
+        # The extent grows until the largest level's contour is closed: only the grid's border is read for
+        # that, and the whole grid once, at the extent found.
+        plane = _Plane(W64, b, h64, top, u2)
         for _ in range(max_growth + 1):
-            x, y, kl = kl_slice(W64, b, h64, top, u2, (reach[0], reach[1]), n_grid)
-            open_x = min(kl[:, 0].min(), kl[:, -1].min()) < eps_levels[-1]  # the contour crosses a side
-            open_y = min(kl[0].min(), kl[-1].min()) < eps_levels[-1]  # ... or the top or bottom
+            open_x, open_y = plane.open_sides((reach[0], reach[1]), n_grid, eps_levels[-1])
             closed = not (open_x or open_y)
             if closed:
                 break
             reach = reach * np.array([1.5 if open_x else 1.0, 1.5 if open_y else 1.0])
+        else:
+            reach = reach / np.array([1.5 if open_x else 1.0, 1.5 if open_y else 1.0])  # the last extent measured
+        x, y, kl = kl_slice(W64, b, h64, top, u2, (reach[0], reach[1]), n_grid)
         slices.append(
             PlaneSlice(
                 title, "eigenvector 1", y_label, x, y, kl, eps_levels,
