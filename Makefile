@@ -71,7 +71,7 @@ TORCHRUN = set -o pipefail; mkdir -p $(RUN_DIR)/logs; $(VENV)/bin/python -m torc
 MEASURED = 2>&1 | tee $(RUN_DIR)/logs/measure.log || { grep -h '^error: ' $(RUN_DIR)/logs/measure.log | sort -u | tail -n 2; \
 	echo "fisherlib measure failed on $(NPROC) processes: the full output is in $(RUN_DIR)/logs/measure.log"; exit 1; }
 
-.PHONY: all venv constraints test test-unit test-integration test-notebooks test-architectures readme verify bench bench-real bench-layers bench-steering bench-distributed grid gpu-check reproduce dynamics tiny-model paper book clean help
+.PHONY: all venv constraints test test-unit test-integration test-notebooks test-architectures readme verify bench bench-real bench-layers bench-steering bench-distributed bench-study grid gpu-check reproduce dynamics tiny-model paper book clean help
 all: help
 
 help:
@@ -92,6 +92,7 @@ help:
 	@echo "make bench-real | gpu-check   real-size head benchmark; GPU check (CPU dry run without CUDA)"
 	@echo "make bench-layers   layer_boundary against the naive full-context search (tiny, ~3 min)"
 	@echo "make bench-steering   closed-form steering budget against bisection with full passes (tiny, ~1 min)"
+	@echo "make bench-study  the whole study notebook by notebook from an empty cache (BENCH_STUDY_ARGS='--arch smollm2 --fixture-corpora')"
 	@echo "make bench-distributed   the sharded sweep, layer study and steering budgets with 1 and 2 processes (tiny, ~6 min)"
 
 venv: $(STAMP)
@@ -164,6 +165,10 @@ bench-steering: $(STAMP)
 # `fisherlib measure sweep`, `layers` and `steering` with 1 and 2 torchrun processes (threads split between them), one run.
 bench-distributed: $(STAMP)
 	$(PY) benchmarks/bench_distributed.py $(BENCH_DISTRIBUTED_ARGS)
+
+# The whole study on one model from an empty cache, notebook by notebook (BENCH_STUDY_ARGS="--arch smollm2 --fixture-corpora").
+bench-study: $(STAMP)
+	$(PY) benchmarks/bench_study.py $(BENCH_STUDY_ARGS)
 
 # A grid of runs, one `make reproduce` job each, through submitit: EXECUTOR=slurm (PARTITION, GPUS, MEM_GB,
 # TIME_MIN) or local. Complete runs are skipped; rerunning resubmits the failed ones. Then `make paper`.

@@ -304,6 +304,8 @@ def write_summary(results_root: Path | None = None) -> Path:
         ("Stratifiers — within-quintile variance of log ρ, relative to the best", stratifiers),
         ("Every predictor on one denominator — fraction within 50% of t_emp, all classes", predictors),
         ("Steering budget — |relative error| of the population budget against the exact search (notebook 11)", steering),
+        ("The rank-one regime — near-binary positions and the top eigenvector's |cos| with w_b − w_a there", rank_one),
+        ("Within 50% of t_emp at ε = 1 — raw closed form, best calibrator, quartic root", within50),
         ("Claims matrix — each claim's verdict per run (rules in `fisherlib.report.claims`, details in `results/<run>/claims.md`)",
          claims_matrix),
     ):
@@ -358,6 +360,12 @@ def story(run_dir: Path | str) -> str:
         text += (": an uncalibrated closed form beats a fitted calibrator." if quartic["within_50"] > calibrators.max()
                  else ": the calibrator stays ahead of the closed forms.")
         lines.append(text)
+    truncation = _truncation_sentence(run_dir, card)
+    if truncation:
+        lines.append(truncation)
+    departures = _departures_sentence(ledger)
+    if departures:
+        lines.append(departures)
     if card is not None and card.iloc[0].get("layer_engine") == "full-context":
         lines.append(f"The layer study ran on the full-context engine: {card.iloc[0]['layer_engine_reason']}.")
     for notebook, reason in read_not_applicable(run_dir).items():
@@ -367,6 +375,87 @@ def story(run_dir: Path | str) -> str:
     columns = ["claim", "source", "verdict", "ours"] if "source" in ledger.columns else ["claim", "verdict", "ours"]
     table = markdown_table(ledger[columns])
     return "\n\n".join([" ".join(lines), *([newer] if newer else []), *([steering] if steering else []), table])
+
+
+def _truncation_sentence(run_dir: Path, card: pd.DataFrame | None) -> str:
+    """What keeping the top k tokens does to F here: F_k against the full F (notebook 02's comparison, notebook 04's ρ)."""
+    comparison = _read(run_dir, "topk_vs_full_fisher")
+    rho = _read(run_dir, "rho_topk_vs_full")
+    if comparison is None or card is None:
+        return ""
+    parameters = json.loads((run_dir / "model_card.csv").read_text(encoding="utf-8").splitlines()[0].removeprefix("# parameters:"))
+    stats = comparison.set_index("quantity")
+    vocab = int(card.iloc[0]["vocab"])
+    text = (f"Keeping the top {parameters['top_k']} of V = {vocab} tokens (F_k), the median position keeps "
+            f"{stats.loc['trace_ratio', '50%']:.1%} of F's trace (10th percentile {stats.loc['trace_ratio', '10%']:.1%}) "
+            f"and F's top eigenvalue to a median ratio of {stats.loc['top_eig_ratio', '50%']:.4f}, its top eigenvector at "
+            f"|cos| {stats.loc['top_eig_cos', '50%']:.4f} (over {int(stats.loc['trace_ratio', 'count'])} positions)")
+    if rho is not None and "truncation_share" in rho.columns:
+        at = rho[(rho["cls"] == "random") & (rho["eps"] == parameters["large_eps"])]
+        if len(at):
+            row = at.iloc[0]
+            text += (f"; along random directions at ε = {row['eps']:g} the truncation moves median ρ from "
+                     f"{row['median_rho_full']:.3f} (F) to {row['median_rho']:.3f} (F_k)")
+    return text + "."
+
+
+def _departures_sentence(ledger: pd.DataFrame) -> str:
+    """Name the write-up's claims this run does not reproduce, with its own figure and the write-up's."""
+    if "source" not in ledger.columns:
+        return ""
+    missed = ledger[(ledger["source"] == "write-up") & (ledger["verdict"] == "not reproduced")]
+    if not len(missed):
+        return "Every claim of the write-up that this run can test is reproduced at least in part."
+    # A claim whose figure the write-up gives is shown beside it; an expectation it does not quantify by name only.
+    quantified = missed[~missed["write_up"].astype(str).str.lower().str.startswith("not ")]
+    unquantified = missed[missed["write_up"].astype(str).str.lower().str.startswith("not ")]
+    parts = [f"{row.claim} (here: {row.ours}; write-up: {row.write_up})" for row in quantified.itertuples()]
+    if len(unquantified):
+        parts.append(f"and {', '.join(unquantified['claim'])}, which the write-up does not quantify")
+    return "Where this run departs from the write-up: " + "; ".join(parts) + "."
+
+
+def rank_one(runs: dict[str, Path]) -> pd.DataFrame:
+    """The rank-one regime per run: the share of near-binary positions and the median |cos| of F_k's top eigenvector with w_b − w_a there."""
+    def summary(table: pd.DataFrame) -> pd.Series:
+        row = table.iloc[0]
+        return pd.Series({"near-binary positions": f"{row['share_near_binary']:.1%} ({int(row['n_near_binary'])})",
+                          "median cos there (absolute)": f"{row['median_cos_near_binary']:.3f}"})  # fmt: skip
+
+    frame = pd.DataFrame(_per_run(runs, "rank_one_regime", summary))
+    frame["write-up (3 archs)"] = "derived (rank-1 limit of F); no figure"
+    return frame.fillna("—")
+
+
+def within50(runs: dict[str, Path]) -> pd.DataFrame:
+    """Within 50% of t_emp at ε = 1, all classes: the raw closed form, the best cross-validated calibrator, the quartic root."""
+    def summary(table: pd.DataFrame) -> pd.Series:
+        at = table[(table["cls"] == "all") & (table["eps"] == 1.0)].set_index("predictor")
+        calibrated = at[at.index.str.startswith("iso_")]["within_50"]
+        return pd.Series({"raw t_pred": f"{at.loc['t_pred', 'within_50']:.1%}", "best calibrator": f"{calibrated.max():.1%}",
+                          "quartic root": f"{at.loc['t_quartic', 'within_50']:.1%}"})  # fmt: skip
+
+    columns = _per_run(runs, "predictor_comparison", summary)
+    for arch in WRITE_UP_ARCHS:
+        ref = WRITE_UP[arch]["calibration"]
+        columns[_write_up_header(arch)] = pd.Series({"raw t_pred": f"{ref['raw']:.0%}", "best calibrator": f"{ref['calibrated_pooled']:.0%} (pooled)"})
+    return pd.DataFrame(columns).reindex(["raw t_pred", "best calibrator", "quartic root"]).fillna("—")
+
+
+SIDE_BY_SIDE = (
+    ("Table 1: median ρ on the top eigenvector of F_k at small ε", table1),
+    ("Table 2: median ρ at ε = 1 by direction class", table2),
+    ("Within 50% of t_emp at ε = 1 (all classes)", within50),
+    ("Per-position Spearman of t_pred against t_emp (median [min, max])", spearman),
+    ("The rank-one regime", rank_one),
+)
+
+
+def side_by_side(results_root: Path) -> str:
+    """The runs under `results_root` beside the write-up's three models (Markdown): Table 1, Table 2, within 50%,
+    Spearman, the rank-one regime."""
+    runs = find_runs(Path(results_root))
+    return "\n\n".join(f"**{title}**\n\n{markdown_table(builder(runs), index=True)}" for title, builder in SIDE_BY_SIDE)
 
 
 def _steering_results(run_dir: Path) -> str:

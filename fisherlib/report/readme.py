@@ -19,6 +19,8 @@ from .paper import story
 
 BEGIN = "<!-- results:begin (make readme writes this block from results/{run}/: edit fisherlib/report/readme.py, not the text) -->"
 END = "<!-- results:end -->"
+SIDE_BEGIN = "<!-- side-by-side:begin (make readme writes this block from every complete run in results/) -->"
+SIDE_END = "<!-- side-by-side:end -->"
 
 
 def _markdown(frame: pd.DataFrame) -> str:
@@ -111,6 +113,13 @@ def readme_results(run_dir: Path | str) -> str:
     return f"{BEGIN.format(run=run_dir.name)}\n\n{body}\n\n{END}"
 
 
+def side_by_side_block(results_root: Path) -> str:
+    """The README's block of every complete run under `results_root` beside the write-up's models."""
+    from .paper import side_by_side
+
+    return f"{SIDE_BEGIN}\n\n{side_by_side(results_root)}\n\n{SIDE_END}"
+
+
 def write_readme(readme: Path, run_dir: Path | str) -> bool:
     """Replace the results block of `readme` with `readme_results(run_dir)`; return whether the file changed."""
     from ..io.atomic import atomic_write_text
@@ -122,6 +131,10 @@ def write_readme(readme: Path, run_dir: Path | str) -> bool:
     head, rest = text.split(begin, 1)
     _, tail = rest.split(END, 1)
     updated = head + readme_results(run_dir) + tail
+    if SIDE_BEGIN in updated and SIDE_END in updated:  # the runs beside the write-up: every complete run
+        head, rest = updated.split(SIDE_BEGIN, 1)
+        _, tail = rest.split(SIDE_END, 1)
+        updated = head + side_by_side_block(Path(run_dir).parent) + tail
     if updated != text:
         atomic_write_text(Path(readme), updated)
     return updated != text

