@@ -175,7 +175,7 @@ bench-study: $(STAMP)
 ARCHS ?= $(ARCH)
 EXECUTOR ?= slurm
 grid: $(STAMP)
-	$(PY) -m fisherlib.run.cli grid --archs $(ARCHS) --executor $(EXECUTOR) \
+	@$(PY) -m fisherlib.run.cli grid --archs $(ARCHS) --executor $(EXECUTOR) \
 		$(if $(REVISIONS),--revisions $(REVISIONS)) $(if $(SEEDS),--seeds $(SEEDS)) \
 		$(if $(PARTITION),--partition $(PARTITION)) $(if $(GPUS),--gpus-per-job $(GPUS)) \
 		$(if $(MEM_GB),--mem-gb $(MEM_GB)) $(if $(TIME_MIN),--time-min $(TIME_MIN)) $(if $(GRID_MAKE_ARGS),--make-args $(GRID_MAKE_ARGS))
