@@ -40,11 +40,13 @@ logger = logging.getLogger(__name__)
 DEFAULT_ROW_BUDGET = 1 << 28  # bytes of float64 logits (and their tangents) held by one batch of steered texts
 
 
-def token_texts(model, texts) -> list[torch.Tensor]:
+def token_texts(model, texts, add_special_tokens: bool | None = None) -> list[torch.Tensor]:
     """Return `texts` as 1-D int64 token-id tensors.
 
-    `texts` is a list of strings (tokenised with `model.tokenizer`, no special tokens added), of token-id
-    sequences, or a `PositionSample` (its contexts, each through its target token).
+    `texts` is a list of strings, of token-id sequences, or a `PositionSample` (its contexts, each through its
+    target token). Strings are tokenised as the model is run: with `model.tokenizer`'s defaults, its special
+    tokens (a BOS) included, as `tokenizer(text)` and the study's sampling do; `add_special_tokens=False`
+    leaves them out.
     """
     contexts = getattr(texts, "context_ids", texts)
     if isinstance(contexts, (str, bytes)) or contexts is None:
@@ -58,7 +60,8 @@ def token_texts(model, texts) -> list[torch.Tensor]:
             tokenizer = getattr(model, "tokenizer", None)
             if tokenizer is None:
                 raise InputError("strings need a tokenizer: pass a LoadedModel (load_model) or token ids")
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            options = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
+            ids = tokenizer(text, **options)["input_ids"]
             text = torch.tensor(ids, dtype=torch.long)
         ids = torch.as_tensor(text).reshape(-1).long()
         if ids.numel() == 0:
@@ -125,10 +128,10 @@ class SteeredTexts:
     own_attention: bool = False
 
     @classmethod
-    def build(cls, model, texts, layer, v) -> SteeredTexts:
+    def build(cls, model, texts, layer, v, add_special_tokens: bool | None = None) -> SteeredTexts:
         network = network_of(model)
         layer = check_steering_layer(model, layer)
-        tokens = token_texts(model, texts)
+        tokens = token_texts(model, texts, add_special_tokens)
         # The residual's width at the layer: wider than the head's input in some models (OPT's word_embed_proj_dim).
         longest = max(tokens, key=len)
         width = int(residuals_by_layer(model, [longest], [layer])[layer].shape[-1]) if len(longest) >= 2 else None

@@ -37,7 +37,7 @@ from ..layers.pullback import layer_boundary, layer_velocities
 
 POSITIONS = ("all", "target")
 METHODS = ("closed", "quartic", "exact", "bisection")
-BUDGET_COLUMNS = ["text", "position", "eps", "curv", "alpha_pred", "alpha_quartic", "alpha_emp", "nonmonotone", "unconverged"]
+BUDGET_COLUMNS = ["text", "position", "token", "eps", "curv", "alpha_pred", "alpha_quartic", "alpha_emp", "nonmonotone", "unconverged"]
 
 
 def _check_eps(eps) -> np.ndarray:
@@ -57,12 +57,14 @@ def _predictions(p: torch.Tensor, A: torch.Tensor, eps: np.ndarray, quartic: boo
     return curv, pred, cumulant_boundary(kappas, eps_t)[:, 0, :] if quartic else None
 
 
-def _long_table(text, position, eps, curv, pred, quartic, emp, nonmonotone, unconverged) -> pd.DataFrame:
+def _long_table(ids, text, position, eps, curv, pred, quartic, emp, nonmonotone, unconverged) -> pd.DataFrame:
     L, E = pred.shape
+    text, position = np.asarray(text), np.asarray(position)
     return pd.DataFrame(
         {
-            "text": np.repeat(np.asarray(text), E),
-            "position": np.repeat(np.asarray(position), E),
+            "text": np.repeat(text, E),
+            "position": np.repeat(position, E),
+            "token": np.repeat(ids[text, position].numpy(), E),
             "eps": np.tile(eps, L),
             "curv": np.repeat(np.asarray(curv, dtype=float), E),
             "alpha_pred": np.asarray(pred, dtype=float).reshape(-1),
@@ -76,14 +78,15 @@ def _long_table(text, position, eps, curv, pred, quartic, emp, nonmonotone, unco
 
 def steering_budget(
     model, texts, layer, v, eps, positions: str = "all", rtol: float = 1e-4, alpha_max: float | None = None,
-    exact: bool = True, batch_size: int = 16,
+    exact: bool = True, batch_size: int = 16, add_special_tokens: bool | None = None,
 ) -> pd.DataFrame:  # fmt: skip
     """Return the per-token steering budget: one row per text, token position and ε.
 
-    `model` a `LoadedModel` or causal LM; `texts` a list of strings, of token-id sequences, or a
+    `model` a `LoadedModel` or causal LM; `texts` a list of strings (tokenised as the model is run, its BOS
+    included; `add_special_tokens=False` leaves special tokens out), of token-id sequences, or a
     `PositionSample`; `layer` an int `0 … n_layers` or `"head"`; `v [d]` the steering vector (any norm: α is
-    in its units); `eps` a number or a list `[E]`. Columns: `text`, `position` (token index in the text),
-    `eps`, `curv` (`Var_p[a]`, per unit α²), `alpha_pred`, `alpha_quartic`, `alpha_emp` (`inf`: censored;
+    in its units); `eps` a number or a list `[E]`. Columns: `text`, `position` (token index in the text, the
+    BOS being position 0 where the tokenizer adds one), `token` (its id), `eps`, `curv` (`Var_p[a]`, per unit α²), `alpha_pred`, `alpha_quartic`, `alpha_emp` (`inf`: censored;
     NaN with `exact=False`), `nonmonotone` (the KL fell somewhere before the largest ε), `unconverged`.
 
     `positions="all"` adds `α v` at every position (activation steering) and reports every token;
@@ -93,7 +96,7 @@ def steering_budget(
     if positions not in POSITIONS:
         raise InputError(f"positions must be one of {POSITIONS}, not {positions!r}")
     eps = _check_eps(eps)
-    steered = engine.SteeredTexts.build(model, texts, layer, v)
+    steered = engine.SteeredTexts.build(model, texts, layer, v, add_special_tokens)
     if positions == "all":
         velocities = engine.steering_velocities(steered)
         z, a, _ = velocities
@@ -106,7 +109,7 @@ def steering_budget(
             emp, nonmonotone, unconverged = found["alpha_emp"], found["nonmonotone"], found["unconverged"]
         else:
             emp, nonmonotone, unconverged = torch.full((L, len(eps)), math.nan), torch.zeros(L, dtype=torch.bool), torch.zeros(L, len(eps), dtype=torch.bool)
-        return _long_table(text.numpy(), position.numpy(), eps, curv, pred, quartic, emp, nonmonotone, unconverged)
+        return _long_table(steered.ids, text.numpy(), position.numpy(), eps, curv, pred, quartic, emp, nonmonotone, unconverged)
     contexts, text, position = [], [], []
     for i, length in enumerate(steered.lengths.tolist()):
         for t in range(1, length):
@@ -124,7 +127,7 @@ def steering_budget(
     else:
         emp = torch.full((len(contexts), len(eps)), math.nan)
         nonmonotone, unconverged = torch.zeros(len(contexts), dtype=torch.bool), torch.zeros(len(contexts), len(eps), dtype=torch.bool)
-    return _long_table(text, position, eps, curv, pred, quartic, emp, nonmonotone, unconverged)
+    return _long_table(steered.ids, text, position, eps, curv, pred, quartic, emp, nonmonotone, unconverged)
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,7 @@ def population_quantile(kl: torch.Tensor, quantile: float) -> float:
 
 def steering_scale(
     model, texts, layer, v, eps: float = 1.0, quantile: float = 0.95, method: str = "closed", rtol: float = 1e-4,
-    alpha_start: float = 1.0, max_passes: int = 200,
+    alpha_start: float = 1.0, max_passes: int = 200, add_special_tokens: bool | None = None,
 ) -> SteeringScale:  # fmt: skip
     """Return the α at which the `quantile` of per-token KL over every token of `texts` reaches `eps`.
 
@@ -168,7 +171,7 @@ def steering_scale(
         raise InputError(f"quantile must lie in (0, 1), got {quantile!r}")
     eps = float(_check_eps(eps)[0])
     start = time.perf_counter()
-    steered = engine.SteeredTexts.build(model, texts, layer, v)
+    steered = engine.SteeredTexts.build(model, texts, layer, v, add_special_tokens)
     n_texts, n_tokens = len(steered.ids), int(steered.lengths.sum())
     if method in ("closed", "quartic"):
         z, a, _ = engine.steering_velocities(steered)
@@ -197,7 +200,9 @@ def steering_scale(
     return SteeringScale(alpha, method, eps, quantile, n_tokens, passes[0], time.perf_counter() - start)
 
 
-def closed_form_scales(model, texts, layer, v, eps, quantiles, quartic: bool = False) -> pd.DataFrame:
+def closed_form_scales(
+    model, texts, layer, v, eps, quantiles, quartic: bool = False, add_special_tokens: bool | None = None,
+) -> pd.DataFrame:  # fmt: skip
     """Return the closed-form (and, with `quartic`, the quartic) population budget at every ε `[E]` and quantile `[Q]`.
 
     All from one forward-mode pass per text: the per-token predictions do not depend on the quantile, and
@@ -207,7 +212,7 @@ def closed_form_scales(model, texts, layer, v, eps, quantiles, quartic: bool = F
     quantiles = [float(q) for q in np.atleast_1d(quantiles)]
     if not quantiles or not all(0 < q < 1 for q in quantiles):
         raise InputError(f"every quantile must lie in (0, 1), got {quantiles!r}")
-    steered = engine.SteeredTexts.build(model, texts, layer, v)
+    steered = engine.SteeredTexts.build(model, texts, layer, v, add_special_tokens)
     z, a, _ = engine.steering_velocities(steered)
     text, position = engine.token_lines(steered.lengths)
     _, pred, quartic_alpha = _predictions(torch.softmax(z[text, position], -1), a[text, position], eps, quartic)

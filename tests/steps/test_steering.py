@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -24,6 +25,12 @@ def model():
 def _texts(lengths=(7, 12, 9), seed: int = 5) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     return [torch.randint(0, VOCAB, (n,), generator=generator) for n in lengths]
+
+
+def _vector_of(width: int, seed: int = 6) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    v = torch.randn(width, dtype=torch.float64, generator=generator)
+    return v / v.norm()
 
 
 def _vector(seed: int = 6) -> torch.Tensor:
@@ -131,3 +138,51 @@ def test_bad_input_gets_one_clear_error(model):
         S.steering_budget(model, long, 1, v, 0.1)
     assert len(S.steering_budget(model, _texts((limit,)), 1, v, 0.1, positions="target"))  # the whole context is fine
     assert math.isfinite(S.steering_scale(model, texts, 1, v, eps=0.1).alpha)
+
+
+@pytest.mark.integration
+def test_strings_are_tokenised_as_the_model_is_run_and_match_an_independent_brute_force(shared_dir):
+    """On a BOS-adding tokenizer (stories260K's Llama tokenizer) a string's budget is its `tokenizer(text)` ids' budget,
+    BOS included, and agrees with a hand-written hook, full float64 passes, a grid and bisections."""
+    from fisherlib.models.loading import load_model
+
+    model = load_model(shared_dir / "fixtures" / "models" / "stories260K" / "hf", device="cpu", dtype="float64")
+    text, layer, eps = "Once upon a time, there was a little cat.", 2, 0.1
+    ids = model.tokenizer(text)["input_ids"]
+    assert ids[0] == model.tokenizer.bos_token_id, "the fixture's tokenizer adds a BOS"
+    v = _vector_of(model.model.config.hidden_size)
+    from_string = S.steering_budget(model, [text], layer, v, eps)
+    from_ids = S.steering_budget(model, [ids], layer, v, eps)
+    pd.testing.assert_frame_equal(from_string, from_ids)
+    assert from_string["token"].tolist() == ids and from_string["position"].tolist() == list(range(len(ids)))
+    without = S.steering_budget(model, [text], layer, v, eps, add_special_tokens=False, exact=False)
+    assert without["token"].tolist() == ids[1:]  # the option leaves the BOS out, and the table says which tokens it holds
+
+    network, input_ids = model.model, torch.tensor([ids])
+
+    def kl_per_token(alpha: float) -> torch.Tensor:
+        handle = network.model.layers[layer].register_forward_pre_hook(lambda module, args: (args[0] + alpha * v, *args[1:]))
+        try:
+            with torch.no_grad():
+                return network(input_ids).logits[0].double().log_softmax(-1)
+        finally:
+            handle.remove()
+
+    base = kl_per_token(0.0)
+    kl = lambda alpha: (base.exp() * (base - kl_per_token(alpha))).sum(-1)  # noqa: E731 - KL(p ‖ p_α) per token
+    grid = torch.logspace(-2, 2, 60, dtype=torch.float64)
+    values = torch.stack([kl(float(a)) for a in grid])  # [J, T]
+    compared = 0
+    for position in range(len(ids)):
+        hit = torch.nonzero(values[:, position] >= eps).flatten()
+        if not len(hit):
+            continue
+        j = int(hit[0])
+        lo, hi = (float(grid[j - 1]) if j else 0.0), float(grid[j])
+        for _ in range(34):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (lo, mid) if float(kl(mid)[position]) >= eps else (mid, hi)
+        got = float(from_string["alpha_emp"].iloc[position])
+        assert got == pytest.approx(0.5 * (lo + hi), rel=1e-5), position
+        compared += 1
+    assert compared >= len(ids) - 1, f"only {compared} of {len(ids)} tokens crossed ε within the grid"
