@@ -41,9 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.fixture_corpora:
         from fisherlib.data.corpora import fixture_corpora
 
-        shared = ROOT.parent / "shared"
-        if not (shared / "fixtures" / "corpora").is_dir():
-            parser.error(f"--fixture-corpora needs {shared}/fixtures/corpora")
+        shared = Path("..") / "shared"  # relative to the repository root, as make takes corpus paths: no machine's path is recorded
+        if not (ROOT / shared / "fixtures" / "corpora").is_dir():
+            parser.error(f"--fixture-corpora needs {ROOT / shared}/fixtures/corpora")
         corpora = " ".join(fixture_corpora(shared))
     if not args.warm:
         shutil.rmtree(ROOT / "results" / run / "cache", ignore_errors=True)
