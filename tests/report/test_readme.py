@@ -65,3 +65,11 @@ def test_write_readme_replaces_only_the_block_and_refuses_a_file_without_one(tmp
     (tmp_path / "other.md").write_text("no block here\n")
     with pytest.raises(ValueError, match="no results block"):
         write_readme(tmp_path / "other.md", run)
+
+
+def test_every_file_the_readme_names_exists():
+    import re
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    named = sorted(set(re.findall(r"(?:tests|benchmarks|params|notebooks|docs)/[\w/.-]+\.(?:py|yaml|ipynb|md)", text)))
+    assert named and [path for path in named if not (ROOT / path).is_file()] == []
