@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -45,6 +46,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
             shutil.copy2(path, results / path.name)
     for name in NOTEBOOKS:
         shutil.copy2(published / "notebooks" / f"{name}.ipynb", results / "notebooks")
+    # A run that published these two notebooks (one listing notebooks it does not hold is damaged: left out).
+    manifest = json.loads((published / "run.json").read_text())
+    (results / "run.json").write_text(json.dumps(manifest | {"notebooks": list(NOTEBOOKS)}))
     (root / "figures").symlink_to(ROOT / "figures")  # the notebooks link ../../../figures/<run>/<name>.png
     index = build_book(root / "results", root / "out")
     assert index.is_file() and (index.parent / RUN / f"{NOTEBOOKS[1]}.html").is_file()
