@@ -155,7 +155,8 @@ class Comparison:
     tables: list[Moved]
     notebooks: list[Moved]
     verdicts: tuple[int, int]  # (identical, compared)
-    problems: list[str]  # files missing on one side, damaged files
+    problems: list[str]  # files missing from this run, damaged files
+    notes: list[str] = field(default_factory=list)  # what this run has beyond the reference
 
     @property
     def reproduced(self) -> bool:
@@ -163,7 +164,7 @@ class Comparison:
 
     def report(self) -> list[str]:
         """One line per table or notebook that moved, its problems beneath it; the verdict last."""
-        lines = list(self.problems)
+        lines = list(self.notes) + list(self.problems)
         for moved in self.tables + self.notebooks:
             if moved.largest > 0:
                 lines.append(f"{moved.name}: {moved.compared} cells compared, largest relative difference {moved.largest:.1e} in {moved.where}")
@@ -199,12 +200,13 @@ def compare_runs(current: Path | str, reference: Path | str) -> Comparison:
     problems: list[str] = []
     ours, theirs = _tables(current), _tables(reference)
     problems += [f"table {name} is in {reference} but not in {current}" for name in sorted(set(theirs) - set(ours))]
-    problems += [f"table {name} is in {current} but not in {reference}" for name in sorted(set(ours) - set(theirs))]
+    # A table the reference lacks (a notebook it did not publish) reproduces nothing and contradicts nothing: said, not failed.
+    notes = [f"table {name} is new in this run (the reference has none): not compared" for name in sorted(set(ours) - set(theirs))]
     tables = [compare_table(name, ours[name], theirs[name]) for name in sorted(set(ours) & set(theirs))]
     verdicts = _compare_verdicts(current / "claims.csv", reference / "claims.csv", problems)
     problems += _compare_manifests(current / "run.json", reference / "run.json")
     notebooks = _compare_notebooks(current / "notebooks", reference / "notebooks", problems)
-    return Comparison(tables, notebooks, verdicts, problems)
+    return Comparison(tables, notebooks, verdicts, problems, notes)
 
 
 @contextmanager
@@ -355,8 +357,9 @@ def _compare_manifests(current: Path, reference: Path) -> list[str]:
     elif ours and theirs:
         if not ours.get("complete"):
             problems.append(f"{current} says the run is not complete")
-        if sorted(ours.get("notebooks", [])) != sorted(theirs.get("notebooks", [])):
-            problems.append(f"the run published notebooks {ours.get('notebooks')}, the reference {theirs.get('notebooks')}")
+        missing = sorted(set(theirs.get("notebooks", [])) - set(ours.get("notebooks", [])))
+        if missing:
+            problems.append(f"the reference published notebooks this run did not: {', '.join(missing)}")
     return problems
 
 
