@@ -11,18 +11,14 @@ Layout (imports point down the list; `tests/test_layout.py` enforces it):
 - `report`: figures, computed findings, the claims ledger, `make paper`;
 - `run`: the notebooks' glue (parameters, cached inputs and measurements, outputs, the CLI).
 
-Importing the package is cheap: names resolve to their modules on first use, so `import fisherlib`
-does not import transformers or datasets. The modules of the flat layout before subpackages
-(`fisherlib.fisher`, `fisherlib.sampling`, …) still import, as aliases of their new homes
-(`docs/api.md` lists where each moved).
+Importing the package is cheap: names and subpackages resolve on first use (through `fisherlib._lazy`,
+as in every subpackage but the self-contained `core`), so `import fisherlib` does not import
+transformers or datasets.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.abc
-import importlib.machinery
-import sys
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -68,65 +64,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
-SUBPACKAGES = ("core", "io", "data", "models", "layers", "steps", "report", "run")
-
-# The flat layout's modules -> their homes. Modules split in two (study, measure) and analysis (a
-# re-export of the step modules) have no single home: docs/api.md says where their names went.
-MOVED_MODULES = {
-    "errors": "core.errors", "_checks": "core.checks", "fisher": "core.fisher", "boundary": "core.boundary",
-    "bisection": "core.bisection", "directions": "core.directions",
-    "atomic": "io.atomic", "progress": "io.progress", "paths": "io.locations",
-    "corpora": "data.corpora", "sampling": "data.sampling",
-    "model_surgery": "models.surgery", "tiny": "models.tiny",
-    "layer_engine": "layers.engine",
-    "stats": "steps.stats", "geometry": "steps.geometry", "exactness": "steps.exactness",
-    "direction_classes": "steps.direction_classes", "calibration": "steps.calibration",
-    "stratifiers": "steps.stratifiers", "stable_regions": "steps.stable_regions", "layer_study": "steps.layer_study",
-    "plateaus": "steps.plateaus", "dynamics": "steps.dynamics",
-    "findings": "report.findings", "claims": "report.claims", "claim_rules": "report.claim_rules",
-    "reference": "report.reference", "paper": "report.paper", "plots": "report.plots",
-    "layer_plots": "report.layer_plots", "dynamics_report": "report.dynamics_report",
-    "cli": "run.cli", "parameter_docs": "run.parameter_docs",
-}  # fmt: skip
-# Every alias the finder serves: the moved modules, and short names for a step researchers import directly.
-MODULE_ALIASES = {**MOVED_MODULES, "steering": "steps.steering"}
-
-
-class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Import `fisherlib.<old name>` as the module it moved to: the same module object, not a copy."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        prefix, _, name = fullname.partition(".")
-        if prefix != __name__ or name not in MODULE_ALIASES:
-            return None
-        return importlib.machinery.ModuleSpec(fullname, self)
-
-    def create_module(self, spec):
-        module = importlib.import_module(f"{__name__}.{MODULE_ALIASES[spec.name.partition('.')[2]]}")
-        spec.loader_state = module.__spec__
-        return module
-
-    def exec_module(self, module):
-        # The import system stamped the alias's spec on the real module: give it back its own.
-        module.__spec__ = module.__spec__.loader_state
-
-
-if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
-    sys.meta_path.append(_MovedModuleFinder())
-
-
-def __getattr__(name: str):
-    if name in SUBPACKAGES:
-        return importlib.import_module(f"{__name__}.{name}")
-    if name in MODULE_ALIASES:
-        return importlib.import_module(f"{__name__}.{name}")
-    if name in _EXPORTS:
-        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
-        value = getattr(module, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'fisherlib' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__ + list(SUBPACKAGES)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __path__)

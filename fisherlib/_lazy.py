@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 
 def lazy_exports(package: str, exports: Mapping[str, str], path) -> tuple[Callable, Callable]:
     """Return `(__getattr__, __dir__)` for `package`: `exports` maps a public name to the submodule defining it."""
-    submodules = {info.name for info in pkgutil.iter_modules(path)}
+    submodules = {info.name for info in pkgutil.iter_modules(path) if not info.name.startswith("_")}
 
     def __getattr__(name: str):
         if name in submodules:

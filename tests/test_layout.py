@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -88,16 +89,42 @@ def test_the_checker_sees_a_back_arrow(tmp_path, monkeypatch):
         test_imports_point_down(fake / "bad.py")
 
 
-def test_public_names_and_moved_modules_still_import():
+def test_core_imports_nothing_of_fisherlib_outside_core():
+    """`fisherlib.core` is self-contained: not even the top-level package's lazy helpers (`fisherlib._lazy`)."""
+    outside = [
+        f"core/{path.name}:{line}: imports {name}"
+        for path in sorted((PACKAGE / "core").glob("*.py"))
+        for line, name in imports_of(path)
+        if name.split(".")[0] == "fisherlib" and name.split(".")[:2] != ["fisherlib", "core"]
+    ]
+    assert not outside, "\n".join(outside)
+
+
+def test_every_public_name_imports():
     for name in fisherlib.__all__:
         assert getattr(fisherlib, name) is not None, name
-    for old, new in fisherlib.MOVED_MODULES.items():
-        alias = importlib.import_module(f"fisherlib.{old}")
-        assert alias is importlib.import_module(f"fisherlib.{new}") and alias.__spec__.name == f"fisherlib.{new}", old
+        namespace = {}
+        exec(f"from fisherlib import {name}", namespace)
+        assert namespace[name] is getattr(fisherlib, name), name
     from fisherlib.layers import layer_boundary
     from fisherlib.models import load_model
 
     assert load_model is fisherlib.load_model and layer_boundary is fisherlib.layer_boundary
+
+
+@pytest.mark.parametrize("old", ["sampling", "fisher", "errors", "cli", "steering"])
+def test_the_flat_layouts_module_names_are_gone(old):
+    """0.1.0 carries no aliases of the modules before the subpackages: `fisherlib.sampling` is `fisherlib.data.sampling`."""
+    assert not hasattr(fisherlib, old)
+    with pytest.raises(ModuleNotFoundError, match=f"fisherlib.{old}"):
+        importlib.import_module(f"fisherlib.{old}")
+
+
+def test_importing_fisherlib_is_cheap():
+    """`import fisherlib` imports neither torch nor transformers (names resolve on first use)."""
+    code = "import sys, fisherlib; print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'pandas', 'datasets'}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
 
 
 def test_the_gpu_check_runs_test_files_that_exist():

@@ -5,9 +5,6 @@ spectrum, the closed forms `t = sqrt(2ε / uᵀFu)` and the cumulant expansion),
 crossing of `KL = ε` along `z + t a`), `bisection` (the brute-force search the tests and benchmarks
 compare against), `directions` (the sweep's unit directions), `checks` and `errors` (one clear error per
 bad input). It imports torch and numpy only: nothing of fisherlib outside `core`, no pandas, no
-transformers, so it can be read, and reused, in one sitting.
+transformers, so it can be read, and reused, in one sitting (import its modules by name:
+`from fisherlib.core import fisher`).
 """
-
-from .._lazy import lazy_exports
-
-__getattr__, __dir__ = lazy_exports(__name__, {}, __path__)
