@@ -1,4 +1,4 @@
-"""The per-position direction sweep of SPEC §5: eigvec, structured, tangent, random and control directions."""
+"""The per-position direction sweep of docs/method.md §7: eigvec, structured, tangent, random and control directions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rank-stratified sampling of positions (SPEC §4) with an atomic on-disk cache.
+"""Rank-stratified sampling of positions (docs/method.md §6) with an atomic on-disk cache.
 
 A position is one tokenised context and a target index `i` in it; at `i` we keep the post-final-norm
 residual `h`, from which `z = W h + b` and `p = softmax(z)` are rebuilt exactly. The sampler draws a

@@ -159,8 +159,8 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         "truncation_not_taylor", "04_closed_form_exactness",
         "On small models most of the small-ε deviation of the top-k ρ comes from truncating F to F_k, "
-        "not from the Taylor remainder (SPEC §3; not a claim of the write-up).",
-        {"all": "not in the write-up (SPEC §3's expectation for small models)"},
+        "not from the Taylor remainder (docs/method.md §5; not a claim of the write-up).",
+        {"all": "not in the write-up (docs/method.md §5's expectation for small models)"},
         f"Truncation share med|log r| / (med|log r| + med|log ρ_full|) at the smallest ε of the grid: reproduced if "
         f"≥ {SHARE_MAJORITY:g} for the top eigenvector and for at least 3 of the 4 classes; partly if ≥ {SHARE_MAJORITY:g} "
         "for the top eigenvector or for any class; else not reproduced.",

@@ -288,7 +288,7 @@ def write_summary(results_root: Path | None = None) -> Path:
         logger.warning("left out results/%s: %s", name, reason)
     sections = [
         "# Summary across runs\n",
-        "Each table is read from `results/<run>/`; the write-up's numbers (SPEC §6) stand beside ours.\n",
+        "Each table is read from `results/<run>/`; the write-up's numbers (docs/method.md §8) stand beside ours.\n",
         markdown_table(run_overview(runs), index=True) + "\n" if runs else "No complete run yet (run `make reproduce ARCH=…`).\n",
     ]
     if left_out:

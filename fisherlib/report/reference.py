@@ -1,9 +1,10 @@
-"""The write-up's reported numbers (SPEC §6), to print beside ours.
+"""The write-up's reported numbers (docs/method.md §8), to print beside ours.
 
 Keys are the study's three architectures, `qwen` (Qwen/Qwen3-1.7B), `llama` (meta-llama/Llama-3.2-1B)
 and `pythia` (EleutherAI/pythia-1b). Fractions are stored as fractions (0.54, not 54%). Where the
 write-up gives only a range over the three architectures, every architecture carries that range and
-says so. The write-up's formulas were lost in extraction; SPEC §6 restores the numbers used here.
+says so. The write-up's formulas were lost in extraction; docs/method.md §8 says what each
+number measures.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ OUTPUT_LOCATION_FIELDS = ("results_root", "figures_root", "cache_dir")
 
 @dataclass(frozen=True)
 class StudyParams:
-    """The parameters every notebook takes (SPEC §7), validated."""
+    """The parameters every notebook takes (docs/method.md §15), validated."""
 
     arch: str = "tiny"
     revision: str = ""  # the model's revision: a hub branch, tag or commit, or tiny's "step<N>"; empty: the final model

@@ -1,6 +1,6 @@
 """Notebook 06: isotonic calibration of `t_pred`, and every predictor of the boundary on one denominator.
 
-At each ε, an isotonic regression maps `t_pred` to `t_emp` (SPEC §6.4). Two spaces:
+At each ε, an isotonic regression maps `t_pred` to `t_emp` (docs/method.md §10). Two spaces:
 
 - `linear` (the write-up's): least squares of `t_emp` on `t_pred`;
 - `log`: least squares of `log t_emp` on `log t_pred`, which weighs a 2× error alike at every scale

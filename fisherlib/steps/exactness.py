@@ -249,7 +249,7 @@ def rho_topk_vs_full(measurements: pd.DataFrame, eps=None, cls=None) -> pd.DataF
 
 
 def cumulant_terms(measurements: pd.DataFrame, eps: float) -> pd.DataFrame:
-    """Return the measurements at `eps` with the terms of the quartic correction to ρ (SPEC §3).
+    """Return the measurements at `eps` with the terms of the quartic correction to ρ (docs/method.md §5).
 
     For the forward KL, `ρ_full ≈ 1 / (1 + κ₃t/(3κ₂) + κ₄t²/(12κ₂))` with κₙ the cumulants of
     `a = Wu` under the full `p` (so κ₂ = uᵀFu, and the comparison is with `ρ_full`, not the truncated ρ). The
@@ -294,7 +294,7 @@ def sign_pairs(measurements: pd.DataFrame, eps: float, column: str = "rho_full")
 
 
 def cumulant_summary(measurements: pd.DataFrame, eps=None, cls=None, tolerance: float = 1e-4) -> pd.DataFrame:
-    """Return, per ε and direction group, how well the skewness term explains `ρ_full − 1` (SPEC §3).
+    """Return, per ε and direction group, how well the skewness term explains `ρ_full − 1` (docs/method.md §5).
 
     `sign_agreement`: among usable rows with `|ρ_full − 1| > tolerance` and a nonzero skew term, the
     fraction where `ρ_full − 1` has the sign of `−κ₃` (the leading-order prediction).

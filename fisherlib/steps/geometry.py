@@ -72,7 +72,7 @@ def rank_one_summary(positions: pd.DataFrame) -> dict[str, float]:
 def rank_one_regime(positions: pd.DataFrame, bins=PAIR_MASS_BINS) -> pd.DataFrame:
     """Return |cos(top eigenvector of F_k, w_b − w_a)| binned by the top-two mass `p_a + p_b`.
 
-    As `p_a + p_b → 1` the pullback tends to `p_a p_b (w_a − w_b)(w_a − w_b)ᵀ` (SPEC §2), so the
+    As `p_a + p_b → 1` the pullback tends to `p_a p_b (w_a − w_b)(w_a − w_b)ᵀ` (docs/method.md §2), so the
     cosine should tend to 1. Columns: pair_mass bin, n, median and 10th percentile of the cosine,
     and, the same on every row, `share_near_binary` and `median_cos_near_binary` over the whole
     sample (`NEAR_BINARY_DEFINITION`).

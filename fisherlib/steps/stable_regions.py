@@ -1,7 +1,7 @@
 """Notebook 07: stable regions, the true divergence on 2-D slices through `h` against the Fisher ellipses.
 
 The region `{h + x : KL(p ‖ softmax(W(h + x) + b)) ≤ ε}` is, to second order, the ellipsoid
-`½ xᵀF x ≤ ε` with axes along F's eigenvectors and semi-axis lengths `sqrt(2ε/λ)` (SPEC §6.6).
+`½ xᵀF x ≤ ε` with axes along F's eigenvectors and semi-axis lengths `sqrt(2ε/λ)` (docs/method.md §12).
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def stable_region_slices(
     n_points: int = 240,
     max_growth: int = 8,
 ) -> list[PlaneSlice]:
-    """Return two slices through `h` (SPEC §6.6): F_k's top two eigenvectors, and the top one with a random direction.
+    """Return two slices through `h` (docs/method.md §12): F_k's top two eigenvectors, and the top one with a random direction.
 
     The random direction is a seeded Gaussian with its component along the top eigenvector removed,
     so the axes are orthogonal. Each plane's extent along each axis starts at `margin` times the

@@ -26,7 +26,7 @@ Conventions shared by every function:
 - Every result is deterministic: bootstraps and folds take a `seed`.
 - No NaN ever reaches a table: a quantity that is undefined is flagged, with the convention used.
 
-Direction groups (the `cls` column of the results) are the five classes of SPEC §5 plus
+Direction groups (the `cls` column of the results) are the five classes of docs/method.md §7 plus
 `"eigvec rank 1"` (the top eigenvector of `F_k`, both signs) and `"all"` (the four classes with a
 finite `F_k` prediction: eigvec, structured, tangent, random).
 """

@@ -1,4 +1,4 @@
-"""Notebook 07: which property of a position predicts whether the closed form works there (SPEC §6.5).
+"""Notebook 07: which property of a position predicts whether the closed form works there (docs/method.md §11).
 
 The write-up pre-registered three stratifiers: predictive entropy, max probability and effective
 Fisher rank. Each is cut into quantile bins over the positions; a good stratifier leaves little
@@ -116,7 +116,7 @@ def stratifier_variance(
     parameter because the write-up does not say which measurements it used: the notebook reports the
     top eigenvector at the small ε and all predicted classes at ε = 1.
 
-    The variance is what SPEC §6.5 asks for, but a few near-deterministic positions (p_top1 ≈ 1, where
+    The variance is what docs/method.md §11 compares, but a few near-deterministic positions (p_top1 ≈ 1, where
     even a small ε is not small) can dominate it; `robust_within_var` pools the squared scaled MADs
     (`Σ n_b mad_b² / Σ n_b`) instead, with its own `robust_ratio_to_best`, to show whether the ranking
     of the stratifiers depends on those tails.

@@ -57,7 +57,7 @@ def measure_boundaries(
 ) -> pd.DataFrame:
     """Return the long-form measurement table for residuals `h [P, d]` under the head `W [V, d]`, `b [V]`.
 
-    One row per position × direction × ε, with the columns of `MEASUREMENT_COLUMNS` (SPEC §2–§5):
+    One row per position × direction × ε, with the columns of `MEASUREMENT_COLUMNS` (docs/method.md §1–§7):
     curvatures `uᵀFu` and `uᵀF_k u`, cumulants κ₃ and κ₄ of `a = W u` under `p`, the closed forms
     (`t_pred` from `F_k`, `t_pred_full` from `F`, `t_cumulant` from the quartic Taylor series), the
     exact `t_emp` and `ρ = ½ t_emp² uᵀF_k u / ε` (and `rho_full`). Censored rows (`t_emp = inf`:

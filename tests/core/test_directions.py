@@ -1,4 +1,4 @@
-"""The direction sweep of SPEC §5: classes, signs, orthogonality, seeding."""
+"""The direction sweep of docs/method.md §7: classes, signs, orthogonality, seeding."""
 
 import pytest
 import torch
