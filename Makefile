@@ -71,7 +71,7 @@ TORCHRUN = set -o pipefail; mkdir -p $(RUN_DIR)/logs; $(VENV)/bin/python -m torc
 MEASURED = 2>&1 | tee $(RUN_DIR)/logs/measure.log || { grep -h '^error: ' $(RUN_DIR)/logs/measure.log | sort -u | tail -n 2; \
 	echo "fisherlib measure failed on $(NPROC) processes: the full output is in $(RUN_DIR)/logs/measure.log"; exit 1; }
 
-.PHONY: all venv constraints test test-unit test-integration test-notebooks test-architectures readme verify bench bench-real bench-layers bench-steering bench-distributed bench-study grid gpu-check reproduce dynamics tiny-model paper book clean help
+.PHONY: all venv constraints lint test test-unit test-integration test-notebooks test-architectures readme verify bench bench-real bench-layers bench-steering bench-distributed bench-study grid gpu-check reproduce dynamics tiny-model paper book clean help
 all: help
 
 help:
@@ -87,6 +87,7 @@ help:
 	@echo "make readme       rewrite README.md's results block from results/tiny/ (RUN=... for another run)"
 	@echo "make book         the static site of every complete run: build/book/html/index.html (offline)"
 	@echo "make test         unit + integration + notebook tests (creates .venv)"
+	@echo "make lint         ruff check and ruff format --check over the code (settings in pyproject.toml)"
 	@echo "make constraints  rewrite constraints.txt (the exact versions the set-up installs) from .venv"
 	@echo "make test-unit | test-integration | test-notebooks | test-architectures | bench"
 	@echo "make bench-real | gpu-check   real-size head benchmark; GPU check (CPU dry run without CUDA)"
@@ -115,19 +116,27 @@ endif
 $(TORCH_SPEC) $(RUN_KEY): ;
 
 # Exact versions from constraints.txt (the environment the committed tables were made with; `make
-# constraints` refreshes it); pyproject keeps ranges for library users. The full log: $(VENV)/setup.log.
+# constraints` refreshes it); pyproject keeps ranges for library users. The package goes in with its `dev`
+# (tests, ruff, the book) and `notebooks` (jupyter, papermill, seaborn) extras. The full log: $(VENV)/setup.log.
 $(STAMP): pyproject.toml constraints.txt $(TORCH_SPEC)
 	@echo "setting up $(VENV) with $(TORCH) from $(TORCH_INDEX) (log: $(VENV)/setup.log)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@( $(PY) -m pip install --upgrade pip && \
 	   $(PY) -m pip install --index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple "$(TORCH)" && \
-	   $(PY) -m pip install -c constraints.txt -e ".[dev]" && \
+	   $(PY) -m pip install -c constraints.txt -e ".[dev,notebooks]" && \
 	   $(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (fisher-boundary)" \
 	 ) > $(VENV)/setup.log 2>&1 || { tail -n 20 $(VENV)/setup.log; echo "set-up failed: full log in $(VENV)/setup.log"; exit 1; }
 	@touch $@
 
 constraints: $(STAMP)
 	$(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(torch|nvidia-|triton)' > constraints.txt
+
+# ruff (installed by the set-up, the dev extra) checks fisherlib, the tests, benchmarks, tools and notebooks; its
+# settings are pyproject.toml's [tool.ruff]. `ruff check --fix` mends most findings (import order, unused imports).
+LINTED := fisherlib tests benchmarks tools notebooks
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
