@@ -24,9 +24,9 @@ import time
 import torch
 
 import fisherlib as fl
-from fisherlib.layers import pullback as layers
 from fisherlib.core.bisection import bisection_boundary
 from fisherlib.data.corpora import load_corpus
+from fisherlib.layers import pullback as layers
 from fisherlib.run.params import ARCH_DEFAULT_CORPORA
 from options import model_parser
 

@@ -87,8 +87,8 @@ def build_model(name: str, layers: int, device: torch.device, dtype: torch.dtype
     """Return a `LoadedModel` of geometry `name` built from its config, without a folder on disk."""
     from transformers import AutoModelForCausalLM
 
-    from fisherlib.models.surgery import find_lm_head
     from fisherlib.models.loading import LoadedModel
+    from fisherlib.models.surgery import find_lm_head
 
     geometry = GEOMETRIES[name]
     torch.manual_seed(0)
@@ -175,8 +175,8 @@ class TrunkTokens:
 
 def bench_geometry(name: str, args, device: torch.device, dtype: torch.dtype) -> dict:
     from fisherlib.core.fisher import fisher_pullback
-    from fisherlib.steps.sweep import measure_boundaries
     from fisherlib.data.sampling import sample_positions
+    from fisherlib.steps.sweep import measure_boundaries
 
     started = time.perf_counter()
     loaded = build_model(name, args.layers, device, dtype)

@@ -25,8 +25,8 @@ import torch
 import fisherlib as fl
 from fisherlib.data.corpora import load_corpus
 from fisherlib.run.params import ARCH_DEFAULT_CORPORA
-from options import model_parser
 from fisherlib.steps.steering import METHODS, closed_form_scales, steering_scale
+from options import model_parser
 
 
 def draw_prompts(model, corpus: str, n: int, n_tokens: int, seed: int) -> list[torch.Tensor]:

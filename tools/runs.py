@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import filecmp
 import fcntl
+import filecmp
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `key` runs before the environment exists (make reads it with python3)
 
 from fisherlib.io.atomic import atomic_write_bytes, make_shared  # noqa: E402 - stdlib only, no torch
+
 PROGRESS_ENV = "FISHERLIB_PROGRESS"  # fisherlib.io.progress.PROGRESS_ENV; not imported: `key` runs without torch
 NAME_WIDTH = 28
 # A notebook that stops with fisherlib's NotApplicable has run: the run publishes, with the reason recorded here.

@@ -288,7 +288,7 @@ _EMBEDDED_CORPORA = {"stdlib-code": "code", "stdlib-docs": "docs"}
 _DOCS_CHUNK_CHARS = 2000
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _stdlib_split_cached(kind: str) -> tuple[tuple[Document, ...], tuple[Document, ...]]:
     named_documents = _stdlib_code() if kind == "code" else _stdlib_docs()
     train: list[Document] = []

@@ -25,14 +25,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..core.errors import CorpusError, FisherlibError, ParameterError
+from ..core.fisher import effective_rank, entropy, fisher_eigh, top_k_distribution
 from ..io.cache import read_folder, write_folder
+from ..io.progress import progress as progress_iter
+from ..io.progress import progress_bar
 from ..io.shards import WHOLE, Shard
 from .corpora import Document, check_distinct_domains, duplicate_domains_message, load_corpus
 from .corpora import corpus_options as resolve_corpus_options
-from ..core.errors import CorpusError, FisherlibError, ParameterError
-from ..core.fisher import effective_rank, entropy, fisher_eigh, top_k_distribution
-from ..io.progress import progress as progress_iter
-from ..io.progress import progress_bar
 
 logger = logging.getLogger("fisherlib")
 

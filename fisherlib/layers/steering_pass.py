@@ -28,8 +28,19 @@ import torch.autograd.forward_ad as fwAD
 
 from ..core.errors import InputError
 from .engine import (
-    HEAD, SEQUENCE_ATTENTION_NAME, _hidden_of, _with_hidden, attention_function_on, check_layer, context_length, double_backward_jvp,
-    hook_module, network_of, remember_double_backward, residuals_by_layer, uses_double_backward,
+    HEAD,
+    SEQUENCE_ATTENTION_NAME,
+    _hidden_of,
+    _with_hidden,
+    attention_function_on,
+    check_layer,
+    context_length,
+    double_backward_jvp,
+    hook_module,
+    network_of,
+    remember_double_backward,
+    residuals_by_layer,
+    uses_double_backward,
 )  # fmt: skip
 from .full_context import plain_operations
 from .passes import PREFIX_CACHED, engine_path

@@ -8,16 +8,14 @@ describe that model. Method and the write-up's own findings stay in the notebook
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
 from ..steps.calibration import PREDICTOR_LABELS
-from .claims import TIE_RATIO, stratifier_ranking
 from ..steps.direction_classes import WRITE_UP_SIDES, sign_pattern
 from ..steps.exactness import CLOSED_FORM_LABELS
 from ..steps.stats import TOP_EIGVEC
+from .claims import TIE_RATIO, stratifier_ranking
 
 SIDE_WORDS = {1: "above 1", -1: "below 1", 0: "at 1"}
 

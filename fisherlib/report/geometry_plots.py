@@ -10,8 +10,8 @@ import pandas as pd
 import torch
 
 from ..core.boundary import empirical_boundary
-from ..steps.sweep import direction_sweep
 from ..steps.geometry import kl_profiles
+from ..steps.sweep import direction_sweep
 
 
 def plot_sample(positions: pd.DataFrame):

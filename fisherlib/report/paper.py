@@ -12,10 +12,10 @@ from pathlib import Path
 import pandas as pd
 
 from ..io.atomic import atomic_write_text
-from .claims import CLAIMS, LEDGER_COLUMNS, evaluate_claims, markdown_table, read_not_applicable, read_tables
-from .reference import ACROSS_ARCHITECTURES, MODEL_NAMES, WRITE_UP
 from ..io.locations import repo_root
 from ..io.tables import read_table_file
+from .claims import CLAIMS, LEDGER_COLUMNS, evaluate_claims, markdown_table, read_not_applicable, read_tables
+from .reference import ACROSS_ARCHITECTURES, MODEL_NAMES, WRITE_UP
 
 logger = logging.getLogger("fisherlib")
 

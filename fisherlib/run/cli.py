@@ -1,4 +1,5 @@
-"""Command line: `fisherlib sample …` draws positions, `fisherlib tiny` trains the embedded model, `fisherlib paper` assembles the summary."""
+"""Command line: `fisherlib sample …` draws positions, `fisherlib tiny` trains the embedded model, `fisherlib paper` assembles the summary,
+`fisherlib steer` prints the KL budget of a steering vector on disk."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import logging
 import sys
 
 from ..core.errors import FisherlibError
+from .steer import add_arguments as add_steer_arguments
 
 
 def _sample(args: argparse.Namespace) -> None:
+    from ..data.sampling import sample_summary, strata_counts
     from .inputs import load_sample
     from .outputs import save_table
     from .params import StudyParams
-    from ..data.sampling import sample_summary, strata_counts
 
     params = StudyParams.create(
         arch=args.arch, corpora=args.corpora, n_positions=args.n_positions, seed=args.seed, top_k=args.top_k,
@@ -66,9 +68,9 @@ def _grid(args: argparse.Namespace) -> None:
 
 
 def _readme(args: argparse.Namespace) -> None:
-    from ..report.readme import write_readme
-
     from pathlib import Path
+
+    from ..report.readme import write_readme
 
     changed = write_readme(Path(args.readme), Path(args.results))
     print(f"{args.readme}: results block {'rewritten' if changed else 'unchanged'} from {args.results}/")
@@ -99,6 +101,12 @@ def _verify(args: argparse.Namespace) -> int:
     for line in comparison.report():
         print(line)
     return 0 if comparison.reproduced else 1
+
+
+def _steer(args: argparse.Namespace) -> int:
+    from .steer import run
+
+    return run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--against", default="", help="a folder holding the reference copy (default: the committed one, git HEAD)")
     verify.add_argument("--revision", default="HEAD", help="the git revision whose copy is the reference (default: HEAD)")
     verify.set_defaults(run=_verify)
+    steer = commands.add_parser(
+        "steer", help="the KL budget of a steering vector on disk: how large may α be in r + α v before the next-token "
+        "distributions move by ε (fisherlib steer --model tiny --layer 2 --vector v.safetensors --prompts prompts.txt)",
+    )  # fmt: skip
+    add_steer_arguments(steer)
+    steer.set_defaults(run=_steer)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -37,7 +37,7 @@ from ..io.cache import checksum_file, read_file, write_file
 from ..io.shards import Shard, shard_rows
 from ..steps.dynamics import dynamics_revisions
 from ..steps.sweep import measure_boundaries, positions_per_chunk
-from .inputs import cached_sample, sample_folder, load_head, load_model_for, load_sample, sample_positions_for, wrote_entry
+from .inputs import cached_sample, load_head, load_model_for, load_sample, sample_folder, sample_positions_for, wrote_entry
 from .measurements import (
     Sweep,
     _cached_sweep,

@@ -21,9 +21,9 @@ import pandas as pd
 import torch
 
 from ..core.errors import ParameterError
+from ..io.cache import read_file, read_folder, write_file
 from ..layers.engine import context_length
 from ..layers.passes import engine_path
-from ..io.cache import read_file, read_folder, write_file
 from .params import StudyParams
 
 logger = logging.getLogger("fisherlib")

@@ -18,10 +18,10 @@ import pandas as pd
 import torch
 
 from ..core.errors import FisherlibError, NotApplicable
+from ..data.sampling import position_statistics
+from ..io.progress import progress as progress_iter
 from .geometry import rank_one_summary
 from .sweep import measure_boundaries
-from ..io.progress import progress as progress_iter
-from ..data.sampling import position_statistics
 
 logger = logging.getLogger("fisherlib")
 

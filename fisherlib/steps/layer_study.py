@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..io.atomic import atomic_path
 from ..core.directions import position_generator
-from ..layers.engine import HEAD, default_layers, residuals_by_layer
+from ..layers.engine import HEAD
 from ..layers.passes import Prefilled
 from ..layers.pullback import layer_boundary, layer_curvature, layer_fisher_eigh
 

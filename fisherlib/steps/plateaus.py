@@ -32,8 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..io.atomic import atomic_path
-from ..layers.engine import HEAD, check_layer, contexts_of, hook_module, jvp_logits, n_layers, network_of, residuals_by_layer
+from ..layers.engine import HEAD, check_layer, contexts_of, hook_module, jvp_logits, n_layers, network_of
 from ..layers.passes import engine_path, position_batch
 
 logger = logging.getLogger("fisherlib")

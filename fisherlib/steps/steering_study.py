@@ -15,12 +15,12 @@ import torch
 from scipy.stats import spearmanr
 
 from ..io.shards import WHOLE, Shard
+from ..layers import steering_pass as engine
 from ..layers.engine import residuals_by_layer
 from ..layers.pullback import T_MAX_FACTOR
-from ..layers import steering_pass as engine
 from . import natural_steering, steering_vectors
-from .steering import METHODS, POSITIONS, steering_budget, steering_scale
 from .stats import relative_errors, sample_median
+from .steering import METHODS, POSITIONS, steering_budget, steering_scale
 
 SIGNS = {"+": 1.0, "-": -1.0}
 

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
 from ..core import checks
-from ..io.atomic import atomic_path
 from ..core.boundary import DEFAULT_MEMORY_BUDGET, _check_divergence, empirical_boundary, resolve_memory_budget
 from ..core.directions import CLASSES, sweep_directions
 from ..core.errors import InputError
 from ..core.fisher import _ROW_CHUNK, cumulant_boundary, cumulants, curvature, predicted_boundary
-from ..models.loading import run_with_oom_backoff
 from ..io.progress import progress_bar
+from ..models.loading import run_with_oom_backoff
 
 logger = logging.getLogger("fisherlib")
 
