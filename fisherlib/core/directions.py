@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -10,7 +13,6 @@ from . import checks
 from .errors import DegenerateInputError, InputError
 from .fisher import _top_k, fisher_eigh
 
-CLASSES = ("eigvec", "structured", "tangent", "random", "control")
 NOT_APPLICABLE = -1  # integer columns use -1, never NaN, where a field does not apply to a class
 
 
@@ -119,48 +121,164 @@ def sweep_directions(
 
     directions, rows = [], []
     for i in range(P):
-        ids = top_ids[i]
-        # Only the rows a direction needs become float64: no [V, d] float64 copy of W (2.5 GB for Qwen3).
-        top_two = W[ids[1]].double() - W[ids[0]].double()  # w_b − w_a
+        position = _Position(
+            W=W, h=h64[i], ids=top_ids[i], eigvals=eigvals[i], eigvecs=eigvecs[i], n_eig=n_eig, n_pair_tokens=n_pair_tokens,
+            top_k=top_k, n_random=n_random, n_control=n_control, seed=seed, position_id=position_ids[i],
+        )  # fmt: skip
         sweep: list[tuple[torch.Tensor, dict]] = []
-
-        def add(vector, cls, eig_rank=NOT_APPLICABLE, token_i=NOT_APPLICABLE, token_j=NOT_APPLICABLE, eigval=0.0, signed=True):
-            for sign in ((1, -1) if (signed and both_signs) else (1,)):
-                sweep.append(
-                    (sign * vector, dict(cls=cls, eig_rank=eig_rank, sign=sign, token_i=token_i, token_j=token_j, eigval=eigval))
-                )
-
-        eig_dirs = []
-        for r in range(n_eig):
-            v = eigvecs[i, :, r]
-            if v @ top_two < 0:
-                v = -v
-            eig_dirs.append(v)
-            add(v, "eigvec", eig_rank=r + 1, eigval=float(eigvals[i, r]))
-        pairs = []
-        for a in range(n_pair_tokens):
-            for b in range(a + 1, n_pair_tokens):
-                ti, tj = int(ids[a]), int(ids[b])
-                v = _unit(W[tj].double() - W[ti].double())
-                pairs.append((v, ti, tj))
-                add(v, "structured", token_i=ti, token_j=tj)
-        h_unit = _unit(h64[i])
-        for v, ti, tj in pairs:
-            add(_unit(v - (v @ h_unit) * h_unit), "tangent", token_i=ti, token_j=tj)
-        if eig_dirs:
-            v = eig_dirs[0]
-            add(_unit(v - (v @ h_unit) * h_unit), "tangent", eig_rank=1, eigval=float(eigvals[i, 0]))
-        generator = position_generator(seed, position_ids[i])
-        gaussian = torch.randn(n_random + n_control, d, generator=generator, dtype=torch.float64)
-        for v in _unit(gaussian[:n_random].to(h.device)):
-            add(v, "random", signed=False)
-        if n_control > 0:
-            # Orthonormal basis of span(W_K rows); controls are Gaussian vectors with that span removed.
-            basis, _ = torch.linalg.qr(W[ids[:top_k]].double().T)
-            raw = gaussian[n_random:].to(h.device)
-            for v in _unit(raw - (raw @ basis) @ basis.T):
-                add(v, "control", signed=False)
+        for direction_class in DIRECTION_CLASSES:
+            for vector, fields in direction_class.build(position):
+                meta = {**_LABEL_DEFAULTS, **fields}
+                for sign in (1, -1) if (direction_class.signed and both_signs) else (1,):
+                    sweep.append((sign * vector, dict(cls=direction_class.name, eig_rank=meta["eig_rank"], sign=sign,
+                                                      token_i=meta["token_i"], token_j=meta["token_j"], eigval=meta["eigval"])))  # fmt: skip
         directions.append(torch.stack([v for v, _ in sweep]))
         for j, (_, meta) in enumerate(sweep):
             rows.append(dict(position=position_ids[i], direction=j, **meta))
     return torch.stack(directions), rows
+
+
+# --- the direction classes ---------------------------------------------------------------------------
+#
+# One table says what the classes are: their names (the `cls` column, in sweep order), whether each is
+# measured as +u and −u, how its directions are built at one position, and which pools it joins
+# (`POOL_PREDICTED`, "all": the classes with a finite F_k prediction; `POOL_CONTRASTIVE`: the token-pair
+# classes pooled by the power-law fits). `sweep_directions` iterates it; `fisherlib.steps` reads the
+# class names and pools from it. A class added here appears in the sweep, its tables and its pools.
+
+POOL_PREDICTED = "all"
+POOL_CONTRASTIVE = "contrastive"
+_LABEL_DEFAULTS = dict(eig_rank=NOT_APPLICABLE, token_i=NOT_APPLICABLE, token_j=NOT_APPLICABLE, eigval=0.0)
+
+
+@dataclass
+class _Position:
+    """What the direction builders of one position share; derived quantities are computed once, when first asked."""
+
+    W: torch.Tensor  # [V, d], the model's dtype
+    h: torch.Tensor  # [d] float64
+    ids: torch.Tensor  # the position's most probable tokens, most probable first
+    eigvals: torch.Tensor  # [r] descending
+    eigvecs: torch.Tensor  # [d, r]
+    n_eig: int
+    n_pair_tokens: int
+    top_k: int
+    n_random: int
+    n_control: int
+    seed: int
+    position_id: int
+
+    @cached_property
+    def eig_dirs(self) -> list[torch.Tensor]:
+        """The top `n_eig` eigenvectors, oriented so that `uᵀ(w_b − w_a) ≥ 0` (a, b the top two tokens)."""
+        # Only the rows a direction needs become float64: no [V, d] float64 copy of W (2.5 GB for Qwen3).
+        top_two = self.W[self.ids[1]].double() - self.W[self.ids[0]].double()  # w_b − w_a
+        oriented = []
+        for r in range(self.n_eig):
+            v = self.eigvecs[:, r]
+            oriented.append(-v if v @ top_two < 0 else v)
+        return oriented
+
+    @cached_property
+    def pairs(self) -> list[tuple[torch.Tensor, int, int]]:
+        """`((w_j − w_i)/‖·‖, i, j)` for the token ranks `i < j` below `n_pair_tokens`."""
+        out = []
+        for a in range(self.n_pair_tokens):
+            for b in range(a + 1, self.n_pair_tokens):
+                ti, tj = int(self.ids[a]), int(self.ids[b])
+                out.append((_unit(self.W[tj].double() - self.W[ti].double()), ti, tj))
+        return out
+
+    @cached_property
+    def h_unit(self) -> torch.Tensor:
+        return _unit(self.h)
+
+    def tangent(self, v: torch.Tensor) -> torch.Tensor:
+        """`v` with its component along `h` removed, normalised."""
+        return _unit(v - (v @ self.h_unit) * self.h_unit)
+
+    @cached_property
+    def gaussian(self) -> torch.Tensor:
+        """`[n_random + n_control, d]` float64 draws of this (seed, position): random rows first, then control rows."""
+        generator = position_generator(self.seed, self.position_id)
+        return torch.randn(self.n_random + self.n_control, self.h.shape[-1], generator=generator, dtype=torch.float64)
+
+
+Built = Iterator[tuple[torch.Tensor, dict]]  # (unit vector, label fields other than cls and sign)
+
+
+def _eigvec(at: _Position) -> Built:
+    for r, v in enumerate(at.eig_dirs):
+        yield v, dict(eig_rank=r + 1, eigval=float(at.eigvals[r]))
+
+
+def _structured(at: _Position) -> Built:
+    for v, ti, tj in at.pairs:
+        yield v, dict(token_i=ti, token_j=tj)
+
+
+def _tangent(at: _Position) -> Built:
+    for v, ti, tj in at.pairs:
+        yield at.tangent(v), dict(token_i=ti, token_j=tj)
+    if at.eig_dirs:
+        yield at.tangent(at.eig_dirs[0]), dict(eig_rank=1, eigval=float(at.eigvals[0]))
+
+
+def _random(at: _Position) -> Built:
+    for v in _unit(at.gaussian[: at.n_random].to(at.h.device)):
+        yield v, {}
+
+
+def _control(at: _Position) -> Built:
+    if at.n_control > 0:
+        # Orthonormal basis of span(W_K rows); controls are Gaussian vectors with that span removed.
+        basis, _ = torch.linalg.qr(at.W[at.ids[: at.top_k]].double().T)
+        raw = at.gaussian[at.n_random :].to(at.h.device)
+        for v in _unit(raw - (raw @ basis) @ basis.T):
+            yield v, {}
+
+
+@dataclass(frozen=True)
+class DirectionClass:
+    """One class of the sweep: its `cls` name, whether it is measured as ±u, its builder, and the pools it joins."""
+
+    name: str
+    signed: bool  # measured as +u and −u (with `both_signs`)
+    build: Callable[[_Position], Built]  # the class's unit directions at one position, with their labels
+    pools: tuple[str, ...] = ()  # POOL_PREDICTED: uᵀF_k u is not ≈ 0 (a finite t_pred); POOL_CONTRASTIVE: token pairs
+    report_rank: int = 0  # the classes' order in the write-up's tables (Table 2: structured, tangent, random, eigvec)
+
+
+DIRECTION_CLASSES: tuple[DirectionClass, ...] = (
+    DirectionClass("eigvec", signed=True, build=_eigvec, pools=(POOL_PREDICTED,), report_rank=4),
+    DirectionClass("structured", signed=True, build=_structured, pools=(POOL_PREDICTED, POOL_CONTRASTIVE), report_rank=1),
+    DirectionClass("tangent", signed=True, build=_tangent, pools=(POOL_PREDICTED, POOL_CONTRASTIVE), report_rank=2),
+    DirectionClass("random", signed=False, build=_random, pools=(POOL_PREDICTED,), report_rank=3),
+    DirectionClass("control", signed=False, build=_control, report_rank=5),  # uᵀF_k u ≈ 0 by construction
+)
+
+
+def class_names() -> tuple[str, ...]:
+    """Return every direction class, in sweep order."""
+    return tuple(c.name for c in DIRECTION_CLASSES)
+
+
+def pool_members(pool: str) -> tuple[str, ...]:
+    """Return the classes in `pool` (`POOL_PREDICTED`, `POOL_CONTRASTIVE`), in sweep order."""
+    return tuple(c.name for c in DIRECTION_CLASSES if pool in c.pools)
+
+
+def signed_classes() -> tuple[str, ...]:
+    """Return the classes measured as +u and −u, in sweep order."""
+    return tuple(c.name for c in DIRECTION_CLASSES if c.signed)
+
+
+def report_order(names) -> tuple[str, ...]:
+    """Return `names` (class names) in the write-up's table order."""
+    rank = {c.name: c.report_rank for c in DIRECTION_CLASSES}
+    return tuple(sorted(names, key=lambda name: rank[name]))
+
+
+CLASSES = class_names()
+PREDICTED_CLASSES = pool_members(POOL_PREDICTED)  # classes whose uᵀF_k u is not ≈ 0
+SIGNED_CLASSES = signed_classes()  # measured as +u and −u

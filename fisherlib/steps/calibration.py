@@ -46,7 +46,7 @@ PREDICTOR_LABELS = {
     "iso_pooled_log": "isotonic, pooled, log space",
     "iso_per_class_log": "isotonic, per class, log space",
 }
-COMPARISON_GROUPS = (ALL_PREDICTED, TOP_EIGVEC, "eigvec", "structured", "tangent", "random")
+COMPARISON_GROUPS = (ALL_PREDICTED, TOP_EIGVEC, *PREDICTED_CLASSES)
 
 
 def check_space(space: str) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..core.directions import PREDICTED_CLASSES  # the classes a closed form predicts (controls: uᵀF_k u = 0)
 from ..core.errors import FisherlibError, NotApplicable
 from ..data.sampling import position_statistics
 from ..io.progress import progress as progress_iter
@@ -28,8 +29,6 @@ logger = logging.getLogger("fisherlib")
 # Columns of the final model's sample that identify a position; everything else is re-measured.
 _IDENTITY_COLUMNS = ["position", "domain", "doc_id", "index", "token", "next_token", "stratum"]
 _QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
-# The direction classes whose boundaries a closed form predicts (controls have uᵀF_k u = 0 by construction).
-PREDICTED_CLASSES = ("eigvec", "structured", "tangent", "random")
 
 
 @dataclass

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .stats import (
+    PREDICTED_CLASSES,
     SIGNED_CLASSES,
     TABLE2_GROUPS,
     TOP_EIGVEC,
@@ -43,7 +44,7 @@ CLOSED_FORM_LABELS = {
     "t_pred_full": "t_pred (full F)",
     "t_quartic": "quartic root (fallback t_pred full F)",
 }
-GROUPS_WITH_TOP = (TOP_EIGVEC, "eigvec", "structured", "tangent", "random")
+GROUPS_WITH_TOP = (TOP_EIGVEC, *PREDICTED_CLASSES)
 
 def top_eigvec_exactness(
     measurements: pd.DataFrame,

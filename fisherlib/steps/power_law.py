@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..core.directions import POOL_CONTRASTIVE, PREDICTED_CLASSES, pool_members, report_order
 from .stats import _require_columns, _stratum_seed, bootstrap_median_ci, count_units, unit_keys
 
 QUADRATIC_EXPONENT = 2.0
@@ -39,11 +40,8 @@ SWEEP_KEYS = ("seed", "position", "direction")
 LAYER_KEYS = ("layer", "position", "direction")
 # Direction groups: name -> the classes pooled in it.
 SWEEP_GROUPS: Mapping[str, tuple[str, ...]] = {
-    "contrastive": ("structured", "tangent"),
-    "structured": ("structured",),
-    "tangent": ("tangent",),
-    "random": ("random",),
-    "eigvec": ("eigvec",),
+    POOL_CONTRASTIVE: pool_members(POOL_CONTRASTIVE),
+    **{name: (name,) for name in report_order(PREDICTED_CLASSES)},
 }
 LAYER_GROUPS: Mapping[str, tuple[str, ...]] = {
     "actdiff": ("actdiff",),
@@ -51,7 +49,7 @@ LAYER_GROUPS: Mapping[str, tuple[str, ...]] = {
     "covariance": ("covariance",),
     "eigvec": ("eigvec",),
 }
-CONTRASTIVE = {"sweep": "contrastive", "layer": "actdiff"}
+CONTRASTIVE = {"sweep": POOL_CONTRASTIVE, "layer": "actdiff"}
 
 
 def eps_bands(eps_values: Sequence[float], n_bands: int = 3) -> pd.DataFrame:

@@ -26,7 +26,8 @@ Conventions shared by every function:
 - Every result is deterministic: bootstraps and folds take a `seed`.
 - No NaN ever reaches a table: a quantity that is undefined is flagged, with the convention used.
 
-Direction groups (the `cls` column of the results) are the five classes of docs/method.md §7 plus
+Direction groups (the `cls` column of the results) are the classes of docs/method.md §7 (one table,
+`fisherlib.core.directions.DIRECTION_CLASSES`, gives their names, signs and pools) plus
 `"eigvec rank 1"` (the top eigenvector of `F_k`, both signs) and `"all"` (the four classes with a
 finite `F_k` prediction: eigvec, structured, tangent, random).
 """
@@ -41,14 +42,15 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from ..core.directions import CLASSES, POOL_PREDICTED, PREDICTED_CLASSES, SIGNED_CLASSES, report_order
+
 logger = logging.getLogger("fisherlib")
 
 POSITION_KEYS = ["seed", "position"]
-PREDICTED_CLASSES = ("eigvec", "structured", "tangent", "random")  # classes whose uᵀF_k u is not ≈ 0
-SIGNED_CLASSES = ("eigvec", "structured", "tangent")  # measured as +u and −u
 TOP_EIGVEC = "eigvec rank 1"
-ALL_PREDICTED = "all"
-TABLE2_GROUPS = ("structured", "tangent", "random", "eigvec", TOP_EIGVEC, "control")
+ALL_PREDICTED = POOL_PREDICTED  # the pooled group of PREDICTED_CLASSES
+# Table 2's rows: the predicted classes in the write-up's order, the top eigenvector, then the rest (control).
+TABLE2_GROUPS = (*report_order(PREDICTED_CLASSES), TOP_EIGVEC, *(c for c in CLASSES if c not in PREDICTED_CLASSES))
 PREDICTORS = ("t_pred", "t_pred_full", "t_cumulant")
 STRATIFIERS = ("entropy", "max_prob", "eff_rank")
 WITHIN_TOLERANCE = 0.5  # "within 50%": |t / t_emp − 1| ≤ 0.5

@@ -10,7 +10,7 @@ import torch
 
 from ..core import checks
 from ..core.boundary import DEFAULT_MEMORY_BUDGET, _check_divergence, empirical_boundary, resolve_memory_budget
-from ..core.directions import CLASSES, sweep_directions
+from ..core.directions import class_names, sweep_directions
 from ..core.errors import InputError
 from ..core.fisher import _ROW_CHUNK, cumulant_boundary, cumulants, curvature, predicted_boundary
 from ..io.progress import progress_bar
@@ -28,12 +28,12 @@ MEASUREMENT_COLUMNS = (
 def direction_sweep(W, h, p, *args, **kwargs) -> tuple[torch.Tensor, pd.DataFrame]:
     """Return `fisherlib.core.directions.sweep_directions`' unit directions `[P, D, d]` and their labels as a table.
 
-    One row per (position, direction): position, direction, cls (categorical, in `CLASSES` order),
+    One row per (position, direction): position, direction, cls (categorical, in the order of `DIRECTION_CLASSES`),
     eig_rank, sign, token_i, token_j, eigval. Arguments as `sweep_directions`.
     """
     directions, labels = sweep_directions(W, h, p, *args, **kwargs)
     table = pd.DataFrame(labels)
-    table["cls"] = pd.Categorical(table["cls"], categories=CLASSES)
+    table["cls"] = pd.Categorical(table["cls"], categories=class_names())
     return directions, table
 
 

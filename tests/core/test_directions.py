@@ -115,3 +115,45 @@ def test_numpy_inputs_give_the_tensor_result():
     U_np, table_np = fl.direction_sweep(W.numpy(), h.numpy(), p.numpy(), top_k=8, n_random=2, n_control=1)
     torch.testing.assert_close(U_np, U, rtol=0, atol=0)
     assert table_np.equals(table)
+
+
+def test_the_class_table_is_the_single_source_of_the_sweep(monkeypatch: pytest.MonkeyPatch):
+    """A class added to `DIRECTION_CLASSES` appears in the sweep and its table, in its place, with its signs and pools."""
+    from fisherlib.core import directions
+
+    def _half_sum(at):  # the first pair direction plus the first eigenvector, normalised
+        yield directions._unit(at.pairs[0][0] + at.eig_dirs[0]), dict(eig_rank=1)
+
+    extra = directions.DirectionClass("half_sum", signed=True, build=_half_sum, pools=(directions.POOL_CONTRASTIVE,), report_rank=9)
+    table_before = directions.DIRECTION_CLASSES
+    monkeypatch.setattr(directions, "DIRECTION_CLASSES", (*table_before[:3], extra, *table_before[3:]))
+    assert directions.class_names() == ("eigvec", "structured", "tangent", "half_sum", "random", "control")
+    assert directions.pool_members(directions.POOL_CONTRASTIVE) == ("structured", "tangent", "half_sum")
+    assert "half_sum" in directions.signed_classes() and directions.report_order(["half_sum", "eigvec"]) == ("eigvec", "half_sum")
+    W, h, p = _problem()
+    U, table = fl.direction_sweep(W, h, p, top_k=8, n_random=5, n_control=3)
+    counts = table[table.position == 0]["cls"].value_counts()
+    assert dict(counts) == {"eigvec": 14, "structured": 12, "tangent": 14, "half_sum": 2, "random": 5, "control": 3}
+    assert list(table["cls"].cat.categories) == list(directions.class_names())
+    order = table[table.position == 0]["cls"].astype(str).drop_duplicates().tolist()
+    assert order == list(directions.class_names())
+    added = table[table.cls == "half_sum"]
+    assert sorted(added.sign.unique()) == [-1, 1] and (added.eig_rank == 1).all()
+    # The existing classes keep their directions and random draws: only the new rows are inserted.
+    monkeypatch.setattr(directions, "DIRECTION_CLASSES", table_before)
+    U_plain, plain = fl.direction_sweep(W, h, p, top_k=8, n_random=5, n_control=3)
+    kept = torch.tensor((table.cls != "half_sum").to_numpy()).reshape(3, -1)
+    torch.testing.assert_close(U[kept].reshape(3, -1, 24), U_plain, atol=0, rtol=0)
+
+
+def test_the_steps_read_class_names_and_pools_from_the_table():
+    from fisherlib.core import directions
+    from fisherlib.steps import calibration, exactness, power_law, stats
+
+    assert stats.PREDICTED_CLASSES == directions.pool_members(directions.POOL_PREDICTED) == ("eigvec", "structured", "tangent", "random")
+    assert stats.SIGNED_CLASSES == ("eigvec", "structured", "tangent") and stats.ALL_PREDICTED == directions.POOL_PREDICTED
+    assert stats.TABLE2_GROUPS == ("structured", "tangent", "random", "eigvec", stats.TOP_EIGVEC, "control")
+    assert calibration.COMPARISON_GROUPS == (stats.ALL_PREDICTED, stats.TOP_EIGVEC, *directions.PREDICTED_CLASSES)
+    assert exactness.GROUPS_WITH_TOP == (stats.TOP_EIGVEC, *directions.PREDICTED_CLASSES)
+    assert dict(power_law.SWEEP_GROUPS) == {"contrastive": ("structured", "tangent"), "structured": ("structured",),
+                                            "tangent": ("tangent",), "random": ("random",), "eigvec": ("eigvec",)}  # fmt: skip
