@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..core.directions import PREDICTED_CLASSES
 from .reference import ACROSS_ARCHITECTURES
 
 REPRODUCED, PARTLY, NOT_REPRODUCED, NOT_TESTABLE = "reproduced", "partly", "not reproduced", "not testable"
@@ -140,7 +141,7 @@ def truncation_not_taylor(tables: Tables) -> Outcome:
     if "eigvec rank 1" not in at.index:
         raise NotTestable(f"no top-eigenvector row at {_eps(eps)}")
     top = float(at.loc["eigvec rank 1", "truncation_share"])
-    classes = [c for c in ("eigvec", "structured", "tangent", "random") if c in at.index]
+    classes = [c for c in PREDICTED_CLASSES if c in at.index]
     majority = [c for c in classes if at.loc[c, "truncation_share"] >= SHARE_MAJORITY]
     if top >= SHARE_MAJORITY and len(majority) >= 3:
         verdict = REPRODUCED

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..core.directions import PREDICTED_CLASSES, report_order
 from ..io.tables import read_table_file
 from .claim_rules import (  # noqa: F401  (re-exported: the ledger's thresholds and verdicts)
     COS_PARTLY,
@@ -114,7 +115,7 @@ def _table1_text(ref: dict) -> str:
 
 
 def _signs_text(ref: dict) -> str:
-    return ", ".join(f"{c} {ref[c]:.2f}" for c in ("structured", "tangent", "random", "eigvec"))
+    return ", ".join(f"{c} {ref[c]:.2f}" for c in report_order(PREDICTED_CLASSES))
 
 
 def _calibration_text(ref: dict) -> str:

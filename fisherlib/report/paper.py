@@ -14,6 +14,7 @@ import pandas as pd
 from ..io.atomic import atomic_write_text
 from ..io.locations import repo_root
 from ..io.tables import read_table_file
+from ..steps.stats import TABLE2_GROUPS
 from .claims import CLAIMS, LEDGER_COLUMNS, evaluate_claims, markdown_table, read_not_applicable, read_tables
 from .reference import ACROSS_ARCHITECTURES, MODEL_NAMES, WRITE_UP
 
@@ -92,7 +93,7 @@ def table1(runs: dict[str, Path]) -> pd.DataFrame:
 
 def table2(runs: dict[str, Path]) -> pd.DataFrame:
     """Median ρ at ε = 1 nat by direction class, per run."""
-    classes = ["structured", "tangent", "random", "eigvec", "eigvec rank 1", "control"]
+    classes = list(TABLE2_GROUPS)
     columns = _per_run(runs, "table2_rho_by_class", lambda t: t.set_index("cls")["median_rho"].map(lambda x: f"{x:.3g}"))
     for arch in WRITE_UP_ARCHS:
         columns[_write_up_header(arch)] = pd.Series({k: f"{v:.2f}" for k, v in WRITE_UP[arch]["table2"].items()})

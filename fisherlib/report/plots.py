@@ -282,7 +282,7 @@ def plot_predictor_comparison(comparison: pd.DataFrame, groups: Sequence[str] | 
 def plot_rho_by_class(
     measurements: pd.DataFrame,
     eps: float,
-    groups: Sequence[str] = ("structured", "tangent", "random", "eigvec", TOP_EIGVEC),
+    groups: Sequence[str] = TABLE2_GROUPS[: TABLE2_GROUPS.index(TOP_EIGVEC) + 1],  # the predicted classes, then the top eigenvector
 ) -> Figure:
     """Plot the distribution of ρ per direction class at one ε: box plots on a log axis.
 
