@@ -55,13 +55,13 @@ def predictor_section(run_dir: Path, eps: float) -> str | None:
 
 def layer_section(run_dir: Path, small_eps: float, large_eps: float) -> str | None:
     """Notebook 08's findings, from its saved tables."""
-    from ..steps import layer_study
+    from .layer_findings import layer_findings
 
     names = ("layer_table1", "layer_rho_by_eps", "layer_spearman", "layer_exactness_frontier", "layer_nonmonotone")
     tables = [_table(run_dir, name) for name in names]
     if any(table is None for table in tables):
         return None
-    return "**At every layer** (notebook 08, `G_ℓ = J_ℓᵀ F J_ℓ` pulled back to the residual stream entering each block):\n\n" + layer_study.layer_findings(
+    return "**At every layer** (notebook 08, `G_ℓ = J_ℓᵀ F J_ℓ` pulled back to the residual stream entering each block):\n\n" + layer_findings(
         *tables, small_eps, large_eps
     )
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fisherlib.report import layer_findings
 from fisherlib.steps import layer_study as LS
 from fisherlib.layers.engine import residuals_by_layer
 from fisherlib.layers.passes import Prefilled
@@ -80,6 +81,6 @@ def test_tables_and_findings_read_the_measurements():
     assert (spearman["n_positions"] == 6).all()
     nonmonotone = LS.nonmonotone_by_layer(measurements)
     assert nonmonotone.set_index(["layer", "cls"]).loc[("0", "eigvec"), "share_nonmonotone"] == 0.5
-    text = LS.layer_findings(table1, by_layer, spearman, frontier, nonmonotone, 1e-2, 1.0)
+    text = layer_findings.layer_findings(table1, by_layer, spearman, frontier, nonmonotone, 1e-2, 1.0)
     assert "layer 0" in text and "the head" in text and "nan" not in text.lower()
     assert LS.layer_sort_key("head") > LS.layer_sort_key("12") > LS.layer_sort_key("2")
