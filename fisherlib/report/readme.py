@@ -1,10 +1,14 @@
-"""The README's results for one run, computed from its saved tables: `make readme` writes them between markers.
+"""The README's and the results page's numbers, computed from saved tables: `make readme` writes them between markers.
 
-Every number the README states about the embedded run comes from here: `paper.story` (the headline, the
-newer papers' results, steering and the claims ledger), then notebook 06's predictor comparison, notebook
-08's, 09's and 10's findings (the functions those notebooks display, applied to the tables they saved), and
-the training-dynamics table. `tests/report/test_readme.py` checks that the README holds exactly this block for
-the committed `results/tiny/`, so the README cannot drift from the run it describes.
+Every number the README and `docs/results.md` state about a run comes from here. The README holds the
+headline (`readme_results`: the first paragraph of `paper.story` and the claims by verdict) and the table of
+published runs (`runs_block`); `docs/results.md` holds the whole story of the embedded run
+(`results_page_block`: the story with the claims ledger, then notebook 06's predictor comparison, notebook 08's,
+09's and 10's findings, the functions those notebooks display applied to the tables they saved) and every
+complete run beside the write-up's models (`side_by_side_block`). Prose is wrapped to short lines and a long
+cell of the ledger becomes a list, so no generated line is wider than a screen. `tests/report/test_readme.py`
+checks that both files hold exactly these blocks for the committed `results/`, so they cannot drift from the
+runs they describe.
 """
 
 from __future__ import annotations
@@ -19,8 +23,15 @@ from .paper import story
 
 BEGIN = "<!-- results:begin (make readme writes this block from results/{run}/: edit fisherlib/report/readme.py, not the text) -->"
 END = "<!-- results:end -->"
+FULL_BEGIN = "<!-- results-full:begin (make readme writes this block from results/{run}/: edit fisherlib/report/readme.py, not the text) -->"
+FULL_END = "<!-- results-full:end -->"
 SIDE_BEGIN = "<!-- side-by-side:begin (make readme writes this block from every complete run in results/) -->"
 SIDE_END = "<!-- side-by-side:end -->"
+RUNS_BEGIN = "<!-- runs:begin (make readme writes this block from every complete run in results/) -->"
+RUNS_END = "<!-- runs:end -->"
+RESULTS_PAGE = Path("docs") / "results.md"  # beside the README: the whole story and the side-by-side tables
+WIDTH = 110  # generated prose is wrapped to this many characters
+_LONG_CELL = 160  # a ledger cell longer than this is listed item by item
 
 
 def _markdown(frame: pd.DataFrame) -> str:
@@ -98,43 +109,194 @@ def dynamics_section(run_dir: Path) -> str | None:
     return f"**Over training** (notebook 10, `make dynamics`).\n\n{dynamics_findings(tables)}\n\n{_markdown(shown)}"
 
 
+def _risky(word: str) -> bool:
+    """Whether `word` at the start of a continuation line could be read as Markdown structure.
+
+    A list marker (`-`, `+`, `*`, `1.`, `1)`), a heading (`#`), a quote (`>`), a rule or setext underline
+    (`---`, `===`), a fence, HTML or a table pipe.
+    """
+    head = word.rstrip(".)")
+    return (set(word) <= set("-+*#=_") and word != "") or word.startswith((">", "|", "<", "```", "~~~")) or (head.isdigit() and head != word)
+
+
+def _wrap_line(line: str, width: int) -> list[str]:
+    """Wrap one paragraph or list-item line at spaces; the rendered Markdown is unchanged."""
+    indent = ""
+    body = line
+    for marker in ("- ", "* "):
+        stripped = line.lstrip(" ")
+        if stripped.startswith(marker):
+            indent = " " * (len(line) - len(stripped) + len(marker))
+            break
+    first, *words = body.split(" ")
+    # Leading spaces and the list marker stay glued to the first word.
+    lines, current = [], first
+    for word in words:
+        if current and len(current) + 1 + len(word) > width and not _risky(word) and current.strip():
+            lines.append(current)
+            current = indent + word
+        else:
+            current = f"{current} {word}"
+    lines.append(current)
+    return lines
+
+
+def wrap_markdown(text: str, width: int = WIDTH) -> str:
+    """Wrap the prose of `text` (paragraphs and list items) to `width`; tables, headings and code stay as they are."""
+    out, fenced = [], False
+    for line in text.split("\n"):
+        if line.startswith("```"):
+            fenced = not fenced
+        if fenced or len(line) <= width or line.lstrip().startswith(("|", "#", "<!--", "```")):
+            out.append(line)
+        else:
+            out.extend(_wrap_line(line, width))
+    return "\n".join(out)
+
+
+def _story_parts(run_dir: Path) -> list[str]:
+    """`paper.story`'s paragraphs without its ledger table (the results page lists the ledger itself)."""
+    return [part for part in story(run_dir).split("\n\n") if not part.startswith("|")]
+
+
+def ledger_list(run_dir: Path) -> str:
+    """The claims ledger as a list: one item per claim (source and verdict), our figures under it.
+
+    A cell of several results (one per layer, band or class, separated by "; ") becomes a sub-list, so no line
+    of the page is a table row thousands of characters wide.
+    """
+    from .paper import run_ledger
+
+    ledger = run_ledger(Path(run_dir))
+    items = []
+    for row in ledger.to_dict("records"):
+        source = "" if "source" not in row else ", from the write-up" if row["source"] == "write-up" else f", from {row['source']}"
+        ours = str(row["ours"])
+        if len(ours) > _LONG_CELL and "; " in ours:
+            items.append(f"- **{row['claim']}**{source}: {row['verdict']}.")
+            items.extend(f"  - {part}" for part in ours.split("; "))
+        else:
+            items.append(f"- **{row['claim']}**{source}: {row['verdict']}; ours: {ours}")
+    return "**The claims ledger** (`results/" + Path(run_dir).name + "/claims.md` holds each statement and rule):\n\n" + "\n".join(items)
+
+
+def verdict_lists(run_dir: Path) -> str:
+    """One short sentence naming the claims of each verdict."""
+    from .paper import run_ledger
+
+    ledger = run_ledger(Path(run_dir))
+    order = ["reproduced", "partly", "not reproduced", "not testable"]
+    verdicts = sorted(ledger["verdict"].unique(), key=lambda v: order.index(v) if v in order else len(order))
+    parts = [f"{verdict}: " + ", ".join(f"`{claim}`" for claim in ledger.loc[ledger["verdict"] == verdict, "claim"]) for verdict in verdicts]
+    return "The claims by verdict (each with its figures in [docs/results.md](docs/results.md)): " + "; ".join(parts) + "."
+
+
 def readme_results(run_dir: Path | str) -> str:
-    """Return the README's results block for `run_dir` (Markdown, between `BEGIN` and `END`)."""
+    """Return the README's headline block for `run_dir` (Markdown, between `BEGIN` and `END`).
+
+    The first paragraph of `paper.story` (Table 1, the ε = 1 predictors, the truncation, the departures
+    from the write-up) and the claims by verdict; the whole story is `results_page_block`'s.
+    """
+    run_dir = Path(run_dir)
+    body = wrap_markdown("\n\n".join([_story_parts(run_dir)[0], verdict_lists(run_dir)]))
+    return f"{BEGIN.format(run=run_dir.name)}\n\n{body}\n\n{END}"
+
+
+def results_page_block(run_dir: Path | str) -> str:
+    """Return `docs/results.md`'s block for `run_dir`: the whole story, the ledger and every notebook's findings."""
     run_dir = Path(run_dir)
     parameters = run_parameters(run_dir)
     sections = [
-        story(run_dir),
+        *_story_parts(run_dir),
+        ledger_list(run_dir),
         predictor_section(run_dir, parameters["large_eps"]),
         layer_section(run_dir, parameters["small_eps"], parameters["large_eps"]),
         plateau_section(run_dir, parameters),
         dynamics_section(run_dir),
     ]
-    body = "\n\n".join(section for section in sections if section)
-    return f"{BEGIN.format(run=run_dir.name)}\n\n{body}\n\n{END}"
+    body = wrap_markdown("\n\n".join(section for section in sections if section))
+    return f"{FULL_BEGIN.format(run=run_dir.name)}\n\n{body}\n\n{FULL_END}"
 
 
 def side_by_side_block(results_root: Path) -> str:
-    """The README's block of every complete run under `results_root` beside the write-up's models."""
+    """The block of every complete run under `results_root` beside the write-up's models."""
     from .paper import side_by_side
 
     return f"{SIDE_BEGIN}\n\n{side_by_side(results_root)}\n\n{SIDE_END}"
 
 
-def write_readme(readme: Path, run_dir: Path | str) -> bool:
-    """Replace the results block of `readme` with `readme_results(run_dir)`; return whether the file changed."""
+def _numbers(names) -> str:
+    """Notebook names as spans of their numbers: 01_a, 02_b, 03_c, 05_d -> "01–03, 05"."""
+    numbers = sorted(int(name.split("_", 1)[0]) for name in names)
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(f"{a:02d}" if a == b else f"{a:02d}–{b:02d}" for a, b in spans) or "—"
+
+
+def runs_block(results_root: Path) -> str:
+    """The table of every complete run under `results_root`: its model, size, positions and notebooks."""
+    from .paper import find_runs
+
+    rows = []
+    for name, folder in find_runs(Path(results_root)).items():
+        card = read_table_file(folder / "model_card.csv").iloc[0]
+        record = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        skipped = record.get("not_applicable", {})
+        published = [notebook for notebook in record.get("notebooks", []) if notebook not in skipped]
+        model = card.get("origin") if isinstance(card.get("origin"), str) else card["model_id"]
+        rows.append({
+            "run": f"`{name}`", "model": model, "V": f"{int(card['vocab']):,}", "d": str(int(card["width"])),
+            "positions": str(run_parameters(folder)["n_positions"]), "notebooks published": _numbers(published),
+            "does not apply": _numbers(skipped),
+        })  # fmt: skip
+    table = _markdown(pd.DataFrame(rows)) if rows else "(no complete run yet)"
+    return f"{RUNS_BEGIN}\n\n{table}\n\n{RUNS_END}"
+
+
+def _blocks(run_dir: Path) -> list[tuple[str, str, object]]:
+    """Every generated block: its markers and what writes it."""
+    root = run_dir.parent
+    return [
+        (BEGIN.format(run=run_dir.name), END, lambda: readme_results(run_dir)),
+        (FULL_BEGIN.format(run=run_dir.name), FULL_END, lambda: results_page_block(run_dir)),
+        (SIDE_BEGIN, SIDE_END, lambda: side_by_side_block(root)),
+        (RUNS_BEGIN, RUNS_END, lambda: runs_block(root)),
+    ]
+
+
+def _rewrite(path: Path, run_dir: Path) -> bool:
+    """Replace every generated block `path` holds; return whether the file changed."""
     from ..io.atomic import atomic_write_text
 
+    text = Path(path).read_text(encoding="utf-8")
+    updated = text
+    for begin, end, write in _blocks(run_dir):
+        if begin in updated and end in updated:
+            head, rest = updated.split(begin, 1)
+            _, tail = rest.split(end, 1)
+            updated = head + write() + tail
+    if updated != text:
+        atomic_write_text(Path(path), updated)
+    return updated != text
+
+
+def write_readme(readme: Path, run_dir: Path | str) -> bool:
+    """Rewrite the README's generated blocks from `run_dir` (and the results page beside it); return whether a file changed.
+
+    The README must hold the headline block (`BEGIN` … `END`); `docs/results.md` next to it, where it exists, gets
+    the whole story and the side-by-side tables.
+    """
+    run_dir = Path(run_dir)
     text = Path(readme).read_text(encoding="utf-8")
-    begin = BEGIN.format(run=Path(run_dir).name)
+    begin = BEGIN.format(run=run_dir.name)
     if begin not in text or END not in text:
         raise ValueError(f"{readme} has no results block: put the lines\n{begin}\n{END}\nwhere it goes")
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(END, 1)
-    updated = head + readme_results(run_dir) + tail
-    if SIDE_BEGIN in updated and SIDE_END in updated:  # the runs beside the write-up: every complete run
-        head, rest = updated.split(SIDE_BEGIN, 1)
-        _, tail = rest.split(SIDE_END, 1)
-        updated = head + side_by_side_block(Path(run_dir).parent) + tail
-    if updated != text:
-        atomic_write_text(Path(readme), updated)
-    return updated != text
+    changed = _rewrite(Path(readme), run_dir)
+    page = Path(readme).parent / RESULTS_PAGE
+    if page.is_file():
+        changed = _rewrite(page, run_dir) or changed
+    return changed
