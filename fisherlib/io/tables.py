@@ -15,8 +15,13 @@ from .atomic import atomic_write_text
 
 logger = logging.getLogger("fisherlib")
 
+# The significant digits every table keeps; a sentence that quotes a table number shows as many (`SIG`).
+SIGNIFICANT_DIGITS = 4
+TABLE_FLOAT_FORMAT = f"%.{SIGNIFICANT_DIGITS}g"  # printf style, as `DataFrame.to_csv` takes it
+SIG = f".{SIGNIFICANT_DIGITS}g"  # a format spec: f"{x:{SIG}}"
 
-def write_table(df: pd.DataFrame, csv_path: Path, comment: str, caption: str = "", float_format: str = "%.4g") -> Path:
+
+def write_table(df: pd.DataFrame, csv_path: Path, comment: str, caption: str = "", float_format: str = TABLE_FLOAT_FORMAT) -> Path:
     """Write `df` as `csv_path` and its `.md` twin, both recording `comment` (one line). Return `csv_path`."""
     if df.select_dtypes("number").isna().any().any():
         raise ValueError(f"table {Path(csv_path).stem!r} holds NaN; censored values must be inf or flagged, not NaN")

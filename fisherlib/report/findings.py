@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..io.tables import SIG
 from ..steps.calibration import PREDICTOR_LABELS
 from ..steps.direction_classes import WRITE_UP_SIDES, sign_pattern
 from ..steps.exactness import CLOSED_FORM_LABELS
@@ -21,14 +22,14 @@ SIDE_WORDS = {1: "above 1", -1: "below 1", 0: "at 1"}
 
 
 def as_saved(table: pd.DataFrame) -> pd.DataFrame:
-    """Return `table` with its floats rounded to 4 significant digits, as `save_table` writes them.
+    """Return `table` with its floats rounded to `SIGNIFICANT_DIGITS` significant digits, as `save_table` writes them.
 
     The sentences quote the saved tables, and the claims ledger reads them back from disk: rounding the
     same way keeps a sentence and the ledger from disagreeing in the last digit.
     """
     out = table.copy()
     for column in out.select_dtypes("float").columns:
-        out[column] = [float(f"{v:.4g}") if np.isfinite(v) else v for v in out[column].to_numpy(float)]
+        out[column] = [float(f"{v:{SIG}}") if np.isfinite(v) else v for v in out[column].to_numpy(float)]
     return out
 
 
@@ -610,18 +611,18 @@ def lens_table1_findings(table: pd.DataFrame) -> str:
     low, high = t["median_rho_lens"].idxmin(), t["median_rho_lens"].idxmax()
     covers = [str(layer) for layer, row in t.iterrows() if row["ci_lo_lens"] <= 1 <= row["ci_hi_lens"]]
     lines = [
-        f"{_layer_name(r.layer)}: {r.median_rho_lens:.4g} [{r.ci_lo_lens:.4g}, {r.ci_hi_lens:.4g}] with the lens's curvature, "
-        f"{r.median_rho_true:.4g} [{r.ci_lo_true:.4g}, {r.ci_hi_true:.4g}] with G_ℓ's; along G_ℓ's own top eigenvector "
-        f"{r.table1_median_rho_same:.4g} on the same positions ({r.table1_median_rho:.4g} on all of the layer study's); "
+        f"{_layer_name(r.layer)}: {r.median_rho_lens:{SIG}} [{r.ci_lo_lens:{SIG}}, {r.ci_hi_lens:{SIG}}] with the lens's curvature, "
+        f"{r.median_rho_true:{SIG}} [{r.ci_lo_true:{SIG}}, {r.ci_hi_true:{SIG}}] with G_ℓ's; along G_ℓ's own top eigenvector "
+        f"{r.table1_median_rho_same:{SIG}} on the same positions ({r.table1_median_rho:{SIG}} on all of the layer study's); "
         f"{int(r.n_censored)} of {int(r.n)} lines censored"
         for r in table.itertuples()
     ]
     return (
         f"**This run:** along ± the top eigenvector of the held-out lens Ḡ_ℓ at ε = {eps:g}, the lens's own curvature "
-        f"uᵀḠ_ℓu gives a median ρ from {t.loc[low, 'median_rho_lens']:.4g} ({_layer_name(low)}) to "
-        f"{t.loc[high, 'median_rho_lens']:.4g} ({_layer_name(high)}), its 95% CI containing 1 at {len(covers)} of {len(t)} "
+        f"uᵀḠ_ℓu gives a median ρ from {t.loc[low, 'median_rho_lens']:{SIG}} ({_layer_name(low)}) to "
+        f"{t.loc[high, 'median_rho_lens']:{SIG}} ({_layer_name(high)}), its 95% CI containing 1 at {len(covers)} of {len(t)} "
         f"layers ({', '.join(_layer_name(x) for x in covers) or 'none'}); the true curvature uᵀG_ℓu on the same lines gives "
-        f"{t['median_rho_true'].min():.4g}–{t['median_rho_true'].max():.4g}, and G_ℓ's own top eigenvector (the layer "
-        f"study's Table 1, same positions) {t['table1_median_rho_same'].min():.4g}–{t['table1_median_rho_same'].max():.4g}.\n\n"
+        f"{t['median_rho_true'].min():{SIG}}–{t['median_rho_true'].max():{SIG}}, and G_ℓ's own top eigenvector (the layer "
+        f"study's Table 1, same positions) {t['table1_median_rho_same'].min():{SIG}}–{t['table1_median_rho_same'].max():{SIG}}.\n\n"
         + bullets(lines)
     )

@@ -4,7 +4,8 @@ The reference is the committed version of the same run (`git archive HEAD result
 holding one (`AGAINST=`). Another CPU rounds a float32 forward pass differently in its last bits, so no
 floating-point number is compared by its bytes: every numeric cell is compared with the tolerance of its
 kind of quantity (`TOLERANCES`, the one place they are written down, each with its reason), on top of one
-unit in the last digit the table prints (`write_table` keeps 4 significant digits, and a value that sits on
+unit in the last digit the table prints (`write_table` keeps
+`fisherlib.io.tables.SIGNIFICANT_DIGITS` significant digits, and a value that sits on
 a rounding edge flips that digit). Counts, row sets, column sets and the claims' verdicts must be identical.
 Text (string cells, the published notebooks' outputs) must read the same once its numbers are set aside,
 and those numbers are compared with the loosest relative tolerance. Figures are drawn from these tables

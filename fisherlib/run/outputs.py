@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..io.atomic import atomic_path, atomic_write_text
-from ..io.tables import read_table_file, write_table
+from ..io.tables import TABLE_FLOAT_FORMAT, read_table_file, write_table
 from ..report.claims import evaluate_claims, ledger_markdown, read_not_applicable, read_tables
 from .params import OUTPUT_LOCATION_FIELDS, StudyParams
 
@@ -27,7 +27,7 @@ def _params_comment(params: StudyParams) -> str:
     return json.dumps(recorded, sort_keys=True)
 
 
-def save_table(df: pd.DataFrame, name: str, params: StudyParams, caption: str = "", float_format: str = "%.4g") -> Path:
+def save_table(df: pd.DataFrame, name: str, params: StudyParams, caption: str = "", float_format: str = TABLE_FLOAT_FORMAT) -> Path:
     """Write `df` as `results/<run>/<name>.csv` and `.md`; both record the parameters. Return the CSV path.
 
     Tables hold no NaN: a missing value is a bug upstream (censored measurements are `inf` or flagged).
