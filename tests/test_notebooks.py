@@ -24,7 +24,8 @@ import yaml
 from fisherlib.data.corpora import fixture_corpora
 from fisherlib.io.tables import read_table_file
 from fisherlib.report.paper import EXPECTED_FIGURES, EXPECTED_TABLES
-from fisherlib.run.params import StudyParams
+from fisherlib.run.parameter_docs import notebook_cell_source, notebook_reads_file, parameters_cell
+from fisherlib.run.params import OUTPUT_LOCATION_FIELDS, RUN_IDENTITY, StudyParams
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -61,20 +62,34 @@ def test_every_listed_notebook_exists_in_order():
 
 
 @pytest.mark.parametrize("path", ALL_NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_is_committed_without_outputs_and_declares_every_study_parameter(path):
+def test_notebook_is_committed_without_outputs_and_declares_its_own_parameters(path):
+    """The parameters cell holds the run's identity and exactly the parameters the notebook reads, at their defaults."""
     notebook = nbformat.read(path, as_version=4)
     for cell in notebook.cells:
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None, f"{path.name} holds outputs: clear them"
     declared = _parameters(path)
-    assert set(declared) == {f for f in StudyParams.__dataclass_fields__}
+    reads = notebook_reads_file(path) - set(OUTPUT_LOCATION_FIELDS)
+    assert set(declared) == set(RUN_IDENTITY) | reads, (
+        f"{path.name}: its parameters cell lacks {sorted(set(RUN_IDENTITY) | reads - set(declared))} and holds "
+        f"{sorted(set(declared) - set(RUN_IDENTITY) - reads)} it does not read: run `python tools/sync_parameters.py`"
+    )
+    assert parameters_cell(path) == notebook_cell_source(path)  # at their defaults, in declaration order
     StudyParams.create(**declared)  # the defaults themselves are valid
+
+
+def test_every_parameter_is_read_by_some_notebook_and_notebook_11_shows_few():
+    shown = set().union(*(_parameters(p) for p in ALL_NOTEBOOKS))
+    fields = set(StudyParams.__dataclass_fields__)
+    assert shown | set(OUTPUT_LOCATION_FIELDS) == fields, f"no notebook reads {sorted(fields - shown - set(OUTPUT_LOCATION_FIELDS))}"
+    assert len(_parameters(NOTEBOOK["11"])) < 25
 
 
 @pytest.mark.parametrize("params_file", sorted((ROOT / "params").glob("*.yaml")), ids=lambda p: p.name)
 def test_params_files_only_set_declared_parameters(params_file):
     values = yaml.safe_load(params_file.read_text()) or {}
-    declared = set.intersection(*(set(_parameters(p)) for p in ALL_NOTEBOOKS))
+    # make passes the file to every notebook: a name another notebook reads is accepted by all of them.
+    declared = set(StudyParams.__dataclass_fields__)
     assert set(values) <= declared, f"{params_file.name} sets undeclared {set(values) - declared}"
     StudyParams.create(**values)
 

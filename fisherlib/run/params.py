@@ -1,8 +1,10 @@
 """The notebooks' parameters: `StudyParams`, validated, and where a run's outputs go.
 
-Every notebook starts with the same papermill `parameters` cell and then calls
-`params = StudyParams.from_namespace(globals())`, which checks every value's type and says what to
-fix. Tables go to `results/<run>/` (CSV and Markdown, with the parameters that made them), figures
+Every notebook starts with a papermill `parameters` cell that holds the run's identity (`RUN_IDENTITY`)
+and the parameters that notebook reads (`fisherlib.run.parameter_docs.notebook_cell_names`), and then
+calls `params = StudyParams.from_namespace(globals())`, which fills every other parameter with its default
+(or with papermill's value: `make` passes every notebook every parameter), refuses a name that is no
+parameter of any notebook, checks every value's type and says what to fix. Tables go to `results/<run>/` (CSV and Markdown, with the parameters that made them), figures
 to `figures/<run>/` (PNG and PDF), caches to `results/<run>/cache/`.
 """
 
@@ -31,6 +33,8 @@ SCRATCH_RUN = "scratch"
 # Where outputs go, not what they hold: left out of the parameters every table and figure records, so a
 # run staged under runs/<run>/ and published to results/<run>/ records the same header.
 OUTPUT_LOCATION_FIELDS = ("results_root", "figures_root", "cache_dir")
+# What identifies a run: every notebook's parameters cell shows these, whether or not the notebook reads them.
+RUN_IDENTITY = ("arch", "revision", "run_name", "corpora", "seed", "device", "dtype")
 
 
 @dataclass(frozen=True)
@@ -211,7 +215,7 @@ class StudyParams:
 
 
 def parameter_names() -> list[str]:
-    """Return the name of every notebook parameter (every notebook takes them all)."""
+    """Return the name of every notebook parameter (every notebook accepts them all; its cell shows its own)."""
     return [f.name for f in dataclasses.fields(StudyParams)]
 
 
@@ -261,13 +265,16 @@ def parameter_cell_names(cells) -> list[str]:
     return names
 
 
-def parameters_cell_source() -> str:
-    """Return the source of every notebook's `parameters` cell: each StudyParams field at its default.
+def parameters_cell_source(names=None) -> str:
+    """Return the source of a `parameters` cell: each of `names` (default: every field) at its default, in declaration order.
 
-    `python tools/sync_parameters.py` writes it into the notebooks; a test checks they match.
+    `python tools/sync_parameters.py` writes each notebook's (its `parameter_docs.notebook_cell_names`); a test
+    checks they match.
     """
     defaults = StudyParams()
-    return "\n".join(f"{f.name} = {_python_literal(getattr(defaults, f.name))}" for f in dataclasses.fields(StudyParams))
+    chosen = set(parameter_names() if names is None else names)
+    check_parameter_names(chosen)
+    return "\n".join(f"{f.name} = {_python_literal(getattr(defaults, f.name))}" for f in dataclasses.fields(StudyParams) if f.name in chosen)
 
 
 def _python_literal(value: Any) -> str:

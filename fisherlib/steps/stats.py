@@ -42,7 +42,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..core.directions import CLASSES, POOL_PREDICTED, PREDICTED_CLASSES, SIGNED_CLASSES, report_order
+from ..core.directions import CLASSES, POOL_PREDICTED, PREDICTED_CLASSES, SIGNED_CLASSES, report_order  # noqa: F401  (SIGNED_CLASSES: re-exported to the steps)
 
 logger = logging.getLogger("fisherlib")
 

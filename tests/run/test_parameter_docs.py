@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -102,3 +103,51 @@ def test_tool_checks_and_prints(tmp_path: Path):
     assert check.returncode == 1 and "--write" in check.stderr
     subprocess.run([sys.executable, str(tool), "--write", "--readme", str(stale)], check=True, capture_output=True)
     assert subprocess.run([sys.executable, str(tool), "--check", "--readme", str(stale)]).returncode == 0
+
+
+# --- each notebook's parameters cell -------------------------------------------------------------------
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def test_reads_are_found_directly_through_properties_and_through_fisherlib():
+    from fisherlib.run.parameter_docs import notebook_reads
+
+    assert notebook_reads("x = params.plateau_jump\ny = params.seed_list") == {"plateau_jump", "seeds", "seed"}
+    # run_sweep reads its cache key (the sample's parameters and the sweep's) and, through load_sample, more.
+    source = "from fisherlib.run.measurements import run_sweep\nrun_sweep(params, 0)"
+    assert {"n_positions", "eps_grid", "n_random", "n_control", "divergence", "cache_dir"} <= notebook_reads(source)
+    assert "plateau_jump" not in notebook_reads(source)
+    assert notebook_reads("params.as_dict()\nStudyParams.create(**vars())") == set()  # recording and validating are not reads
+
+
+def test_a_notebook_shows_its_identity_and_what_it_reads(tmp_path):
+    from fisherlib.run.parameter_docs import notebook_cell_names
+    from fisherlib.run.params import OUTPUT_LOCATION_FIELDS, RUN_IDENTITY
+
+    cells = [
+        {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": "seed = 0\n", "outputs": [], "execution_count": None},
+        {"cell_type": "code", "metadata": {}, "source": ["%matplotlib inline\n", "print(params.plateau_jump, params.results_dir)"],
+         "outputs": [], "execution_count": None},
+    ]  # fmt: skip
+    path = tmp_path / "99_x.ipynb"
+    path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    names = notebook_cell_names(path)
+    assert set(names) == set(RUN_IDENTITY) | {"plateau_jump"}  # results_dir reads results_root and run_name; locations stay out
+    assert not set(names) & set(OUTPUT_LOCATION_FIELDS)
+    assert names == [f.name for f in dataclasses.fields(StudyParams) if f.name in names]
+
+
+def test_a_notebook_accepts_another_notebooks_parameter_but_not_an_unknown_name():
+    """`make reproduce` passes every notebook every parameter: papermill injects them after the notebook's own cell."""
+    from fisherlib.core.errors import ParameterError
+    from fisherlib.run.parameter_docs import parameters_cell
+
+    steering = next(p for p in NOTEBOOKS if p.name.startswith("11_"))
+    own = parameters_cell(steering)
+    assert "layer_positions" not in own and "plateau_jump" not in own
+    injected = '# Parameters\nlayer_positions = 5\nplateau_jump = 3.0\nrun_name = "r"\n'
+    params = StudyParams.from_namespace({"In": ["", own, injected], "layer_positions": 5, "plateau_jump": 3.0, "run_name": "r"})
+    assert (params.layer_positions, params.plateau_jump, params.run_name, params.steer_texts) == (5, 3.0, "r", 8)
+    with pytest.raises(ParameterError, match="did you mean layer_positions"):
+        StudyParams.from_namespace({"In": ["", own, "# Parameters\nlayer_postions = 5\n"], "layer_postions": 5})
