@@ -40,9 +40,7 @@ def class_findings(by_layer: pd.DataFrame, eps: float) -> str:
     closest = at.assign(dev=deviation).sort_values("dev", kind="stable").groupby("layer", observed=True).head(1)
     counts = closest["cls"].astype(str).value_counts()
     others = f" ({', '.join(f'{c}: {n}' for c, n in counts.iloc[1:].items())} elsewhere)" if len(counts) > 1 else ""
-    ranges = "; ".join(
-        f"{cls} {part['median_rho'].min():.3g}–{part['median_rho'].max():.3g}" for cls, part in at.groupby("cls", observed=True)
-    )
+    ranges = "; ".join(f"{cls} {part['median_rho'].min():.3g}–{part['median_rho'].max():.3g}" for cls, part in at.groupby("cls", observed=True))
     return (
         f"**Classes at ε = {eps:g}.** The class whose median ρ is closest to 1 is {counts.index[0]} at {counts.iloc[0]} of "
         f"{len(closest)} layers{others}. Medians over layers: {ranges} (inf: more than half censored)."
@@ -60,8 +58,7 @@ def frontier_findings(frontier: pd.DataFrame) -> str:
         parts.append(f"{cls}: {smallest} at {worst}" + ("" if low == high else f", up to ε = {high:g} at {best}"))
     tolerance = float(frontier["tolerance"].iloc[0])
     return (
-        f"**Where the quadratic stops being exact** (median ρ within {tolerance:.0%} of 1 at that ε and every smaller one): "
-        + "; ".join(parts) + "."
+        f"**Where the quadratic stops being exact** (median ρ within {tolerance:.0%} of 1 at that ε and every smaller one): " + "; ".join(parts) + "."
     )
 
 
