@@ -1,4 +1,9 @@
-"""Fixtures shared by every test: fixed seeds and the path to the offline fixtures."""
+"""Fixtures shared by every test: fixed seeds, the path to the offline fixtures, a synthetic sweep.
+
+Helpers that are not fixtures (random models, tokenizers, references) live in `tests/helpers/` and import
+as `helpers.<module>`: this folder is on the import path as the folder of the root conftest (pytest's
+default `prepend` import mode), so no test imports another test file and no path is added.
+"""
 
 from __future__ import annotations
 
@@ -31,3 +36,11 @@ def shared_dir() -> Path:
     if not path.is_dir():
         pytest.skip("../shared (fixtures) is absent")
     return path
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    """`(positions, measurements)` of a synthetic two-seed sweep with the measurement schema (`helpers.sweeps`)."""
+    from helpers.sweeps import two_seed_sweep
+
+    return two_seed_sweep()

@@ -8,10 +8,10 @@ import re
 import stat
 import sys
 import threading
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 from fisherlib.io.atomic import (

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_boundary_precision import EPS, mp_boundary, near_deterministic
-from test_models import COLS, ROWS, make_batch, save_random_qwen3
 
 import fisherlib as fl
 from fisherlib.models.loading import load_model, run_with_oom_backoff
+from helpers.models import COLS, ROWS, make_batch, save_random_qwen3
+from helpers.precision import EPS, mp_boundary, near_deterministic
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 

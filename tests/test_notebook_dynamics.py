@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from fisherlib.io.tables import read_table_file
-
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
+from fisherlib.io.tables import read_table_file
 from fisherlib.models.tiny import shipped_tiny_model, tiny_revisions
 
 ROOT = Path(__file__).resolve().parents[1]

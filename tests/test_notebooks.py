@@ -13,11 +13,9 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import nbformat
-import pandas as pd
 import pytest
 import yaml
 
@@ -29,7 +27,7 @@ from fisherlib.run.params import OUTPUT_LOCATION_FIELDS, RUN_IDENTITY, StudyPara
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-# The smoke runs execute, in order, every notebook whose outputs fisherlib.paper lists.
+# The smoke runs execute, in order, every notebook whose outputs fisherlib.report.paper lists.
 NOTEBOOKS = [p for p in ALL_NOTEBOOKS if p.stem in EXPECTED_TABLES]
 SMOKE = dict(
     n_positions=40, eps_grid=[0.01, 0.1, 1.0], small_eps=0.01, large_eps=1.0, n_random=4, n_control=2,
@@ -210,16 +208,14 @@ ALL_ARCHITECTURES = os.environ.get("FISHERLIB_ALL_ARCHITECTURES") == "1"
 
 
 def _battery_folder(name: str, folder: Path) -> Path:
-    """The layer-engine battery's `name` (tests/layers/battery.py) as an HF folder."""
-    sys.path.insert(0, str(ROOT / "tests" / "layers"))
-    from battery import configs
+    """The layer-engine battery's `name` (tests/helpers/battery.py) as an HF folder."""
+    from helpers.battery import configs
 
     return _random_folder(configs()[name], folder)
 
 
 def _battery_names() -> list[str]:
-    sys.path.insert(0, str(ROOT / "tests" / "layers"))
-    from battery import configs
+    from helpers.battery import configs
 
     return sorted(configs())
 

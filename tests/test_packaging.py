@@ -1,9 +1,9 @@
 """The conda environment and the package metadata name the same dependencies."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ stamp, so `make` (and `make -n`) reruns exactly what a changed input, library or
 `notebook` executes one notebook through papermill and prints one line: its name, seconds and what it
 wrote. Everything else (cell outputs, warnings, the kernel's own messages) goes to
 `runs/<run>/logs/<notebook>.log`; a failure ends with the error's own message and the log's path.
-Long steps report progress through `fisherlib.progress`, shown on the same line. A lock per notebook
+Long steps report progress through `fisherlib.io.progress`, shown on the same line. A lock per notebook
 of a run makes a second `make` of the same run wait rather than do the work twice.
 
 `publish` copies the staged tables and figures of a run (`runs/<run>/staged/`) into `results/<run>/`

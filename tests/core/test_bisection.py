@@ -1,4 +1,4 @@
-"""fisherlib.bisection: the brute-force reference boundary, checked where the answer is known exactly."""
+"""fisherlib.core.bisection: the brute-force reference boundary, checked where the answer is known exactly."""
 
 import math
 

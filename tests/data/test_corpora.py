@@ -1,4 +1,4 @@
-"""Tests for fisherlib.corpora: local files, embedded standard-library split, hub errors (offline)."""
+"""Tests for fisherlib.data.corpora: local files, embedded standard-library split, hub errors (offline)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fisherlib.core.errors import CorpusError
 from fisherlib.data.corpora import (
     DEFAULT_CORPORA,
     Document,
@@ -15,7 +16,6 @@ from fisherlib.data.corpora import (
     render_messages,
     stdlib_split,
 )
-from fisherlib.core.errors import CorpusError
 
 SHARED_DIR = Path(__file__).resolve().parents[2].parent / "shared"
 

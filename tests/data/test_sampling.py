@@ -1,7 +1,6 @@
 """Rank-stratified sampling: deterministic, balanced, cached atomically, statistics against brute force."""
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +10,10 @@ import torch
 
 import fisherlib as fl
 import fisherlib.data.sampling as sampling
-from fisherlib.data.corpora import Document, fixture_corpora
 from fisherlib.core.errors import ParameterError
-from fisherlib.data.sampling import N_STRATA, PositionSample, position_statistics
-
-from test_models import WORDS, make_model, make_tokenizer
+from fisherlib.data.corpora import Document, fixture_corpora
+from fisherlib.data.sampling import N_STRATA, position_statistics
+from helpers.models import WORDS, make_model, make_tokenizer
 
 
 @pytest.fixture(scope="module")

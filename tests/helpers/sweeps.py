@@ -1,8 +1,8 @@
-"""Synthetic sweeps with the measurement schema, measured by the real core on a random head (shared by the step tests)."""
+"""Synthetic sweeps with the measurement schema, measured by the real core on a random head (shared by the step and report tests;
+the `sweep` fixture in tests/conftest.py is `two_seed_sweep()`)."""
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 
 import fisherlib as fl
@@ -58,18 +58,5 @@ def two_seed_sweep():
     return pd.concat([p for p, _ in parts], ignore_index=True), pd.concat([m for _, m in parts], ignore_index=True)
 
 
-@pytest.fixture(scope="module")
-def sweep():
-    return two_seed_sweep()
-
-
 def no_nan(frame):
     assert not frame.select_dtypes("number").isna().any().any()
-
-
-@pytest.fixture(scope="module")
-def sweep():
-    parts = [synthetic_sweep(seed) for seed in (0, 1)]
-    return pd.concat([p for p, _ in parts], ignore_index=True), pd.concat([m for _, m in parts], ignore_index=True)
-
-

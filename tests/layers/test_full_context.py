@@ -11,11 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from battery import DOUBLE_BACKWARD, FLOAT32_ONLY, FULL_CONTEXT, VOCAB, build, configs
 from fisherlib.layers import pullback as L
 from fisherlib.layers import steering_pass as S
 from fisherlib.layers.engine import residuals_by_layer
 from fisherlib.layers.passes import Prefilled, engine_path
+from helpers.battery import DOUBLE_BACKWARD, FLOAT32_ONLY, FULL_CONTEXT, VOCAB, build, configs
+
 
 def _contexts(seed: int = 1) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)

@@ -1,4 +1,4 @@
-"""`layer_boundary`'s first crossing (`fisherlib.layers._first_crossing`) on lines built to be non-monotone.
+"""`layer_boundary`'s first crossing (`fisherlib.layers.pullback._first_crossing`) on lines built to be non-monotone.
 
 Synthetic lines: `D(t) = ½ s² + bump(s)`, `s = sqrt(κ) t`, a Gaussian bump whose window above ε lies between
 two points of the scan (ratio √2), with its exact first crossing from a dense grid and bisection. Real lines:
@@ -164,9 +164,8 @@ def _dense_reference(model, contexts, layer, U, eps, ratio=1.02, n_bisect=40):
 def stories_lines(shared_dir):
     """stories260K in float64 (norms too), 10 positions from GSM8K and WikiText-2, 3 random unit directions each."""
     import fisherlib as fl
-    from fisherlib.corpora import load_corpus
-
-    from test_layers import _norms_in_model_dtype
+    from fisherlib.data.corpora import load_corpus
+    from helpers.layers import _norms_in_model_dtype
 
     model = fl.load_model(shared_dir / "fixtures" / "models" / "stories260K" / "hf", device="cpu", dtype=torch.float64)
     _norms_in_model_dtype(model.model)

@@ -10,7 +10,7 @@ import torch
 
 from fisherlib.core.errors import InputError
 from fisherlib.layers import steering_pass as S
-from test_layers import VOCAB, WIDTH, _random_lm
+from helpers.layers import VOCAB, WIDTH, _random_lm
 
 LAYER = 1
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from test_models import VOCAB, make_tokenizer
+from helpers.models import VOCAB, make_tokenizer
 from transformers import AutoModelForCausalLM
 
 import fisherlib.models.loading

@@ -1,4 +1,4 @@
-"""Tests for fisherlib.tiny: a few training steps into a temporary cache (offline, CPU)."""
+"""Tests for fisherlib.models.tiny: a few training steps into a temporary cache (offline, CPU)."""
 
 from __future__ import annotations
 

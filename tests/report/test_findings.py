@@ -1,14 +1,9 @@
 """The sentences the notebooks display about a run follow its tables: change the table, the sentence changes."""
 
 import pandas as pd
-from synthetic_sweeps import sweep  # noqa: F401
 
-from fisherlib.steps import calibration
-from fisherlib.steps import direction_classes
-from fisherlib.steps import exactness
 from fisherlib.report import findings
-from fisherlib.steps import stats
-from fisherlib.steps import stratifiers
+from fisherlib.steps import calibration, direction_classes, exactness, stats, stratifiers
 
 
 def test_table1_and_sign_sentences_quote_the_table(sweep):  # noqa: F811

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from fisherlib.run.cli import main
 from fisherlib.io.tables import read_table_file
 from fisherlib.report.paper import EXPECTED_TABLES, find_runs, write_summary
+from fisherlib.run.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,9 +45,8 @@ def test_cli_paper_writes_the_summary(tmp_path, monkeypatch, capsys):
 
 
 def test_summary_has_the_claims_matrix_from_ledgers_or_tables(tmp_path):
-    from test_claims import passing_tables
-
     from fisherlib.report.claims import CLAIMS, evaluate_claims
+    from helpers.claims import passing_tables
 
     for run in ("written", "tables-only"):
         (tmp_path / run).mkdir()
@@ -69,9 +68,8 @@ def test_summary_has_the_claims_matrix_from_ledgers_or_tables(tmp_path):
 
 
 def test_story_tells_the_newer_papers_results_from_the_tables(tmp_path):
-    from test_claims import passing_tables
-
     from fisherlib.report.paper import story
+    from helpers.claims import passing_tables
 
     for name, table in passing_tables().items():
         table.to_csv(tmp_path / f"{name}.csv", index=False)
@@ -82,9 +80,8 @@ def test_story_tells_the_newer_papers_results_from_the_tables(tmp_path):
 
 
 def test_story_and_summary_tell_the_steering_budget_from_its_tables(tmp_path):
-    from test_claims import passing_tables
-
     from fisherlib.report.paper import story, write_summary
+    from helpers.claims import passing_tables
 
     run = tmp_path / "toy"
     run.mkdir()

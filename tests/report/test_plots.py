@@ -1,7 +1,6 @@
 """Every figure draws from its table, and the figures the issue named look as their prose says."""
 
 import matplotlib
-from synthetic_sweeps import sweep  # noqa: F401
 
 from fisherlib.steps import calibration as cal
 from fisherlib.steps import direction_classes as dc

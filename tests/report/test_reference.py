@@ -1,12 +1,11 @@
-"""The write-up's numbers (`fisherlib.reference`) and where they are printed beside ours."""
+"""The write-up's numbers (`fisherlib.report.reference`) and where they are printed beside ours."""
 
 import pytest
-from synthetic_sweeps import sweep  # noqa: F401
 
+from fisherlib.report import reference
 from fisherlib.steps import calibration as cal
 from fisherlib.steps import direction_classes as dc
 from fisherlib.steps import exactness as ex
-from fisherlib.report import reference
 
 
 def test_reference_numbers_exist_for_the_three_architectures():

@@ -67,7 +67,7 @@ def sandbox(tmp_path: Path) -> Path:
     (tmp_path / "params" / "smoke.yaml").write_text(SMOKE)
     (tmp_path / "models").symlink_to(ROOT / "models")
     # The environment's stamps, the torch line first: a stamp older than it would make make reinstall.
-    line = dict(l.split(" ?= ", 1) for l in (ROOT / "Makefile").read_text().splitlines() if l.startswith(("TORCH ?=", "TORCH_INDEX ?=")))
+    line = dict(row.split(" ?= ", 1) for row in (ROOT / "Makefile").read_text().splitlines() if row.startswith(("TORCH ?=", "TORCH_INDEX ?=")))
     (tmp_path / ".torch-spec").write_text(f"{line['TORCH']} --index-url {line['TORCH_INDEX']}\n")
     (tmp_path / ".installed").touch()
     return tmp_path

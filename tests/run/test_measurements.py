@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from fisherlib.io.cache import checksum_file
-from fisherlib.run.inputs import sample_folder
 from fisherlib.run import measurements
+from fisherlib.run.inputs import sample_folder
 from fisherlib.run.measurements import load_sweep, run_layer_spectra, run_lens_top_eigvec, run_sweep, sweep_path
 from fisherlib.run.params import StudyParams
 

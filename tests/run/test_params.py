@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from fisherlib.core.errors import ParameterError
-from fisherlib.run.params import StudyParams
 from fisherlib.run.outputs import read_table, save_table
+from fisherlib.run.params import StudyParams
 
 
 def test_defaults_and_conversions():

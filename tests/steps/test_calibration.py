@@ -1,12 +1,12 @@
-"""Notebook 06's statistics (`fisherlib.calibration`): grouped CV, both spaces, and every predictor on one denominator."""
+"""Notebook 06's statistics (`fisherlib.steps.calibration`): grouped CV, both spaces, and every predictor on one denominator."""
 
 import numpy as np
 import pandas as pd
 import pytest
-from synthetic_sweeps import no_nan, sweep  # noqa: F401
 
 from fisherlib.steps import calibration as cal
 from fisherlib.steps import stats as st
+from helpers.sweeps import no_nan
 
 
 def _calibration_frame(t_pred, t_emp, seeds, positions, cls="random", eps=1.0):

@@ -1,13 +1,13 @@
-"""Notebook 05's statistics (`fisherlib.direction_classes`): Table 2, its sign pattern and per-position Spearman."""
+"""Notebook 05's statistics (`fisherlib.steps.direction_classes`): Table 2, its sign pattern and per-position Spearman."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.stats
-from synthetic_sweeps import no_nan, sweep  # noqa: F401
 
 from fisherlib.steps import direction_classes as dc
 from fisherlib.steps import stats as st
+from helpers.sweeps import no_nan
 
 
 def test_table2_medians_equal_pandas_groupby(sweep):

@@ -1,4 +1,4 @@
-"""Tests for fisherlib.dynamics: revisions, context capture and the tables across checkpoints."""
+"""Tests for fisherlib.steps.dynamics: revisions, context capture and the tables across checkpoints."""
 
 from __future__ import annotations
 
@@ -7,40 +7,20 @@ import pandas as pd
 import pytest
 import torch
 
-from fisherlib.steps import dynamics
 from fisherlib.core.errors import FisherlibError
-from fisherlib.steps.sweep import measure_boundaries
-from fisherlib.data.sampling import position_statistics
 from fisherlib.run.params import StudyParams
-
-EPS = (0.01, 1.0)
-
-
-def _revision(revision: str, sharpness: float, n_positions: int = 30, V: int = 40, d: int = 12) -> dynamics.RevisionMeasurement:
-    """A synthetic revision: random head and residuals, logits scaled by `sharpness` (training sharpens p)."""
-    generator = torch.Generator().manual_seed(0)
-    W = torch.randn(V, d, generator=generator)
-    h = sharpness * torch.randn(n_positions, d, generator=generator)
-    stats = position_statistics(W, None, h, top_k=8)
-    # Three positions per document, so that a document bootstrap has clusters to resample.
-    positions = pd.DataFrame({"position": np.arange(n_positions), "seed": 0, "domain": "code", "doc_id": np.arange(n_positions) // 3})
-    for name, values in stats.items():
-        if name not in ("topk_ids", "topk_probs"):
-            positions[name] = values.numpy()
-    measurements = measure_boundaries(W, None, h, EPS, top_k=8, n_random=3, n_control=2, progress=False)
-    return dynamics.RevisionMeasurement(revision, dynamics.revision_step(revision), positions, measurements)
+from fisherlib.steps import dynamics
+from helpers.dynamics import EPS, revision_tables, revisions
 
 
 @pytest.fixture(scope="module")
 def results() -> list[dynamics.RevisionMeasurement]:
-    return [_revision("step10", 0.3), _revision("step100", 1.0), _revision("step1000", 4.0)]
+    return revisions()
 
 
 @pytest.fixture(scope="module")
 def tables(results) -> dict[str, pd.DataFrame]:
-    params = StudyParams.create(small_eps=EPS[0], large_eps=EPS[1], eps_grid=list(EPS))
-    record = {"checkpoints": [{"step": 10, "heldout_loss": 5.0}, {"step": 100, "heldout_loss": 4.0}, {"step": 1000, "heldout_loss": 3.0}]}
-    return dynamics.dynamics_tables(results, params, record)
+    return revision_tables(results)
 
 
 def test_revision_step():
@@ -98,8 +78,8 @@ def test_table1_says_what_its_bootstrap_resampled(tables):
 
 
 def test_capture_contexts_equals_one_forward_pass_per_context(tmp_path):
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
     from fisherlib.models.loading import load_model
 

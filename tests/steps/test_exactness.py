@@ -1,11 +1,11 @@
-"""Notebook 04's statistics (`fisherlib.exactness`) against hand-computed values on synthetic sweeps."""
+"""Notebook 04's statistics (`fisherlib.steps.exactness`) against hand-computed values on synthetic sweeps."""
 
 import numpy as np
 import pytest
-from synthetic_sweeps import no_nan, sweep  # noqa: F401
 
 from fisherlib.steps import exactness as ex
 from fisherlib.steps import stats as st
+from helpers.sweeps import no_nan
 
 
 def test_table1_per_seed_medians_and_their_mean(sweep):

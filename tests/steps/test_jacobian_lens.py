@@ -121,7 +121,7 @@ def _lens_at(layer, eps=(1e-3, 1e-2)):
     """The lens's top-eigvec lines and the layer study's measurements at `layer` of a small float64 LM, 4 positions."""
     from fisherlib.layers.engine import residuals_by_layer
     from fisherlib.layers.passes import Prefilled
-    from test_layers import WIDTH, _contexts, _random_lm
+    from helpers.layers import WIDTH, _contexts, _random_lm
 
     model = _random_lm("gpt_neox")
     contexts = _contexts(lengths=(6, 9, 12, 7))
@@ -156,7 +156,7 @@ def test_at_the_head_the_lens_table1_is_the_layer_study_s():
 
 def test_at_an_inner_layer_the_lens_direction_is_measured_exactly_and_its_curvature_differs():
     from fisherlib.layers.pullback import layer_curvature
-    from test_layers import _divergence_full_context
+    from helpers.layers import _divergence_full_context
 
     model, contexts, G, G_bar, lines, study = _lens_at(1)
     U = jl.lens_top_eigvec_directions(model, contexts, 1, G_bar)

@@ -6,13 +6,12 @@ import math
 
 import numpy as np
 import pandas as pd
-import torch
 
-from fisherlib.report import layer_findings
-from fisherlib.steps import layer_study as LS
 from fisherlib.layers.engine import residuals_by_layer
 from fisherlib.layers.passes import Prefilled
-from test_layers import WIDTH, _contexts, _random_lm
+from fisherlib.report import layer_findings
+from fisherlib.steps import layer_study as LS
+from helpers.layers import _contexts, _random_lm
 
 
 def test_choose_positions_spreads_over_cells():

@@ -12,7 +12,7 @@ from fisherlib.core.errors import InputError
 from fisherlib.layers import steering_pass as engine
 from fisherlib.steps import natural_steering as N
 from fisherlib.steps import steering_vectors as SV
-from test_layers import VOCAB, WIDTH, _random_lm
+from helpers.layers import VOCAB, WIDTH, _random_lm
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,8 @@ def test_natural_gradient_spends_the_least_second_order_kl_per_gain():
     g = G @ torch.randn(12, dtype=torch.float64, generator=generator)  # in the range, as the target gradient is
     x = N.natural_gradient(G, g)
     assert torch.allclose(G @ x, g, atol=1e-10)
-    cost = lambda u: float(u @ G @ u) / float(g @ u) ** 2  # KL per squared first-order gain
+    def cost(u):  # KL per squared first-order gain
+        return float(u @ G @ u) / float(g @ u) ** 2
 
     for _ in range(20):
         other = g + 0.5 * torch.randn(12, dtype=torch.float64, generator=generator)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fisherlib.steps import plateaus as PL
-from test_layers import WIDTH, _contexts, _random_lm
+from helpers.layers import WIDTH, _contexts, _random_lm
 
 
 def test_arc_keeps_the_start_norm_and_its_derivative_is_exact():

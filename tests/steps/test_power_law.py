@@ -7,7 +7,7 @@ import pytest
 from fisherlib.report import claims, findings, plots
 from fisherlib.report.claims import NOT_REPRODUCED, NOT_TESTABLE, PARTLY, REPRODUCED
 from fisherlib.steps import power_law
-from synthetic_sweeps import no_nan, synthetic_sweep
+from helpers.sweeps import no_nan, synthetic_sweep
 
 GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 2.0, 5.0)
 

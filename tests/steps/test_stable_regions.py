@@ -1,4 +1,4 @@
-"""Notebook 07's stable regions (`fisherlib.stable_regions`): exact slices, Fisher ellipses, closed contours."""
+"""Notebook 07's stable regions (`fisherlib.steps.stable_regions`): exact slices, Fisher ellipses, closed contours."""
 
 import numpy as np
 import pytest

@@ -1,11 +1,10 @@
-"""Shared statistics (`fisherlib.stats`): the cluster bootstrap, resampling units and scoring."""
+"""Shared statistics (`fisherlib.steps.stats`): the cluster bootstrap, resampling units and scoring."""
 
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
-from synthetic_sweeps import sweep  # noqa: F401
 
 from fisherlib.steps import stats as st
 

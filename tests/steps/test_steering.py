@@ -14,7 +14,7 @@ from fisherlib.core.boundary import empirical_boundary
 from fisherlib.core.errors import InputError
 from fisherlib.layers import steering_pass as engine
 from fisherlib.steps import steering as S
-from test_layers import VOCAB, WIDTH, _random_lm
+from helpers.layers import VOCAB, WIDTH, _random_lm
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +41,6 @@ def _vector(seed: int = 6) -> torch.Tensor:
 
 def test_the_names_researchers_import():
     assert fl.steering_budget is S.steering_budget and fl.steering_scale is S.steering_scale
-    import fisherlib.steering
-
-    assert fisherlib.steering is S
 
 
 def test_budget_table_and_the_closed_form_at_small_eps(model):
@@ -98,12 +95,18 @@ def test_population_methods_agree_where_they_must(model):
     table = S.steering_budget(model, texts, 1, v, [eps], rtol=1e-10)
     assert not table["nonmonotone"].any()
     # closed / quartic: order statistics of the per-token predictions; exact: of the per-token crossings.
-    assert scales["closed"].alpha == engine.population_alpha(torch.tensor(table["alpha_pred"].to_numpy()), quantile)
-    assert scales["quartic"].alpha == engine.population_alpha(torch.tensor(table["alpha_quartic"].to_numpy()), quantile)
+    forward = {m: S.steering_scale(model, texts, 1, v, eps=eps, quantile=quantile, method=m, tangent="forward") for m in ("closed", "quartic")}
+    assert forward["closed"].alpha == engine.population_alpha(torch.tensor(table["alpha_pred"].to_numpy()), quantile)
+    assert forward["quartic"].alpha == engine.population_alpha(torch.tensor(table["alpha_quartic"].to_numpy()), quantile)
+    assert forward["closed"].passes == len(texts)
+    # The default central difference lands far closer to forward mode than the closed form to the exact budget.
+    for method in ("closed", "quartic"):
+        assert scales[method].alpha == pytest.approx(forward[method].alpha, rel=1e-3)
+        assert scales[method].alpha != forward[method].alpha
     crossing = engine.population_alpha(torch.tensor(table["alpha_emp"].to_numpy()), quantile)
     assert abs(scales["exact"].alpha / crossing - 1) < 2 * rtol
     assert abs(scales["bisection"].alpha / crossing - 1) < 2 * rtol
-    assert scales["closed"].passes == len(texts) < scales["exact"].passes < scales["bisection"].passes
+    assert scales["closed"].passes == 3 * len(texts) < scales["exact"].passes < scales["bisection"].passes
     assert all(s.n_tokens == 7 + 12 + 9 for s in scales.values())
     # Steering away is the same question for -v: the closed form is symmetric, the exact budget need not be.
     away = S.steering_scale(model, texts, 1, -v, eps=eps, quantile=quantile, method="closed")
@@ -186,3 +189,21 @@ def test_strings_are_tokenised_as_the_model_is_run_and_match_an_independent_brut
         assert got == pytest.approx(0.5 * (lo + hi), rel=1e-5), position
         compared += 1
     assert compared >= len(ids) - 1, f"only {compared} of {len(ids)} tokens crossed ε within the grid"
+
+
+def test_the_central_difference_matches_forward_mode_in_float32():
+    """In float32 the step `DIFFERENCE_STEPS` balances truncation against rounding: α_pred within 1e-3 of forward mode's."""
+    model = _random_lm("llama").float()
+    texts, v = _texts(), _vector()
+    steered = engine.SteeredTexts.build(model, texts, 1, v)
+    text, position = engine.token_lines(steered.lengths)
+    alphas = {}
+    for tangent in engine.TANGENTS:
+        z, a, r_norm = engine.steering_velocities(steered, tangent=tangent)
+        _, pred, _ = S._predictions(torch.softmax(z[text, position], -1), a[text, position], np.array([1.0]), quartic=False)
+        alphas[tangent] = pred[:, 0]
+    assert engine.velocity_passes(steered, "difference") == 3 * len(texts)
+    error = (alphas["difference"] / alphas["forward"] - 1).abs()
+    assert float(error.max()) < 1e-3 and float(error.median()) < 2e-4
+    with pytest.raises(InputError, match="tangent"):
+        engine.steering_velocities(steered, tangent="backward")

@@ -11,7 +11,7 @@ import torch
 
 from fisherlib.steps import steering as S
 from fisherlib.steps import steering_study as SS
-from test_layers import VOCAB, WIDTH, _random_lm
+from helpers.layers import VOCAB, WIDTH, _random_lm
 
 
 def _tokens(ratio_all: float = 1.0, ratio_target: float = 1.2) -> pd.DataFrame:

@@ -1,12 +1,12 @@
-"""Notebook 07's stratifier statistics (`fisherlib.stratifiers`)."""
+"""Notebook 07's stratifier statistics (`fisherlib.steps.stratifiers`)."""
 
 import numpy as np
 import pandas as pd
 import pytest
-from synthetic_sweeps import no_nan, sweep  # noqa: F401
 
 from fisherlib.steps import stats as st
 from fisherlib.steps import stratifiers as sf
+from helpers.sweeps import no_nan
 
 
 def test_stratifier_that_determines_log_rho_wins_by_a_large_ratio():
