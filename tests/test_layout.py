@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +138,21 @@ def test_the_gpu_check_runs_test_files_that_exist():
     assert named and all((root / path).is_file() for path in named), sorted(named)
     cuda_tests = {str(path.relative_to(root)) for path in (root / "tests").rglob("test_*.py") if re.search(r"def test_\w*cuda", path.read_text())}
     assert cuda_tests <= named, sorted(cuda_tests - named)
+
+
+def test_no_test_file_imports_another_and_no_import_path_is_added():
+    """Shared helpers live in tests/helpers/ and tests/conftest.py: a test file never imports a test file, and
+    neither the tests nor pytest's settings add import paths."""
+    import tomllib
+
+    root = PACKAGE.parent
+    wrong = []
+    for path in sorted((root / "tests").rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        for node in ast.walk(ast.parse(source)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            wrong += [f"{path.relative_to(root)}:{node.lineno}: imports {name}" for name in names if name.split(".")[-1].startswith(("test_", "conftest"))]
+        wrong += [f"{path.relative_to(root)}: changes sys.path" for _ in re.finditer(r"sys\.path\.(insert|append)|sys\.path\s*[+=]", source)]
+    assert not wrong, "\n".join(wrong)
+    settings = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert "pythonpath" not in settings

@@ -12,10 +12,7 @@ import torch
 
 from fisherlib.core.errors import InputError
 from fisherlib.steps import generated_steering as G
-try:  # tests/helpers/ (the shared test helpers' new home) ...
-    from helpers.layers import VOCAB, WIDTH, _random_lm
-except ImportError:  # ... or, before it, the layer tests' module on pytest's path
-    from test_layers import VOCAB, WIDTH, _random_lm
+from helpers.layers import VOCAB, WIDTH, _random_lm
 
 LAYER = 1
 
