@@ -155,15 +155,17 @@ def population_quantile(kl: torch.Tensor, quantile: float) -> float:
 
 def steering_scale(
     model, texts, layer, v, eps: float = 1.0, quantile: float = 0.95, method: str = "closed", rtol: float = 1e-4,
-    alpha_start: float = 1.0, max_passes: int = 200, add_special_tokens: bool | None = None,
+    alpha_start: float = 1.0, max_passes: int = 200, add_special_tokens: bool | None = None, tangent: str = "difference",
 ) -> SteeringScale:  # fmt: skip
     """Return the α at which the `quantile` of per-token KL over every token of `texts` reaches `eps`.
 
-    `method`: `"closed"` (the closed form per token, one forward-mode pass per text), `"quartic"` (the
-    quartic of the cumulants per token, the same pass), `"exact"` (root of the population quantile with full
-    forward passes, bracketed from the closed form, to `rtol`), or `"bisection"` (the baseline: double α from
+    `method`: `"closed"` (the closed form per token, from one batch of three plain passes per text: the
+    logits and the central difference of `z(±δ)`, see `steering_velocities`), `"quartic"` (the quartic of the
+    cumulants per token, the same passes), `"exact"` (root of the population quantile with full forward
+    passes, bracketed from the closed form, to `rtol`), or `"bisection"` (the baseline: double α from
     `alpha_start` until the quantile passes ε, then bisect to `rtol`). `max_passes` bounds the prompt-set
-    passes of the two searches.
+    passes of the two searches. `passes` counts plain passes of one text (a forward-mode pass once).
+    `tangent="forward"` takes the velocities from one forward-mode pass per text instead (exact to rounding).
     """
     if method not in METHODS:
         raise InputError(f"method must be one of {METHODS}, not {method!r}")
@@ -174,13 +176,19 @@ def steering_scale(
     steered = engine.SteeredTexts.build(model, texts, layer, v, add_special_tokens)
     n_texts, n_tokens = len(steered.ids), int(steered.lengths.sum())
     if method in ("closed", "quartic"):
-        z, a, _ = engine.steering_velocities(steered)
+        z, a, _ = engine.steering_velocities(steered, tangent=tangent)
         text, position = engine.token_lines(steered.lengths)
         _, pred, quartic = _predictions(torch.softmax(z[text, position], -1), a[text, position], np.array([eps]), method == "quartic")
         alpha = engine.population_alpha((pred if method == "closed" else quartic)[:, 0], quantile)
-        return SteeringScale(alpha, method, eps, quantile, n_tokens, n_texts, time.perf_counter() - start)
-    reference, _, _ = steered.logits(torch.arange(n_texts), torch.zeros(n_texts, dtype=torch.float64))
-    passes = [n_texts]
+        passes = engine.velocity_passes(steered, tangent)
+        return SteeringScale(alpha, method, eps, quantile, n_tokens, passes, time.perf_counter() - start)
+    if method == "exact":
+        # The closed form's pass also gives the unsteered logits every level is measured against.
+        reference, a, _ = engine.steering_velocities(steered, tangent=tangent)
+        passes = [engine.velocity_passes(steered, tangent)]
+    else:
+        reference, _, _ = steered.logits(torch.arange(n_texts), torch.zeros(n_texts, dtype=torch.float64))
+        passes = [n_texts]
 
     def level(alpha: float) -> float:
         passes[0] += n_texts
@@ -189,10 +197,8 @@ def steering_scale(
         return population_quantile(engine.population_kl(steered, alpha, reference=reference), quantile)
 
     if method == "exact":
-        z, a, _ = engine.steering_velocities(steered)
-        passes[0] += n_texts
         text, position = engine.token_lines(steered.lengths)
-        _, pred, _ = _predictions(torch.softmax(z[text, position], -1), a[text, position], np.array([eps]), quartic=False)
+        _, pred, _ = _predictions(torch.softmax(reference[text, position], -1), a[text, position], np.array([eps]), quartic=False)
         guess = engine.population_alpha(pred[:, 0], quantile)
         alpha = _root_from(level, eps, guess if math.isfinite(guess) else alpha_start, rtol)
     else:
@@ -202,10 +208,11 @@ def steering_scale(
 
 def closed_form_scales(
     model, texts, layer, v, eps, quantiles, quartic: bool = False, add_special_tokens: bool | None = None,
+    tangent: str = "difference",
 ) -> pd.DataFrame:  # fmt: skip
     """Return the closed-form (and, with `quartic`, the quartic) population budget at every ε `[E]` and quantile `[Q]`.
 
-    All from one forward-mode pass per text: the per-token predictions do not depend on the quantile, and
+    All from one batch of three plain passes per text (`steering_velocities`' central difference): the per-token predictions do not depend on the quantile, and
     `α_pred` scales as `sqrt(ε)`. Columns: eps, quantile, method, alpha.
     """
     eps = _check_eps(eps)
@@ -213,7 +220,7 @@ def closed_form_scales(
     if not quantiles or not all(0 < q < 1 for q in quantiles):
         raise InputError(f"every quantile must lie in (0, 1), got {quantiles!r}")
     steered = engine.SteeredTexts.build(model, texts, layer, v, add_special_tokens)
-    z, a, _ = engine.steering_velocities(steered)
+    z, a, _ = engine.steering_velocities(steered, tangent=tangent)
     text, position = engine.token_lines(steered.lengths)
     _, pred, quartic_alpha = _predictions(torch.softmax(z[text, position], -1), a[text, position], eps, quartic)
     rows = []
@@ -248,12 +255,16 @@ def _bisection(level, eps: float, alpha_start: float, rtol: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def _root_from(level, eps: float, guess: float, rtol: float) -> float:
-    """The first crossing of `level(α) = ε` on the lattice `guess · 2^(j/2)` from a quarter of `guess`, then
-    refined inside its bracket (secant on `sqrt(2 level)`, bisection when a step does not halve it)."""
+def _root_from(level, eps: float, guess: float, rtol: float, first: float = 2**-0.5) -> float:
+    """The first crossing of `level(α) = ε` on the lattice `guess · 2^(j/2)` from `first · guess`, then refined
+    inside its bracket (secant on `sqrt(2 level)`, bisection when a step does not halve it).
+
+    The closed form's guess lands within a few percent where it applies, so the lattice starts one step below
+    it; a crossing under `first · guess` is not looked for (where `level` is already at ε there, the root in
+    `[0, first · guess]` is refined instead)."""
     ratio = 2**0.5
     lo, lo_value = 0.0, 0.0
-    alpha = guess / 4
+    alpha = guess * first
     value = level(alpha)
     while value < eps:
         lo, lo_value = alpha, value
