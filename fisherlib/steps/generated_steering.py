@@ -247,7 +247,8 @@ def generated_scale(
     `GENERATED_METHODS` (see the module's docstring). `rtol` and `alpha_start` steer the two searches;
     `max_passes` bounds the number of α evaluations of a search (each a generation of the prompt set, `w + 1`
     passes per text), past which it raises InputError. `measure_level=False` skips the one generation at the
-    answer that fills `level` (then NaN).
+    answer that fills `level` (then NaN). `passes` and `seconds` are the whole call's: for `corrected` and
+    `exact` they include the closed form's generation at α = 0 and its forward-mode pass.
     """
     n_generate = _check_options(n_generate, divergence, method, quantile)
     eps = float(_check_eps(eps)[0])

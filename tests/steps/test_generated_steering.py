@@ -12,6 +12,7 @@ import torch
 
 from fisherlib.core.errors import InputError
 from fisherlib.steps import generated_steering as G
+from fisherlib.steps import steering as S
 from helpers.layers import VOCAB, WIDTH, _random_lm
 
 LAYER = 1
@@ -99,7 +100,7 @@ def test_generated_kl_matches_a_hand_written_greedy_loop(model):
 
 
 def test_bisection_and_exact_agree_where_the_level_is_continuous(model):
-    texts, v, w, eps, rtol = _texts(), _vector(), 6, 0.02, 1e-6
+    texts, v, w, eps, rtol = _texts(), _vector(), 6, 0.02, 1e-5
     scales = {m: G.generated_scale(model, texts, LAYER, v, eps=eps, quantile=0.9, n_generate=w, method=m, rtol=rtol) for m in G.GENERATED_METHODS}
     for m in ("exact", "bisection"):
         assert not scales[m].at_jump
@@ -111,6 +112,15 @@ def test_bisection_and_exact_agree_where_the_level_is_continuous(model):
     assert scales["exact"].passes % (n * (w + 1)) == 0 and scales["bisection"].passes % (n * (w + 1)) == 0
     assert all(s.n_tokens == n * w and s.divergence == "steered_base" for s in scales.values())
     assert math.isnan(scales["closed"].level)
+    # corrected: one measurement L at the closed form's α, then α_pred · sqrt(ε / L).
+    measured = S.population_quantile(G.generated_kl(model, texts, LAYER, v, scales["closed"].alpha, w), 0.9)
+    assert scales["corrected"].alpha == pytest.approx(scales["closed"].alpha * math.sqrt(eps / measured), rel=1e-12)
+
+
+def test_a_bracket_across_a_flip_is_reported_as_a_jump():
+    seen = [(0.0, 0.0, ("a",)), (1.0, 0.5, ("a",)), (1.5, 0.9, ("a",)), (1.6, 2.0, ("b",)), (3.0, 4.0, ("b",))]
+    assert G._bracket_ends(seen, 1.55, 1.0)  # the level jumps from 0.9 to 2.0 where the continuation changes
+    assert not G._bracket_ends(seen[:3] + [(1.6, 1.1, ("a",))], 1.55, 1.0)
 
 
 def test_the_closed_form_is_the_same_for_both_divergences_and_the_table(model):
@@ -125,6 +135,11 @@ def test_the_closed_form_is_the_same_for_both_divergences_and_the_table(model):
     # The closed form scales as sqrt(ε).
     c = table[(table["method"] == "closed") & (table["divergence"] == "steered_base")].set_index("eps")["alpha"]
     assert c[0.3] / c[0.01] == pytest.approx(math.sqrt(30), rel=1e-12)
+    # The teacher-forced closed form on the prompts against the generated-text exact budget.
+    gap = G.teacher_forced_gap(model, texts, LAYER, v, eps=0.3, quantile=0.9, n_generate=4, rtol=1e-3)
+    row = table[(table["divergence"] == "steered_base") & (table["eps"] == 0.3)].set_index("method")
+    assert gap["teacher_forced"] == row.loc["teacher_forced", "alpha"] and gap["exact"] == row.loc["exact", "alpha"]
+    assert gap["ratio"] == pytest.approx(row.loc["teacher_forced", "ratio_to_exact"], rel=1e-12) and gap["level_at_teacher_forced"] > 0
 
 
 def test_bad_input_gets_one_clear_error(model):
@@ -166,10 +181,12 @@ TINY_TEXTS = ["def foo(x):\n    return", "import os\nimport"]
 @pytest.mark.integration
 def test_on_tiny_the_closed_form_is_the_small_eps_limit_of_the_exact_budget(tiny):
     v = _vector(tiny.model.config.hidden_size, seed=0)
+    closed = G.generated_scale(tiny, TINY_TEXTS, 2, v, eps=1e-3, n_generate=6, method="closed")  # the same for both divergences
     for divergence in G.DIVERGENCES:
-        closed = G.generated_scale(tiny, TINY_TEXTS, 2, v, eps=1e-3, n_generate=8, method="closed", divergence=divergence)
-        exact = G.generated_scale(tiny, TINY_TEXTS, 2, v, eps=1e-3, n_generate=8, method="exact", divergence=divergence, rtol=1e-5)
+        exact = G.generated_scale(tiny, TINY_TEXTS, 2, v, eps=1e-3, n_generate=6, method="exact", divergence=divergence, rtol=1e-3,
+                                  measure_level=False)  # fmt: skip
         assert exact.continuations == 1, "at ε = 1e-3 no greedy choice should flip"
+        # Measured: 1.010 (base_steered) and 1.019 (steered_base).
         assert abs(closed.alpha / exact.alpha - 1) < 0.05, (divergence, closed.alpha, exact.alpha)
     # Strings are tokenised as the model is run: the budget of a string is that of its ids.
     ids = [tiny.tokenizer(t)["input_ids"] for t in TINY_TEXTS]
