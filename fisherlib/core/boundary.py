@@ -14,7 +14,7 @@ Accuracy at extreme probabilities: where `p_top1 ≥ 1 − 1e-11` the boundary c
 and `K(t) ≈ t c_top1` with `c_top1 = a_top1 − E_p[a]` a difference of two nearly equal numbers. The
 centring is therefore compensated (the corrected two-pass mean): the rounding error of `E_p[a]` is
 measured as `E_p[c]` and removed, so `c` is exact to ~1e-16 of `E_p|c|` rather than of `max |a|`.
-Checked against 60-digit mpmath in tests/test_boundary_precision.py.
+Checked against 60-digit mpmath in tests/core/test_boundary_precision.py.
 
 Inputs may carry autograd (`A = W @ u` with `W` a model parameter): every public function works
 under `torch.no_grad()` and returns tensors without a graph.

@@ -232,7 +232,7 @@ def layer_boundary(
     within `rtol` of a crossing, and of the first crossing wherever the scan's data can see a window (a
     bump that leaves no trace at the scan points, rising at both ends, cannot be seen). Accuracy: `rtol`
     holds in float64 (tested at 1e-6 and 1e-8; give a float64 model float64 norms too, see
-    `tests/test_layers.py::_norms_in_model_dtype`: transformers' RMSNorm computes in float32 and caps `t`
+    `tests/helpers/layers.py::_norms_in_model_dtype`: transformers' RMSNorm computes in float32 and caps `t`
     at ~2e-6); in float32 the logits' rounding (~1e-7) limits `t` to about 2e-5 relative whatever `rtol`
     (measured on stories260K, layers 0, 2 and 4: at most 1.7e-5).
 
