@@ -541,11 +541,16 @@ def _double_backward_jvp(prefix, hook, rows, delta, tangent, capture):
     return logits.detach().double(), derivative.double(), [(c.double(), None if t is None else t.double()) for c, t in captured]
 
 
+class _AllCaptured(Exception):
+    """Raised once every residual asked for is captured: the rest of the forward pass is not needed."""
+
+
 def residuals_by_layer(model, sample, layers: Sequence, batch_size: int = 16) -> dict:
     """Return `{layer: r [P, d]}`: the residual stream at each of `layers` at every position's target token.
 
-    One full forward pass per group of positions whose contexts are prefixes of one longest context
-    (positions drawn from one document), with a capture hook per layer; float32 or wider, on the CPU.
+    One forward pass per group of positions whose contexts are prefixes of one longest context (positions
+    drawn from one document), with a capture hook per layer, stopped at the deepest layer asked (the head's
+    `T × V` logits are never formed); float32 or wider, on the CPU.
     """
     network = network_of(model)
     contexts = contexts_of(sample)
@@ -580,11 +585,15 @@ def residuals_by_layer(model, sample, layers: Sequence, batch_size: int = 16) ->
 
         def capture(module, args, kwargs):
             captured[id(module)] = _hidden_of(args, kwargs)
+            if len(captured) == len(set(map(id, modules.values()))):
+                raise _AllCaptured  # the blocks above the deepest layer asked, and the head, need not run
 
         handles = [m.register_forward_pre_hook(capture, with_kwargs=True) for m in modules.values()]
         try:
             with torch.no_grad():
                 network(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        except _AllCaptured:
+            pass
         finally:
             for handle in handles:
                 handle.remove()

@@ -339,3 +339,25 @@ def test_cuda_agrees_with_cpu():
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-8, atol=0)
     torch.testing.assert_close(values_gpu.cpu(), values_cpu, rtol=1e-8, atol=0)
     assert math.isfinite(float(gpu.min()))
+
+
+def test_residuals_by_layer_stop_at_the_deepest_layer_asked():
+    """The pass stops once every residual asked for is captured (no head, no blocks above), with the same values."""
+    from fisherlib.layers.engine import residuals_by_layer
+
+    model = _random_lm("llama")
+    contexts = _contexts()
+    calls = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda *_: calls.append(1))
+    try:
+        shallow = residuals_by_layer(model, contexts, [0, 1])
+        assert not calls
+        deep = residuals_by_layer(model, contexts, [1, "head"])
+    finally:
+        handle.remove()
+    torch.testing.assert_close(shallow[1], deep[1], rtol=0, atol=0)
+    with torch.no_grad():
+        hidden = [model(input_ids=c[None], output_hidden_states=True).hidden_states for c in contexts]
+    for layer in (0, 1):
+        expected = torch.stack([h[layer][0, -1] for h in hidden]).to(shallow[layer].dtype)
+        torch.testing.assert_close(shallow[layer], expected, rtol=1e-10, atol=1e-10)
