@@ -224,6 +224,7 @@ def print_table(rows: list[dict], device: torch.device) -> None:
     print(header)
     print("-" * len(header))
     for r in rows:
+
         def mem(stage):
             return f"{r[f'{stage}_peak_gib']:.2f} (+{r[f'{stage}_extra_gib']:.2f})"
 

@@ -95,7 +95,9 @@ def main() -> None:
     bisection_seconds = time.perf_counter() - start
     print(f"grid of {len(grid)} budgets (ε {args.grid_eps} x quantile {args.grid_quantiles}): closed {closed_seconds:.3f} s, "
           f"bisection {bisection_seconds:.3f} s")  # fmt: skip
-    print(f"grid_speedup {bisection_seconds / closed_seconds:.1f}x grid_max_rel_err {max(errors):.2e} grid_median_rel_err {sorted(errors)[len(errors) // 2]:.2e}")
+    print(
+        f"grid_speedup {bisection_seconds / closed_seconds:.1f}x grid_max_rel_err {max(errors):.2e} grid_median_rel_err {sorted(errors)[len(errors) // 2]:.2e}"
+    )
 
 
 if __name__ == "__main__":

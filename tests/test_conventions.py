@@ -249,7 +249,10 @@ def test_the_embedded_model_is_described_from_its_training_record():
     text = (ROOT / "README.md").read_text()
     assert f"{record['steps']} steps ({record['tokens_seen'] / 1e6:.1f}M tokens)" in text
     by_domain = record["heldout_loss_by_domain"]
-    assert f"Held-out loss **{record['heldout_loss']:.2f}** nats per token (code {by_domain['stdlib-code']:.2f}, prose {by_domain['stdlib-docs']:.2f})" in text
+    assert (
+        f"Held-out loss **{record['heldout_loss']:.2f}** nats per token (code {by_domain['stdlib-code']:.2f}, prose {by_domain['stdlib-docs']:.2f})"
+        in text
+    )
     checkpoints = [entry["step"] for entry in record["checkpoints"] if entry["step"] != record["steps"]]
     assert "Checkpoints at steps\n" + ", ".join(map(str, checkpoints)) in text or "Checkpoints at steps " + ", ".join(map(str, checkpoints)) in text
     assert f"the final model is `step{record['steps']}`" in text

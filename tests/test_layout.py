@@ -151,7 +151,9 @@ def test_no_test_file_imports_another_and_no_import_path_is_added():
         source = path.read_text(encoding="utf-8")
         for node in ast.walk(ast.parse(source)):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            wrong += [f"{path.relative_to(root)}:{node.lineno}: imports {name}" for name in names if name.split(".")[-1].startswith(("test_", "conftest"))]
+            wrong += [
+                f"{path.relative_to(root)}:{node.lineno}: imports {name}" for name in names if name.split(".")[-1].startswith(("test_", "conftest"))
+            ]
         wrong += [f"{path.relative_to(root)}: changes sys.path" for _ in re.finditer(r"sys\.path\.(insert|append)|sys\.path\s*[+=]", source)]
     assert not wrong, "\n".join(wrong)
     settings = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]

@@ -27,9 +27,7 @@ def test_notebook_10_writes_every_dynamics_table_and_figure(tmp_path: Path):
 
     revisions = tiny_revisions()
     chosen = [revisions[0], revisions[len(revisions) // 2], revisions[-1]]
-    parameters = SMALL | dict(
-        results_root=str(tmp_path / "results"), figures_root=str(tmp_path / "figures"), revisions=chosen, run_name="tiny"
-    )
+    parameters = SMALL | dict(results_root=str(tmp_path / "results"), figures_root=str(tmp_path / "figures"), revisions=chosen, run_name="tiny")
     for name in ("01_sample_positions", "10_training_dynamics"):
         papermill.execute_notebook(
             str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"), parameters=parameters,

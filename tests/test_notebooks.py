@@ -35,6 +35,8 @@ SMOKE = dict(
     plateau_steps=21, steer_texts=3, steer_tokens=12, steer_target_tokens=4,
 )  # fmt: skip
 NOTEBOOK = {path.stem[:2]: path for path in ALL_NOTEBOOKS}
+
+
 def _smoke_revisions() -> list[str]:
     """Two of tiny's shipped revisions, an early checkpoint and the final model: notebook 10 kept small."""
     from fisherlib.models.tiny import tiny_revisions

@@ -102,9 +102,7 @@ def _centred_velocities(log_p: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     return c.sub_((p * c).sum(-1, keepdim=True))
 
 
-def _line_statistics(
-    log_p: torch.Tensor, c: torch.Tensor, t: torch.Tensor, divergence: str, work: torch.Tensor | None = None
-):
+def _line_statistics(log_p: torch.Tensor, c: torch.Tensor, t: torch.Tensor, divergence: str, work: torch.Tensor | None = None):
     """Return `(D(t), D′(t))` `[L, E]` for lines `log_p, c [L, V]` at steps `t [L, E]`.
 
     One exponential per element and no `[L, E, V]` array besides `work` (reused between calls, since

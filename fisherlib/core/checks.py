@@ -61,15 +61,12 @@ def tensor(name: str, x, *notations: str, device: torch.device | None = None, fi
         try:
             x = torch.as_tensor(x, device=device)
         except (TypeError, ValueError, RuntimeError) as error:
-            raise InputError(
-                f"{name} must be a torch.Tensor {expected}; the numpy array {x.dtype} {x.shape} cannot be converted ({error})"
-            ) from None
+            raise InputError(f"{name} must be a torch.Tensor {expected}; the numpy array {x.dtype} {x.shape} cannot be converted ({error})") from None
     elif not isinstance(x, torch.Tensor):
         raise InputError(f"{name} must be a torch.Tensor {expected} (a numpy array is converted), got {type(x).__name__}")
     if not x.is_floating_point() or not any(_rank_fits(n, x.dim()) for n in notations):
         raise InputError(
-            f"{name} must be a floating-point tensor {expected} ({_ranks(notations)} dimensions), "
-            f"got {x.dtype} of shape {tuple(x.shape)}"
+            f"{name} must be a floating-point tensor {expected} ({_ranks(notations)} dimensions), got {x.dtype} of shape {tuple(x.shape)}"
         )
     if finite:
         check_finite(name, x, notations[0], logits=finite == "logits")

@@ -105,9 +105,7 @@ def sweep_directions(
     else:
         position_ids = list(position_ids)
         if len(position_ids) != P or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in position_ids):
-            raise InputError(
-                f"position_ids must be P = {P} integers, one per position; got {len(position_ids)} starting {position_ids[:3]!r}"
-            )
+            raise InputError(f"position_ids must be P = {P} integers, one per position; got {len(position_ids)} starting {position_ids[:3]!r}")
         position_ids = [int(i) for i in position_ids]
     h64 = h.double()
     _, top_ids = _top_k(p, max(top_k, n_pair_tokens, 2), None)

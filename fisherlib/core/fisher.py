@@ -62,9 +62,7 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
 
 
 @_no_grad
-def top_k_distribution(
-    p: torch.Tensor, top_k: int, n_tokens: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def top_k_distribution(p: torch.Tensor, top_k: int, n_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Return the `top_k` largest probabilities `[P, k]` (descending) and their token ids `[P, k]`.
 
     `n_tokens`: rank only rows `[0, n_tokens)`, the tokenizer's tokens, never the rows that pad a
@@ -330,7 +328,8 @@ def cumulant_boundary(kappas: torch.Tensor, eps, n_bisect: int = 100) -> torch.T
     big = torch.maximum(torch.maximum(x.abs(), y.abs()), torch.ones_like(x))
     lower = 0.5 / (1 + big)
     upper = torch.where(
-        y != 0, 1 + torch.maximum(x.abs(), torch.ones_like(x)) / y.abs().clamp_min(1e-300),
+        y != 0,
+        1 + torch.maximum(x.abs(), torch.ones_like(x)) / y.abs().clamp_min(1e-300),
         torch.where(x != 0, 1 + 1 / x.abs().clamp_min(1e-300), torch.full_like(x, 2.0)),
     )
     upper = 2 * upper.clamp_max(1e300)
@@ -341,7 +340,8 @@ def cumulant_boundary(kappas: torch.Tensor, eps, n_bisect: int = 100) -> torch.T
     quadratic = torch.stack([(-3 * x - sqrt_disc) / (8 * safe_y), (-3 * x + sqrt_disc) / (8 * safe_y)], -1)
     linear = torch.where(x < 0, -2 / (3 * torch.where(x != 0, x, torch.ones_like(x))), torch.full_like(x, -1.0))
     critical = torch.where(
-        (y != 0)[..., None], torch.where((disc >= 0)[..., None], quadratic, torch.full_like(quadratic, -1.0)),
+        (y != 0)[..., None],
+        torch.where((disc >= 0)[..., None], quadratic, torch.full_like(quadratic, -1.0)),
         torch.stack([linear, torch.full_like(linear, -1.0)], -1),
     )
     critical = torch.where(torch.isfinite(critical), critical, torch.full_like(critical, -1.0))

@@ -59,7 +59,7 @@ _PATH_SYNTAX = (
 # The files of a folder given as a corpus that are read (any other file, a README or SOURCE.md, is not).
 FOLDER_SUFFIXES = (".jsonl", ".txt", ".raw")
 _HUB_ADVICE = (
-    "use local files instead (e.g. CORPORA=\"math=path/to/file.jsonl wiki=path/to/file.txt\", "
+    'use local files instead (e.g. CORPORA="math=path/to/file.jsonl wiki=path/to/file.txt", '
     "see fixture_corpora() for the offline samples) or the embedded corpora 'stdlib-code' and 'stdlib-docs'."
 )
 
@@ -135,9 +135,7 @@ def load_corpus(
         raise CorpusError(f"render must be one of {RENDERS}, got {render!r}.")
     if isinstance(n_docs, bool) or not isinstance(n_docs, int) or n_docs < 0:
         raise CorpusError(f"n_docs must be an integer >= 0, got {n_docs!r}.")
-    options = corpus_options(
-        strip_calculator=strip_calculator, detokenize_wikitext=detokenize_wikitext, stream_scan=stream_scan
-    )
+    options = corpus_options(strip_calculator=strip_calculator, detokenize_wikitext=detokenize_wikitext, stream_scan=stream_scan)
 
     if name in _HUB_CORPORA:
         return _load_hub(name, n_docs, seed, render, tokenizer, options)
@@ -235,9 +233,7 @@ def render_messages(messages: Sequence[dict[str, str]], render: str = "plain", t
     if render != "plain":
         raise CorpusError(f"render must be one of {RENDERS}, got {render!r}.")
     speakers = {"user": "User", "assistant": "Assistant", "system": "System"}
-    return "".join(
-        f"{speakers.get(message['role'], message['role'].capitalize())}: {message['content']}\n" for message in messages
-    )
+    return "".join(f"{speakers.get(message['role'], message['role'].capitalize())}: {message['content']}\n" for message in messages)
 
 
 def _tokenizer_adds_bos(tokenizer: Any) -> bool:
@@ -324,8 +320,7 @@ def _stdlib_docs() -> list[tuple[str, Document]]:
         from pydoc_data.topics import topics
     except ImportError as error:
         raise CorpusError(
-            "This interpreter has no pydoc_data module, so 'stdlib-docs' is unavailable. "
-            "Use 'stdlib-code', local files, or hub corpora."
+            "This interpreter has no pydoc_data module, so 'stdlib-docs' is unavailable. Use 'stdlib-code', local files, or hub corpora."
         ) from error
     named = []
     for topic in sorted(topics):
@@ -352,9 +347,7 @@ def _parse_local_spec(name: str) -> tuple[str | None, Path | None]:
     return (None, Path(name).expanduser()) if looks_like_path else (None, None)
 
 
-def _read_local(
-    path: Path, domain: str, render: str, tokenizer: Any, options: dict[str, Any], in_folder: bool = False
-) -> list[Document]:
+def _read_local(path: Path, domain: str, render: str, tokenizer: Any, options: dict[str, Any], in_folder: bool = False) -> list[Document]:
     """Return the documents of one local file; `in_folder`: ids start with the file's name (unique in its folder)."""
     try:
         # Text mode with universal newlines reads CRLF and LF files alike.
@@ -390,10 +383,7 @@ def _parse_jsonl(
             raise CorpusError(f"{path}:{line_number} should be a JSON object, got {type(record).__name__}.")
         text = _record_text(record, render, tokenizer, options)
         if text is None:
-            raise CorpusError(
-                f"{path}:{line_number} has none of the fields `text`, `question`+`answer` or `messages` "
-                f"(keys: {sorted(record)})."
-            )
+            raise CorpusError(f"{path}:{line_number} has none of the fields `text`, `question`+`answer` or `messages` (keys: {sorted(record)}).")
         if text.strip():
             if in_folder:
                 doc_id = f"{path.name}:{record.get('id', line_number)}"
@@ -515,9 +505,7 @@ def _hub_offline() -> bool:
     return any(os.environ.get(variable, "").strip().lower() in _OFFLINE_VALUES for variable in variables)
 
 
-def _load_hub(
-    name: str, n_docs: int, seed: int, render: str, tokenizer: Any, options: dict[str, Any]
-) -> Iterator[Document]:
+def _load_hub(name: str, n_docs: int, seed: int, render: str, tokenizer: Any, options: dict[str, Any]) -> Iterator[Document]:
     corpus = _HUB_CORPORA[name]
     if render == "chat" and corpus.domain == "dialogue":
         _require_chat_template(tokenizer)  # fail before streaming anything
@@ -558,9 +546,7 @@ def stream_shards(stream: Any) -> list[Callable[[], Iterable[Any]]]:
     return [lambda: stream]
 
 
-def sample_across_shards(
-    shards: Sequence[Callable[[], Iterable[Document]]], n_docs: int, seed: int, stream_scan: int
-) -> list[Document]:
+def sample_across_shards(shards: Sequence[Callable[[], Iterable[Document]]], n_docs: int, seed: int, stream_scan: int) -> list[Document]:
     """Return up to `n_docs` non-empty documents spread over `shards`, in an order fixed by `seed`.
 
     Shards are visited in a seeded random order, each giving an equal share of what is still missing

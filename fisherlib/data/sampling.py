@@ -263,9 +263,7 @@ def _corpus_label(source: str | list[Document]) -> str:
     return f"documents:{domains}:{len(source)}:{digest.hexdigest()[:16]}"
 
 
-def _documents_by_domain(
-    model, sources, n_positions, pool_factor, n_docs, seed, render, options=None
-) -> dict[str, list[Document]]:
+def _documents_by_domain(model, sources, n_positions, pool_factor, n_docs, seed, render, options=None) -> dict[str, list[Document]]:
     """Read each corpus (or take its loaded documents); group documents by their domain.
 
     Raises:
@@ -307,8 +305,7 @@ def _draw_candidates(tokenizer, documents, n_candidates, min_prefix, max_context
             encoded.append((doc, ids, rng.permutation(np.arange(min_prefix, len(ids)))))
     if not encoded:
         raise FisherlibError(
-            f"no document of domain {documents[0].domain!r} is longer than min_prefix={min_prefix} tokens; "
-            "lower min_prefix or give longer documents"
+            f"no document of domain {documents[0].domain!r} is longer than min_prefix={min_prefix} tokens; lower min_prefix or give longer documents"
         )
     candidates: list[dict] = []
     round_index = 0
@@ -354,6 +351,7 @@ def _measure_candidates(model, candidates, top_k, batch_size, progress, shard: S
     by_doc: dict[tuple[str, str], list[int]] = {}
     for i, cand in enumerate(candidates):
         by_doc.setdefault((cand["doc"].domain, cand["doc"].doc_id), []).append(i)
+
     # A context runs only up to its last candidate (causal attention: later tokens cannot change h), and
     # contexts of similar needed length share a batch, longest first (an out-of-memory error comes early):
     # the trunk then runs ~1.05x the tokens it needs, not ~2x as with batches cut at their longest context.
@@ -388,9 +386,7 @@ def _measure_candidates(model, candidates, top_k, batch_size, progress, shard: S
         h[order] = values
 
     mine = torch.as_tensor(shard.rows(len(h), _LOGIT_CHUNK))
-    stats = position_statistics(
-        model.head.weight, model.head.bias, h[mine], top_k, progress=progress, n_tokens=getattr(model.head, "n_tokens", None)
-    )
+    stats = position_statistics(model.head.weight, model.head.bias, h[mine], top_k, progress=progress, n_tokens=getattr(model.head, "n_tokens", None))
     if shard.world > 1:  # the shares rejoin in row order
         parts = [(rows, part) for rows, part in shard.gather((mine, stats)) if len(rows)]
         where = torch.argsort(torch.cat([rows for rows, _ in parts]))
@@ -482,7 +478,7 @@ def _stratified_choice(pool: dict[str, Any], per_domain: dict[str, int], rng: np
         in_domain = table.index[table["domain"] == domain].to_numpy()
         by_stratum = {s: rng.permutation(in_domain[table.loc[in_domain, "stratum"].to_numpy() == s]) for s in range(N_STRATA)}
         quotas = _split_evenly(target, N_STRATA)
-        leftovers = {s: list(by_stratum[s][quotas[s]:]) for s in range(N_STRATA)}
+        leftovers = {s: list(by_stratum[s][quotas[s] :]) for s in range(N_STRATA)}
         for s in range(N_STRATA):
             chosen += [int(i) for i in by_stratum[s][: quotas[s]]]
             short = quotas[s] - min(quotas[s], len(by_stratum[s]))

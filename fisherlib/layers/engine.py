@@ -84,9 +84,7 @@ def _final_norm(network: nn.Module) -> nn.Module:
     project_out = getattr(decoder, "project_out", None)
     if isinstance(project_out, nn.Module):
         return project_out
-    raise FisherlibError(
-        f"cannot find the final norm of {type(network).__name__} (looked for {', '.join(_FINAL_NORM_NAMES)})"
-    )
+    raise FisherlibError(f"cannot find the final norm of {type(network).__name__} (looked for {', '.join(_FINAL_NORM_NAMES)})")
 
 
 def n_layers(model) -> int:

@@ -144,9 +144,7 @@ def layer_curvature(
     return {name: torch.cat(parts) for name, parts in out.items()}
 
 
-def layer_fisher_matrix(
-    model, sample, layer, width: int, batch_size: int = 16, memory_budget: int = DEFAULT_MEMORY_BUDGET
-) -> torch.Tensor:
+def layer_fisher_matrix(model, sample, layer, width: int, batch_size: int = 16, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> torch.Tensor:
     """Return the pulled-back metric `G_ℓ = J_ℓᵀ F J_ℓ [P, d, d]` densely (float64, CPU).
 
     `width` is `d`. One JVP per column of the identity (`d` per position): the velocities `A [d, V]` of
@@ -277,9 +275,7 @@ def layer_boundary(
             for rows, local, slot, items in pack(line_row, prefix.copies_per_pass(max_queries)):
                 tangent = torch.zeros(len(rows), int(slot.max()) + 1, width, dtype=torch.float64, device=prefix.device)
                 tangent[local, slot] = U_lines[items]
-                logits, derivative, [(r, _)] = jvp_logits(
-                    prefix, hook, rows.to(prefix.device), torch.zeros_like(tangent), tangent, capture=[hook]
-                )
+                logits, derivative, [(r, _)] = jvp_logits(prefix, hook, rows.to(prefix.device), torch.zeros_like(tangent), tangent, capture=[hook])
                 z0[rows] = logits[:, 0]
                 A0[items] = derivative[local, slot]
                 r_norm[rows] = r[:, 0].norm(dim=-1)
@@ -728,5 +724,3 @@ def _orthogonalise(X: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
     for _ in range(2):
         X = X - Q @ (Q.transpose(1, 2) @ X)
     return X
-
-

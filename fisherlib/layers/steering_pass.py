@@ -209,7 +209,9 @@ class SteeredTexts:
         if slopes and uses_double_backward(self.network) is None:
             try:
                 with torch.no_grad(), fwAD.dual_level():
-                    out = self._forward(rows, push_by(fwAD.make_dual(alpha.to(dtype), torch.ones_like(alpha, dtype=dtype))), dtype, head_input, length)
+                    out = self._forward(
+                        rows, push_by(fwAD.make_dual(alpha.to(dtype), torch.ones_like(alpha, dtype=dtype))), dtype, head_input, length
+                    )
                     value, tangent = fwAD.unpack_dual(out)
                     tangent = torch.zeros_like(value) if tangent is None else tangent
                     z, zdot = value.double(), tangent.double()
@@ -450,4 +452,3 @@ __all__ = [
     "DIFFERENCE_STEPS", "HEAD", "TANGENTS", "SteeredTexts", "check_vector", "order_statistic_rank", "population_alpha", "population_kl",
     "steering_boundary", "steering_velocities", "token_lines", "token_texts", "velocity_passes",
 ]  # fmt: skip
-

@@ -50,7 +50,7 @@ the Fisher information pulled back through the unembedding. The study checks whe
 how isotonic calibration repairs the bias, and which property of a position predicts success. Each run below is
 the study on one model: its notebooks, executed, are the write-up."""
 
-CONF = '''# Written by fisherlib.report.book (make book); edits are overwritten.
+CONF = """# Written by fisherlib.report.book (make book); edits are overwritten.
 project = {title!r}
 extensions = ["myst_nb", "sphinx.ext.mathjax", "sphinx-mathjax-offline"]
 nb_execution_mode = "off"  # render the stored outputs; never execute
@@ -67,7 +67,7 @@ html_copy_source = False
 html_show_sourcelink = False
 suppress_warnings = ["mystnb.unknown_mime_type", "misc.highlighting_failure", "myst.header"]
 exclude_patterns = []
-'''
+"""
 
 
 # Wider pages than the theme's reading width: the study's tables have up to twenty columns.

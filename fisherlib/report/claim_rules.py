@@ -49,7 +49,6 @@ class Outcome:
     evidence: str
 
 
-
 class NotTestable(Exception):
     """Raised by a rule when the run's tables cannot decide the claim; the message says why."""
 
@@ -100,10 +99,7 @@ def top_eigvec_exact(tables: Tables) -> Outcome:
     deviation = abs(float(row["median_rho"]) - 1)
     verdict = REPRODUCED if deviation <= EXACT_WITHIN else PARTLY if deviation <= EXACT_PARTLY else NOT_REPRODUCED
     qwen = "within" if deviation <= EXACT_WITHIN_QWEN else "outside"
-    evidence = (
-        f"|median ρ − 1| = {deviation:.3f} at {_eps(row['eps'])} over {int(row['n_positions'])} positions "
-        f"(both signs; {qwen} Qwen's 1%)"
-    )
+    evidence = f"|median ρ − 1| = {deviation:.3f} at {_eps(row['eps'])} over {int(row['n_positions'])} positions (both signs; {qwen} Qwen's 1%)"
     return Outcome(f"{_ci(row)}, {_eps(row['eps'])}", verdict, evidence)
 
 
@@ -169,9 +165,7 @@ def class_signs(column: str, lo: str, hi: str) -> Callable[[Tables], Outcome]:
         agree = int(pattern["agrees"].sum())
         verdict = REPRODUCED if agree == 4 else PARTLY if agree >= 2 else NOT_REPRODUCED
         indexed = table.set_index("cls")
-        ours = "; ".join(
-            f"{c} {indexed.loc[c, column]:.3f} [{indexed.loc[c, lo]:.3f}, {indexed.loc[c, hi]:.3f}]" for c in pattern["cls"]
-        )
+        ours = "; ".join(f"{c} {indexed.loc[c, column]:.3f} [{indexed.loc[c, lo]:.3f}, {indexed.loc[c, hi]:.3f}]" for c in pattern["cls"])
         wrong = pattern[~pattern["agrees"]]["cls"].tolist()
         evidence = f"{agree}/4 classes on the write-up's side of 1 at {_eps(table['eps'].iloc[0])}" + (
             f"; on the other side (or at 1): {', '.join(wrong)}" if wrong else ""
@@ -327,8 +321,6 @@ def quartic_beats_calibration(tables: Tables) -> Outcome:
     return Outcome(ours, verdict, evidence)
 
 
-
-
 # --- newer papers' claims ------------------------------------------------------------------------------
 
 POWER_LAW_SOURCE = "Ferreira da Silva & Heimersheim 2026"
@@ -366,8 +358,7 @@ def _power_outcome(cells: list[dict], contrastive: str) -> Outcome:
     else:
         verdict = NOT_REPRODUCED
     ours = "; ".join(
-        f"{c['label']}: {contrastive} {c['contrastive']:.2f} [{c['c_lo']:.2f}, {c['c_hi']:.2f}], random {c['random']:.2f}"
-        for c in cells
+        f"{c['label']}: {contrastive} {c['contrastive']:.2f} [{c['c_lo']:.2f}, {c['c_hi']:.2f}], random {c['random']:.2f}" for c in cells
     )
     above = [c["label"] for c in cells if c["above"]]
     quadratic = [c["label"] for c in cells if c["quadratic"]]
@@ -463,7 +454,9 @@ def steering_closed_form(tables: Tables) -> Outcome:
     verdict = REPRODUCED if all(every) else PARTLY if any(some) else NOT_REPRODUCED
     ours = "; ".join(f"{_eps(r.eps)}: median |error| {_pct(r.median_abs_rel_error)}, largest {_pct(r.max_abs_rel_error)} "
                      f"over {int(r.n)} vector-signs" for r in closed.itertuples())  # fmt: skip
-    return Outcome(ours, verdict, f"every vector within {_pct(STEERING_WITHIN)} at {sum(every)}/{len(every)} ε; the median within it at {sum(some)}/{len(some)}")
+    return Outcome(
+        ours, verdict, f"every vector within {_pct(STEERING_WITHIN)} at {sum(every)}/{len(every)} ε; the median within it at {sum(some)}/{len(some)}"
+    )
 
 
 def fisher_whitened_steering(tables: Tables) -> Outcome:

@@ -105,7 +105,6 @@ class Claim:
         return "; ".join(f"{MODEL_NAMES.get(k, k)}: {v}" if k in MODEL_NAMES else v for k, v in self.write_up.items())
 
 
-
 def _write_up_by_arch(key: str, fmt: Callable[[dict], str]) -> dict[str, str]:
     return {arch: fmt(WRITE_UP[arch][key]) for arch in ("qwen", "llama", "pythia")}
 
@@ -129,121 +128,143 @@ _SIDES = "structured and tangent above 1, random and eigvec (ranks 1–7 pooled)
 
 CLAIMS: tuple[Claim, ...] = (
     Claim(
-        "rank_one_regime", "02_fisher_geometry",
+        "rank_one_regime",
+        "02_fisher_geometry",
         "Where the top two tokens hold almost all the mass, the top eigenvector of the Fisher pullback is "
         "the token-pair direction ±(w_a − w_b)/‖w_a − w_b‖.",
         {"all": "derived (rank-1 limit of F); no figure reported"},
         f"Among near-binary positions (p_a + p_b ≥ 0.9, p_b ≥ ½(1 − p_a)), median |cos(top eigvec of F_k, w_b − w_a)|: "
         f"reproduced ≥ {COS_REPRODUCED:g}; partly ≥ {COS_PARTLY:g}; else not reproduced; "
         f"not testable with fewer than {MIN_NEAR_BINARY} near-binary positions.",
-        ("rank_one_regime",), rank_one,
+        ("rank_one_regime",),
+        rank_one,
     ),  # fmt: skip
     Claim(
-        "top_eigvec_exact", "04_closed_form_exactness",
+        "top_eigvec_exact",
+        "04_closed_form_exactness",
         "Along the top eigenvector of F_k at small ε the closed form is near-exact: median ρ within 1% of 1 "
         "on Qwen and within 8% on all three architectures.",
         _write_up_by_arch("table1", _table1_text),
         f"|median ρ − 1| on the top eigenvector (both signs, all seeds) at small_eps: reproduced ≤ {EXACT_WITHIN:g}; "
         f"partly ≤ {EXACT_PARTLY:g}; else not reproduced.",
-        ("table1_top_eigvec",), top_eigvec_exact,
+        ("table1_top_eigvec",),
+        top_eigvec_exact,
     ),  # fmt: skip
     Claim(
-        "rank_profile", "04_closed_form_exactness",
+        "rank_profile",
+        "04_closed_form_exactness",
         "Beyond the top eigenvector the shape is model-specific: median ρ decays with eigenvector rank (Qwen) "
         "or stays within about 10% of 1 for all seven ranks (Llama, Pythia).",
         {arch: WRITE_UP[arch]["rho_by_eig_rank"] for arch in ("qwen", "llama", "pythia")},
         f"Median ρ per rank at small_eps: reproduced if over all measured ranks either every median is within "
         f"{RANK_FLAT:g} of 1 or the medians never rise by more than {RANK_STEP_SLACK:g} from one rank to the next; "
         "partly if one of the two holds over ranks 1–4 only; else not reproduced.",
-        ("rho_by_eig_rank",), rank_profile,
+        ("rho_by_eig_rank",),
+        rank_profile,
     ),  # fmt: skip
     Claim(
-        "truncation_not_taylor", "04_closed_form_exactness",
+        "truncation_not_taylor",
+        "04_closed_form_exactness",
         "On small models most of the small-ε deviation of the top-k ρ comes from truncating F to F_k, "
         "not from the Taylor remainder (docs/method.md §5; not a claim of the write-up).",
         {"all": "not in the write-up (docs/method.md §5's expectation for small models)"},
         f"Truncation share med|log r| / (med|log r| + med|log ρ_full|) at the smallest ε of the grid: reproduced if "
         f"≥ {SHARE_MAJORITY:g} for the top eigenvector and for at least 3 of the 4 classes; partly if ≥ {SHARE_MAJORITY:g} "
         "for the top eigenvector or for any class; else not reproduced.",
-        ("rho_topk_vs_full",), truncation_not_taylor,
+        ("rho_topk_vs_full",),
+        truncation_not_taylor,
     ),  # fmt: skip
     Claim(
-        "class_signs_topk", "05_direction_classes",
+        "class_signs_topk",
+        "05_direction_classes",
         f"At ε = 1 nat the bias of the closed form depends on the direction class: median ρ (with F_k) {_SIDES}.",
         _write_up_by_arch("table2", _signs_text),
-        "Count the classes whose median ρ at large_eps lies on the write-up's side of 1: reproduced 4/4; "
-        "partly 2–3; not reproduced 0–1.",
-        ("table2_rho_by_class",), class_signs("median_rho", "ci_lo", "ci_hi"),
+        "Count the classes whose median ρ at large_eps lies on the write-up's side of 1: reproduced 4/4; partly 2–3; not reproduced 0–1.",
+        ("table2_rho_by_class",),
+        class_signs("median_rho", "ci_lo", "ci_hi"),
     ),  # fmt: skip
     Claim(
-        "class_signs_full", "05_direction_classes",
+        "class_signs_full",
+        "05_direction_classes",
         f"The same sign pattern holds with the full F (ρ_full): {_SIDES}.",
         {"all": "the write-up reports F_k only; its pattern is " + _SIDES},
         "As class_signs_topk, on median ρ_full: reproduced 4/4; partly 2–3; not reproduced 0–1.",
-        ("table2_rho_by_class",), class_signs("median_rho_full", "ci_lo_full", "ci_hi_full"),
+        ("table2_rho_by_class",),
+        class_signs("median_rho_full", "ci_lo_full", "ci_hi_full"),
     ),  # fmt: skip
     Claim(
-        "spearman_range", "05_direction_classes",
-        f"t_pred orders the directions of a position like their true boundaries: per-position Spearman "
-        f"{_SPEAR_LO:g}–{_SPEAR_HI:g}.",
+        "spearman_range",
+        "05_direction_classes",
+        f"t_pred orders the directions of a position like their true boundaries: per-position Spearman {_SPEAR_LO:g}–{_SPEAR_HI:g}.",
         {"all": f"range {_SPEAR_LO:g}–{_SPEAR_HI:g} over positions and 3 architectures (ε not stated)"},
         f"Median per-position Spearman(t_pred, t_emp) at large_eps: reproduced ≥ {SPEARMAN_LOW:g} (the range's low end; "
         f"a median above {_SPEAR_HI:g} orders even better); partly ≥ {SPEARMAN_PARTLY:g}; else not reproduced.",
-        ("spearman_summary",), spearman_range,
+        ("spearman_summary",),
+        spearman_range,
     ),  # fmt: skip
     Claim(
-        "constant_baselines_zero", "05_direction_classes",
-        "Constant baselines (entropy, max probability, trace of F) score zero: they predict one boundary for "
-        "every direction of a position.",
+        "constant_baselines_zero",
+        "05_direction_classes",
+        "Constant baselines (entropy, max probability, trace of F) score zero: they predict one boundary for every direction of a position.",
         {"all": "0 (trivially)"},
-        "Reproduced if every baseline's per-position Spearman is undefined (scored 0) at every position and ε; "
-        "else not reproduced.",
-        ("spearman_summary",), constant_baselines,
+        "Reproduced if every baseline's per-position Spearman is undefined (scored 0) at every position and ε; else not reproduced.",
+        ("spearman_summary",),
+        constant_baselines,
     ),  # fmt: skip
     Claim(
-        "calibration_pooled_gain", "06_isotonic_calibration",
-        "At ε = 1 nat one pooled isotonic calibration of t_pred brings more measurements within 50% of t_emp "
-        "than the raw closed form.",
+        "calibration_pooled_gain",
+        "06_isotonic_calibration",
+        "At ε = 1 nat one pooled isotonic calibration of t_pred brings more measurements within 50% of t_emp than the raw closed form.",
         _write_up_by_arch("calibration", _calibration_text),
         f"Within-50% fraction at large_eps, all classes, in the run's calibration_space (5-fold CV grouped by "
         f"resample_unit): reproduced if pooled − raw ≥ {GAIN_REPRODUCED:g}; partly if > 0; else not reproduced.",
-        ("calibration_headline", "calibration_within50"), calibration_gain,
+        ("calibration_headline", "calibration_within50"),
+        calibration_gain,
     ),  # fmt: skip
     Claim(
-        "calibration_random_per_class", "06_isotonic_calibration",
+        "calibration_random_per_class",
+        "06_isotonic_calibration",
         f"Per-class calibration brings the random class to {_RANDOM_LO:.0%}–{_RANDOM_HI:.0%} within 50% at ε = 1 nat.",
-        {"qwen": f"{WRITE_UP['qwen']['calibration']['per_class']['random']:.0%}",
-         "all": f"{_RANDOM_LO:.0%}–{_RANDOM_HI:.0%} over 3 architectures"},  # fmt: skip
+        {
+            "qwen": f"{WRITE_UP['qwen']['calibration']['per_class']['random']:.0%}",
+            "all": f"{_RANDOM_LO:.0%}–{_RANDOM_HI:.0%} over 3 architectures",
+        },  # fmt: skip
         f"Random class, per-class calibrator, large_eps, the run's calibration_space: reproduced ≥ {RANDOM_PER_CLASS_LOW:.0%}; "
         f"partly if it gains ≥ {GAIN_REPRODUCED:g} over raw; else not reproduced.",
-        ("calibration_headline",), random_per_class,
+        ("calibration_headline",),
+        random_per_class,
     ),  # fmt: skip
     Claim(
-        "quartic_beats_calibration", "06_isotonic_calibration",
+        "quartic_beats_calibration",
+        "06_isotonic_calibration",
         "The quartic Taylor root (fallback t_pred with F where it has no root), uncalibrated, lands within 50% "
         "of t_emp more often than the best cross-validated isotonic calibrator (this project's finding).",
         {"all": "not in the write-up (this project's comparison)"},
         "Within-50% at large_eps, all classes, the same rows for every predictor: reproduced if the quartic beats every "
         "isotonic calibrator (pooled/per class, linear/log); partly if it beats only raw t_pred; else not reproduced.",
-        ("predictor_comparison",), quartic_beats_calibration,
+        ("predictor_comparison",),
+        quartic_beats_calibration,
     ),  # fmt: skip
     Claim(
-        "entropy_best_stratifier", "07_entropy_stratification",
+        "entropy_best_stratifier",
+        "07_entropy_stratification",
         f"Predictive entropy is the best of the three pre-registered stratifiers; effective Fisher rank leaves "
         f"{_EFF_LO:g}–{_EFF_HI:g}× more within-cell variance of log ρ.",
         {"all": f"entropy best on all 3; effective rank {_EFF_LO:g}–{_EFF_HI:g}× worse"},
         f"Pooled within-quintile variance of log ρ, per selection of stratifier_variance: entropy wins if smallest and "
         f"the runner-up is ≥ {TIE_RATIO:g}× larger. Reproduced if entropy wins every selection with eff_rank ≥ "
         f"{EFF_RANK_RATIO_LOW:g}× entropy; partly if entropy wins at least one; else not reproduced (ties included).",
-        ("stratifier_variance",), entropy_best("within_var"),
+        ("stratifier_variance",),
+        entropy_best("within_var"),
     ),  # fmt: skip
     Claim(
-        "entropy_best_robust", "07_entropy_stratification",
-        "The same ranking holds for a robust spread (pooled squared scaled MAD of log ρ), so it does not hinge "
-        "on a few extreme positions.",
+        "entropy_best_robust",
+        "07_entropy_stratification",
+        "The same ranking holds for a robust spread (pooled squared scaled MAD of log ρ), so it does not hinge on a few extreme positions.",
         {"all": "not reported (the write-up gives the variance only)"},
         "As entropy_best_stratifier, on robust_within_var.",
-        ("stratifier_variance",), entropy_best("robust_within_var"),
+        ("stratifier_variance",),
+        entropy_best("robust_within_var"),
     ),  # fmt: skip
 )
 _POWER_RULE = (
@@ -254,36 +275,48 @@ _POWER_RULE = (
 )
 NEWER_CLAIMS: tuple[Claim, ...] = (
     Claim(
-        "power_law_by_class", "05_direction_classes",
+        "power_law_by_class",
+        "05_direction_classes",
         "The divergence grows as t^p with p ≈ 2 along random directions but p > 2 along contrastive ones "
         "(small pushes along feature directions are absorbed); here contrastive = structured w_b − w_a and tangent.",
         {"all": "p ≈ 2 for random and PCA directions; p > 2 for contrastive, MELBO and SAE-decoder directions"},
-        _POWER_RULE, ("power_law_by_class",), power_law_by_class, source=POWER_LAW_SOURCE,
+        _POWER_RULE,
+        ("power_law_by_class",),
+        power_law_by_class,
+        source=POWER_LAW_SOURCE,
     ),  # fmt: skip
     Claim(
-        "power_law_inner_layers", "08_layer_pullback",
-        "At inner layers, where they saw the plateaus, activation-difference directions have p > 2 while random "
-        "directions have p ≈ 2.",
+        "power_law_inner_layers",
+        "08_layer_pullback",
+        "At inner layers, where they saw the plateaus, activation-difference directions have p > 2 while random directions have p ≈ 2.",
         {"all": "p > 2 for contrastive directions in the residual stream of inner layers; p ≈ 2 for random"},
         _POWER_RULE.replace("contrastive", "actdiff") + " Cells are (inner layer, band); the head is left out.",
-        ("layer_power_law",), power_law_inner_layers, source=POWER_LAW_SOURCE,
+        ("layer_power_law",),
+        power_law_inner_layers,
+        source=POWER_LAW_SOURCE,
     ),  # fmt: skip
     Claim(
-        "effective_dimension_range", "08_layer_pullback",
+        "effective_dimension_range",
+        "08_layer_pullback",
         f"The Fisher metric pulled back to the residual stream is far from Euclidean: its effective dimension is "
         f"{EFF_DIM_SHARE[0]:.0%}–{EFF_DIM_SHARE[1]:.0%} of d and it differs from the identity by more than "
         f"{REL_SPECTRAL_LOW:.0%} in relative spectral norm.",
-        {"all": f"GPT-2: effective dimension {EFF_DIM_SHARE[0]:.0%}–{EFF_DIM_SHARE[1]:.0%} of d; relative spectral-norm "
-                f"difference from the Euclidean metric > {REL_SPECTRAL_LOW:.0%}"},
+        {
+            "all": f"GPT-2: effective dimension {EFF_DIM_SHARE[0]:.0%}–{EFF_DIM_SHARE[1]:.0%} of d; relative spectral-norm "
+            f"difference from the Euclidean metric > {REL_SPECTRAL_LOW:.0%}"
+        },
         f"Per layer, medians over the layer study's positions of the full spectrum of G_ℓ: effective rank exp(H(λ/Σλ)) as a "
         f"share of d within {EFF_DIM_SHARE[0]:.0%}–{EFF_DIM_SHARE[1]:.0%}, and ‖G/‖G‖₂ − I‖₂ = 1 − λ_min/λ_max > "
         f"{REL_SPECTRAL_LOW:.0%} (the best multiple of the identity, min_c ‖G − cI‖₂/‖G‖₂, is at most ½, so it is "
         "reported but not compared). Reproduced if both hold at every layer; partly if either holds at some layer; "
         "else not reproduced.",
-        ("layer_effective_dimension",), effective_dimension_range, source=FISHBACK_SOURCE,
+        ("layer_effective_dimension",),
+        effective_dimension_range,
+        source=FISHBACK_SOURCE,
     ),  # fmt: skip
     Claim(
-        "lens_keeps_metric", "08_layer_pullback",
+        "lens_keeps_metric",
+        "08_layer_pullback",
         "One Jacobian averaged over the corpus, J̄_ℓ = E[∂h/∂r_ℓ], can stand in for the per-position pullback: "
         "Ḡ_ℓ = J̄_ℓᵀ F J̄_ℓ predicts the boundaries about as well as G_ℓ and shares its top eigenvector.",
         {"all": "a corpus-averaged Jacobian lens reads inner layers out through the unembedding (no boundary figures)"},
@@ -291,25 +324,33 @@ NEWER_CLAIMS: tuple[Claim, ...] = (
         f"positions, scored on its random directions at every ε: the lens keeps the metric if its within-50% share is at "
         f"least G_ℓ's − {LENS_SHARE_SLACK:g} and the median angle between the top eigenvectors is ≤ {LENS_ANGLE:g}°. "
         "Reproduced if it does at every inner layer; partly at some; else not reproduced.",
-        ("jacobian_lens",), lens_keeps_metric, source=LENS_SOURCE,
+        ("jacobian_lens",),
+        lens_keeps_metric,
+        source=LENS_SOURCE,
     ),  # fmt: skip
     Claim(
-        "steering_closed_form_budget", "11_steering_budget",
+        "steering_closed_form_budget",
+        "11_steering_budget",
         f"The closed-form steering budget (the α at which a quantile of per-token KL over a prompt set reaches ε, read off "
         f"one forward-mode pass) is within {STEERING_WITHIN:.0%} of the exact one.",
         {"all": "not in the write-up: this repository's use of the closed form for activation steering"},
         f"Per ε of steer_eps, over every steering vector and sign of notebook 11, |α_closed/α_exact − 1| (steering_population_summary). "
         f"Reproduced if the largest error is ≤ {STEERING_WITHIN:.0%} at every ε; partly if the median is at some ε; else not reproduced.",
-        ("steering_population_summary",), steering_closed_form, source=STEERING_SOURCE,
+        ("steering_population_summary",),
+        steering_closed_form,
+        source=STEERING_SOURCE,
     ),  # fmt: skip
     Claim(
-        "fisher_whitened_steering", "11_steering_budget",
+        "fisher_whitened_steering",
+        "11_steering_budget",
         "At equal target effect, steering along the natural gradient G⁺∇ spends less off-target KL than Euclidean gradient ascent.",
         {"all": f"off-target KL cut {FISHBACK_RATIO:g}–2.5× against Euclidean gradient ascent"},
         f"steering_natural: mean over the prompt set's tokens of KL between the distributions renormalised outside the target set, "
         f"at the α where each direction raises log q(S) by steer_target_gain. Reproduced if Euclidean / natural ≥ {FISHBACK_RATIO:g}; "
         "partly if above 1; else not reproduced; not testable if either misses the gain.",
-        ("steering_natural",), fisher_whitened_steering, source=FISHBACK_SOURCE,
+        ("steering_natural",),
+        fisher_whitened_steering,
+        source=FISHBACK_SOURCE,
     ),  # fmt: skip
 )
 CLAIMS = CLAIMS + NEWER_CLAIMS

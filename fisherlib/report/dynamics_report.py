@@ -147,7 +147,10 @@ def dynamics_findings(tables: dict[str, pd.DataFrame]) -> str:
     """Return the notebook's findings as Markdown, every number read from `tables`."""
     checkpoints = tables["dynamics_checkpoints"]
     first, last = checkpoints["revision"].iloc[0], checkpoints["revision"].iloc[-1]
-    lines = [f"**Across {len(checkpoints)} revisions, from `{first}` to `{last}`** (the same {checkpoints['n_positions'].iloc[-1]} positions at each):", ""]
+    lines = [
+        f"**Across {len(checkpoints)} revisions, from `{first}` to `{last}`** (the same {checkpoints['n_positions'].iloc[-1]} positions at each):",
+        "",
+    ]
     if "heldout_loss" in checkpoints:
         a, b = _first_last(checkpoints, "heldout_loss")
         lines.append(f"- held-out loss went from {a:.2f} to {b:.2f} nats per token;")
@@ -168,8 +171,14 @@ def dynamics_findings(tables: dict[str, pd.DataFrame]) -> str:
     topk = table1[table1["curvature"] == "F_k"]
     inside = (topk["median_rho"] >= EXACT_BAND[0]) & (topk["median_rho"] <= EXACT_BAND[1])
     settled = [rev for i, rev in enumerate(topk["revision"]) if inside.iloc[i:].all()]
-    since = f"inside [{EXACT_BAND[0]}, {EXACT_BAND[1]}] from `{settled[0]}` on" if settled else f"not inside [{EXACT_BAND[0]}, {EXACT_BAND[1]}] at the last revision"
-    lines.append(f"- Table 1 (top eigenvector, ε = {eps:g}): median ρ with F_k went from {a:.3f} to {b:.3f} ({since}); with the full F from {c:.3f} to {d:.3f};")
+    since = (
+        f"inside [{EXACT_BAND[0]}, {EXACT_BAND[1]}] from `{settled[0]}` on"
+        if settled
+        else f"not inside [{EXACT_BAND[0]}, {EXACT_BAND[1]}] at the last revision"
+    )
+    lines.append(
+        f"- Table 1 (top eigenvector, ε = {eps:g}): median ρ with F_k went from {a:.3f} to {b:.3f} ({since}); with the full F from {c:.3f} to {d:.3f};"
+    )
     predictors = tables["dynamics_predictors"]
     eps_large = predictors["eps"].iloc[0]
     a, b = _first_last(predictors, "within_50", predictor="closed form (F_k)")

@@ -87,8 +87,7 @@ def spectrum_findings(spectrum: pd.DataFrame) -> str:
         f"{_pct(first[low])} of tr F_k and the second {_pct(second[low])}; in the highest ({high}), "
         f"{_pct(first[high])} and {_pct(second[high])}. "
         + (
-            "Even the lowest quintile is not rank 1: a median of "
-            f"{_pct(1 - first[low])} of the trace lies beyond the first eigenvalue."
+            f"Even the lowest quintile is not rank 1: a median of {_pct(1 - first[low])} of the trace lies beyond the first eigenvalue."
             if first[low] < 0.9
             else "The lowest quintile is close to rank 1."
         )
@@ -104,8 +103,7 @@ def rank_findings(ranks: pd.DataFrame) -> str:
     if len(by_domain) > 1:
         lo, hi = by_domain.iloc[0], by_domain.iloc[-1]
         spread = (
-            f" By domain the median runs from {lo['entropy_rank_median']:.2f} ({lo['domain']}) to "
-            f"{hi['entropy_rank_median']:.2f} ({hi['domain']})."
+            f" By domain the median runs from {lo['entropy_rank_median']:.2f} ({lo['domain']}) to {hi['entropy_rank_median']:.2f} ({hi['domain']})."
         )
     return (
         f"**This run.** Median spectral-entropy rank {overall['entropy_rank_median']:.2f} (90th percentile "
@@ -163,8 +161,7 @@ def census_findings(census: pd.DataFrame) -> str:
     else:
         worst = censored.stack().idxmax()
         tail = (
-            f"The largest censored share is {_pct(censored.stack().max())} ({census.loc[worst[0], 'cls']}, "
-            f"{worst[1].replace('censored at ', '')})."
+            f"The largest censored share is {_pct(censored.stack().max())} ({census.loc[worst[0], 'cls']}, {worst[1].replace('censored at ', '')})."
         )
     return f"**This run.** Directions per position: {per_position}. {tail}"
 
@@ -190,8 +187,7 @@ def table1_findings(table1: pd.DataFrame) -> str:
     row = table1.iloc[-1]
     deviation = row["median_rho"] - 1
     seeds = (
-        f" Over {int(row['n_seeds'])} seeds the median is the mean of per-seed medians "
-        f"{row['seed_min']:.3f}–{row['seed_max']:.3f}."
+        f" Over {int(row['n_seeds'])} seeds the median is the mean of per-seed medians {row['seed_min']:.3f}–{row['seed_max']:.3f}."
         if row["n_seeds"] > 1
         else ""
     )
@@ -236,8 +232,7 @@ def eig_rank_findings(by_rank: pd.DataFrame) -> str:
         shape.append("the median never rises by more than 0.01 from one rank to the next (a decay, the write-up's Qwen shape)")
     return (
         f"**This run.** Median ρ runs from {medians[0]:.4f} (rank 1) to {medians[-1]:.4f} (rank {int(ordered['eig_rank'].iloc[-1])}); "
-        f"rank {closest} is the closest to 1. "
-        + (_first_upper("; ".join(shape)) + "." if shape else "Neither of the write-up's shapes holds.")
+        f"rank {closest} is the closest to 1. " + (_first_upper("; ".join(shape)) + "." if shape else "Neither of the write-up's shapes holds.")
     )
 
 
@@ -269,10 +264,7 @@ def truncation_findings(topk_vs_full: pd.DataFrame) -> str:
     else:
         text += "The Taylor remainder, not truncation, is the larger part for every group."
     if top is not None:
-        text += (
-            f" On the top eigenvector median ρ is {top['median_rho']:.4f} with F_k and {top['median_rho_full']:.4f} "
-            f"with the full F at this ε."
-        )
+        text += f" On the top eigenvector median ρ is {top['median_rho']:.4f} with F_k and {top['median_rho_full']:.4f} with the full F at this ε."
     return text
 
 
@@ -310,8 +302,7 @@ def accuracy_findings(accuracy: pd.DataFrame, eps_values) -> str:
             quartic = group[group["predictor"] == "t_quartic"]
             fallback = f", quartic fell back on {int(quartic['n_fallback'].iloc[0])}/{int(quartic['n'].iloc[0])}" if len(quartic) else ""
             parts.append(
-                f"{cls}: {CLOSED_FORM_LABELS.get(best['predictor'], best['predictor'])} "
-                f"(median error {best['median_abs_rel_error']:.2g}{fallback})"
+                f"{cls}: {CLOSED_FORM_LABELS.get(best['predictor'], best['predictor'])} (median error {best['median_abs_rel_error']:.2g}{fallback})"
             )
         lines.append(f"at ε = {eps:g} the smallest median relative error per group is: " + ", ".join(parts))
     return "**This run.** " + _first_upper(_join(lines)) + "."
@@ -331,8 +322,7 @@ def table2_findings(table2: pd.DataFrame) -> str:
         pattern = sign_pattern(table2, column)
         indexed = table2.set_index("cls")
         parts = [
-            f"{c} {indexed.loc[c, column]:.3f} ({_side(indexed.loc[c, column], indexed.loc[c, lo], indexed.loc[c, hi])})"
-            for c in pattern["cls"]
+            f"{c} {indexed.loc[c, column]:.3f} ({_side(indexed.loc[c, column], indexed.loc[c, lo], indexed.loc[c, hi])})" for c in pattern["cls"]
         ]
         agree = int(pattern["agrees"].sum())
         verdict = "the write-up's pattern" if agree == len(pattern) else f"{agree} of {len(pattern)} classes on the write-up's side"
@@ -357,7 +347,9 @@ def spearman_findings(spearman: pd.DataFrame) -> str:
     baselines = spearman[spearman["predictor"].isin(["entropy", "max_prob", "trace_f"])]
     zero = bool((baselines["median"] == 0).all()) if len(baselines) else True
     return (
-        "**This run.** Per-position Spearman of t_pred against t_emp: " + _join(lines) + ". "
+        "**This run.** Per-position Spearman of t_pred against t_emp: "
+        + _join(lines)
+        + ". "
         + ("The constant baselines are undefined at every position (scored 0)." if zero else "Some baseline scored non-zero.")
     )
 
@@ -534,14 +526,20 @@ def layer_power_law_findings(table: pd.DataFrame, contrastive: str = "actdiff") 
             indexed = cell.set_index("cls")
             if contrastive in indexed.index and "random" in indexed.index:
                 c, r = indexed.loc[contrastive], indexed.loc["random"]
-                bands.append(f"{c['band']} {contrastive} {c['median_p']:.2f} ({_exponent_side(c)}) vs random {r['median_p']:.2f} ({_exponent_side(r)})")
+                bands.append(
+                    f"{c['band']} {contrastive} {c['median_p']:.2f} ({_exponent_side(c)}) vs random {r['median_p']:.2f} ({_exponent_side(r)})"
+                )
         if bands:
             lines.append(f"layer {layer}: " + "; ".join(bands))
     above = [
         f"{r.layer}/{r.band}" for r in table[table["cls"] == contrastive].itertuples()
         if str(r.layer) != "head" and _exponent_side(table.loc[r.Index]) == "above 2"
     ]  # fmt: skip
-    summary = f"{contrastive} exponent above 2 at inner layer/band {', '.join(above)}" if above else f"{contrastive} exponent nowhere clearly above 2 at an inner layer"
+    summary = (
+        f"{contrastive} exponent above 2 at inner layer/band {', '.join(above)}"
+        if above
+        else f"{contrastive} exponent nowhere clearly above 2 at an inner layer"
+    )
     return f"**This run:** {summary}.\n\n" + bullets(lines)
 
 
@@ -623,6 +621,5 @@ def lens_table1_findings(table: pd.DataFrame) -> str:
         f"{t.loc[high, 'median_rho_lens']:{SIG}} ({_layer_name(high)}), its 95% CI containing 1 at {len(covers)} of {len(t)} "
         f"layers ({', '.join(_layer_name(x) for x in covers) or 'none'}); the true curvature uᵀG_ℓu on the same lines gives "
         f"{t['median_rho_true'].min():{SIG}}–{t['median_rho_true'].max():{SIG}}, and G_ℓ's own top eigenvector (the layer "
-        f"study's Table 1, same positions) {t['table1_median_rho_same'].min():{SIG}}–{t['table1_median_rho_same'].max():{SIG}}.\n\n"
-        + bullets(lines)
+        f"study's Table 1, same positions) {t['table1_median_rho_same'].min():{SIG}}–{t['table1_median_rho_same'].max():{SIG}}.\n\n" + bullets(lines)
     )

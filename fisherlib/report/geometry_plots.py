@@ -38,7 +38,9 @@ def plot_spectra(spectra: pd.DataFrame):
 
     fig, ax = plt.subplots(figsize=(7, 4))
     sns.lineplot(data=spectra, x="rank", y="share", hue="stratum", estimator="median", errorbar=("pi", 50), marker="o", palette="viridis", ax=ax)
-    ax.set(yscale="log", xlabel="eigenvalue rank of F_k", ylabel="share of tr F_k (median, IQR band)", title="Spectra of the truncated Fisher pullback")
+    ax.set(
+        yscale="log", xlabel="eigenvalue rank of F_k", ylabel="share of tr F_k (median, IQR band)", title="Spectra of the truncated Fisher pullback"
+    )
     ax.legend(title="eff.-rank\nquintile", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     fig.tight_layout()
     return fig

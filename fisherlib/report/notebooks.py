@@ -64,9 +64,7 @@ def publishable(
     return notebook
 
 
-def publishable_text(
-    text: str, replacements: Iterable[tuple[str, str]] = (), figure_link: Callable[[str], str] | None = None
-) -> str:
+def publishable_text(text: str, replacements: Iterable[tuple[str, str]] = (), figure_link: Callable[[str], str] | None = None) -> str:
     """Return `publishable` of the notebook JSON `text`, written the way nbformat writes (with a final newline)."""
     notebook = nbformat.reads(text, as_version=FORMAT_VERSION)
     return nbformat.writes(publishable(notebook, replacements, figure_link)) + "\n"

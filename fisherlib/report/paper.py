@@ -30,13 +30,26 @@ EXPECTED_TABLES = {
     "06_isotonic_calibration": ["calibration_within50", "calibration_headline", "predictor_comparison"],
     "07_entropy_stratification": ["stratifier_variance", "stable_region_axes", "claims"],
     "08_layer_pullback": [
-        "layer_positions", "layer_table1", "layer_rho_by_eps", "layer_spearman", "layer_exactness_frontier", "layer_nonmonotone",
-        "layer_power_law", "layer_effective_dimension", "jacobian_lens", "jacobian_lens_table1",
+        "layer_positions",
+        "layer_table1",
+        "layer_rho_by_eps",
+        "layer_spearman",
+        "layer_exactness_frontier",
+        "layer_nonmonotone",
+        "layer_power_law",
+        "layer_effective_dimension",
+        "jacobian_lens",
+        "jacobian_lens_table1",
     ],
     "09_interpolation_plateaus": ["plateau_paths", "plateau_statistics", "plateau_jump_hits", "plateau_fisher_length"],
     "11_steering_budget": [
-        "steering_vectors", "steering_prompts", "steering_token_accuracy", "steering_attention", "steering_population",
-        "steering_population_summary", "steering_natural",
+        "steering_vectors",
+        "steering_prompts",
+        "steering_token_accuracy",
+        "steering_attention",
+        "steering_population",
+        "steering_population_summary",
+        "steering_natural",
     ],
 }
 EXPECTED_FIGURES = {
@@ -47,8 +60,15 @@ EXPECTED_FIGURES = {
     "05_direction_classes": ["rho_by_class", "spearman_histogram", "power_law_by_class"],
     "06_isotonic_calibration": ["calibration_within50_vs_eps", "calibration_curve", "predictor_comparison"],
     "07_entropy_stratification": ["stratifier_variance", "stable_regions"],
-    "08_layer_pullback": ["layer_table1", "layer_rho_by_eps", "layer_spearman", "layer_exactness_frontier", "layer_power_law",
-                          "layer_effective_dimension", "jacobian_lens"],
+    "08_layer_pullback": [
+        "layer_table1",
+        "layer_rho_by_eps",
+        "layer_spearman",
+        "layer_exactness_frontier",
+        "layer_power_law",
+        "layer_effective_dimension",
+        "jacobian_lens",
+    ],
     "09_interpolation_plateaus": ["plateau_reometry", "plateau_examples", "plateau_jump_hits"],
     "11_steering_budget": ["steering_alpha_scatter", "steering_population", "steering_natural"],
 }
@@ -102,6 +122,7 @@ def table2(runs: dict[str, Path]) -> pd.DataFrame:
 
 def spearman(runs: dict[str, Path]) -> pd.DataFrame:
     """Per-position Spearman(t_pred, t_emp): median and range over positions, per run and ε."""
+
     def summarise(table: pd.DataFrame) -> pd.Series:
         rows = table[table["predictor"] == "t_pred"].itertuples()
         return pd.Series({f"ε = {r.eps:g}": f"{r.median:.2f} [{r.min:.2f}, {r.max:.2f}]" for r in rows})
@@ -115,6 +136,7 @@ def spearman(runs: dict[str, Path]) -> pd.DataFrame:
 
 def calibration(runs: dict[str, Path]) -> pd.DataFrame:
     """Fraction within 50% of t_emp at ε = 1: raw, pooled and per-class isotonic calibration."""
+
     def headline(table: pd.DataFrame) -> pd.Series:
         return pd.Series(
             {
@@ -160,6 +182,7 @@ def stratifiers(runs: dict[str, Path]) -> pd.DataFrame:
 
 def predictors(runs: dict[str, Path]) -> pd.DataFrame:
     """Fraction within 50% of t_emp at the large ε for every predictor on one denominator (all classes), per run."""
+
     def pooled(table: pd.DataFrame) -> pd.Series:
         eps = 1.0 if (table["eps"] == 1.0).any() else float(table["eps"].max())
         rows = table[(table["cls"] == "all") & (table["eps"] == eps)]
@@ -180,14 +203,11 @@ def run_ledger(folder: Path) -> pd.DataFrame:
 def claims_matrix(runs: dict[str, Path]) -> pd.DataFrame:
     """The claims ledger across runs: one row per claim, the write-up's figures beside each run's verdict and figure."""
     frame = pd.DataFrame(
-        {"claim": [c.id for c in CLAIMS], "source": [c.source for c in CLAIMS],
-         "write-up / paper": [c.write_up_text(None) for c in CLAIMS]}
+        {"claim": [c.id for c in CLAIMS], "source": [c.source for c in CLAIMS], "write-up / paper": [c.write_up_text(None) for c in CLAIMS]}
     ).set_index("claim")
     for run, folder in runs.items():
         ledger = run_ledger(folder).set_index("claim")
-        frame[run] = [
-            f"**{ledger.loc[c.id, 'verdict']}**: {ledger.loc[c.id, 'ours']}" if c.id in ledger.index else "—" for c in CLAIMS
-        ]
+        frame[run] = [f"**{ledger.loc[c.id, 'verdict']}**: {ledger.loc[c.id, 'ours']}" if c.id in ledger.index else "—" for c in CLAIMS]
     return frame
 
 
@@ -243,9 +263,11 @@ def run_damage(folder: Path) -> str | None:
 
 def find_runs(results_root: Path) -> dict[str, Path]:
     """Return every whole published run under `results_root` (see `run_damage`), by name."""
-    return {
-        folder.name: folder for folder in sorted(results_root.iterdir()) if _holds_tables(folder) and run_damage(folder) is None
-    } if results_root.is_dir() else {}
+    return (
+        {folder.name: folder for folder in sorted(results_root.iterdir()) if _holds_tables(folder) and run_damage(folder) is None}
+        if results_root.is_dir()
+        else {}
+    )
 
 
 def left_out_runs(results_root: Path) -> dict[str, str]:
@@ -295,7 +317,8 @@ def write_summary(results_root: Path | None = None) -> Path:
     if left_out:
         sections.append(
             "Left out (not whole `make reproduce` runs: failed, partial, damaged, or notebooks run by hand): "
-            + "; ".join(f"`{name}` ({reason})" for name, reason in left_out.items()) + ".\n"
+            + "; ".join(f"`{name}` ({reason})" for name, reason in left_out.items())
+            + ".\n"
         )
     for title, builder in (
         ("Table 1 — median ρ on the top eigenvector of F_k at small ε", table1),
@@ -307,8 +330,7 @@ def write_summary(results_root: Path | None = None) -> Path:
         ("Steering budget — |relative error| of the population budget against the exact search (notebook 11)", steering),
         ("The rank-one regime — near-binary positions and the top eigenvector's |cos| with w_b − w_a there", rank_one),
         ("Within 50% of t_emp at ε = 1 — raw closed form, best calibrator, quartic root", within50),
-        ("Claims matrix — each claim's verdict per run (rules in `fisherlib.report.claims`, details in `results/<run>/claims.md`)",
-         claims_matrix),
+        ("Claims matrix — each claim's verdict per run (rules in `fisherlib.report.claims`, details in `results/<run>/claims.md`)", claims_matrix),
     ):
         sections.append(f"## {title}\n\n{markdown_table(builder(runs), index=True)}\n")
     sections += _dynamics_sections(runs)
@@ -341,8 +363,10 @@ def story(run_dir: Path | str) -> str:
     if table1 is not None:
         row = table1.iloc[-1]
         unit = f"{row['resampled']}s" if "resampled" in table1.columns else "positions"
-        text = (f"Median ρ on the top eigenvector of F_k at ε = {row['eps']:g} is **{row['median_rho']:.3f}** "
-                f"[{row['ci_lo']:.3f}, {row['ci_hi']:.3f}] (bootstrap over {unit})")
+        text = (
+            f"Median ρ on the top eigenvector of F_k at ε = {row['eps']:g} is **{row['median_rho']:.3f}** "
+            f"[{row['ci_lo']:.3f}, {row['ci_hi']:.3f}] (bootstrap over {unit})"
+        )
         if topk is not None:
             at = topk[(topk["cls"] == "eigvec rank 1") & (topk["eps"] == row["eps"])]
             if len(at):
@@ -354,12 +378,17 @@ def story(run_dir: Path | str) -> str:
         calibrators = at[at.index.str.startswith("iso_")]["within_50"]
         best = calibrators.idxmax()
         quartic, raw = at.loc["t_quartic"], at.loc["t_pred"]
-        text = (f"At ε = {eps:g}, on the same {int(quartic['n'])} measurements, the fraction within 50% of t_emp is "
-                f"{raw['within_50']:.1%} for the raw closed form, {calibrators.max():.1%} for the best cross-validated "
-                f"isotonic calibrator ({best}) and **{quartic['within_50']:.1%}** for the quartic Taylor root "
-                f"(which fell back to t_pred with the full F on {int(quartic['n_fallback'])} rows without a root)")
-        text += (": an uncalibrated closed form beats a fitted calibrator." if quartic["within_50"] > calibrators.max()
-                 else ": the calibrator stays ahead of the closed forms.")
+        text = (
+            f"At ε = {eps:g}, on the same {int(quartic['n'])} measurements, the fraction within 50% of t_emp is "
+            f"{raw['within_50']:.1%} for the raw closed form, {calibrators.max():.1%} for the best cross-validated "
+            f"isotonic calibrator ({best}) and **{quartic['within_50']:.1%}** for the quartic Taylor root "
+            f"(which fell back to t_pred with the full F on {int(quartic['n_fallback'])} rows without a root)"
+        )
+        text += (
+            ": an uncalibrated closed form beats a fitted calibrator."
+            if quartic["within_50"] > calibrators.max()
+            else ": the calibrator stays ahead of the closed forms."
+        )
         lines.append(text)
     truncation = _truncation_sentence(run_dir, card)
     if truncation:
@@ -387,16 +416,20 @@ def _truncation_sentence(run_dir: Path, card: pd.DataFrame | None) -> str:
     parameters = json.loads((run_dir / "model_card.csv").read_text(encoding="utf-8").splitlines()[0].removeprefix("# parameters:"))
     stats = comparison.set_index("quantity")
     vocab = int(card.iloc[0]["vocab"])
-    text = (f"Keeping the top {parameters['top_k']} of V = {vocab} tokens (F_k), the median position keeps "
-            f"{stats.loc['trace_ratio', '50%']:.1%} of F's trace (10th percentile {stats.loc['trace_ratio', '10%']:.1%}) "
-            f"and F's top eigenvalue to a median ratio of {stats.loc['top_eig_ratio', '50%']:.4f}, its top eigenvector at "
-            f"|cos| {stats.loc['top_eig_cos', '50%']:.4f} (over {int(stats.loc['trace_ratio', 'count'])} positions)")
+    text = (
+        f"Keeping the top {parameters['top_k']} of V = {vocab} tokens (F_k), the median position keeps "
+        f"{stats.loc['trace_ratio', '50%']:.1%} of F's trace (10th percentile {stats.loc['trace_ratio', '10%']:.1%}) "
+        f"and F's top eigenvalue to a median ratio of {stats.loc['top_eig_ratio', '50%']:.4f}, its top eigenvector at "
+        f"|cos| {stats.loc['top_eig_cos', '50%']:.4f} (over {int(stats.loc['trace_ratio', 'count'])} positions)"
+    )
     if rho is not None and "truncation_share" in rho.columns:
         at = rho[(rho["cls"] == "random") & (rho["eps"] == parameters["large_eps"])]
         if len(at):
             row = at.iloc[0]
-            text += (f"; along random directions at ε = {row['eps']:g} the truncation moves median ρ from "
-                     f"{row['median_rho_full']:.3f} (F) to {row['median_rho']:.3f} (F_k)")
+            text += (
+                f"; along random directions at ε = {row['eps']:g} the truncation moves median ρ from "
+                f"{row['median_rho_full']:.3f} (F) to {row['median_rho']:.3f} (F_k)"
+            )
     return text + "."
 
 
@@ -418,6 +451,7 @@ def _departures_sentence(ledger: pd.DataFrame) -> str:
 
 def rank_one(runs: dict[str, Path]) -> pd.DataFrame:
     """The rank-one regime per run: the share of near-binary positions and the median |cos| of F_k's top eigenvector with w_b − w_a there."""
+
     def summary(table: pd.DataFrame) -> pd.Series:
         row = table.iloc[0]
         return pd.Series({"near-binary positions": f"{row['share_near_binary']:.1%} ({int(row['n_near_binary'])})",
@@ -430,6 +464,7 @@ def rank_one(runs: dict[str, Path]) -> pd.DataFrame:
 
 def within50(runs: dict[str, Path]) -> pd.DataFrame:
     """Within 50% of t_emp at ε = 1, all classes: the raw closed form, the best cross-validated calibrator, the quartic root."""
+
     def summary(table: pd.DataFrame) -> pd.Series:
         at = table[(table["cls"] == "all") & (table["eps"] == 1.0)].set_index("predictor")
         calibrated = at[at.index.str.startswith("iso_")]["within_50"]
@@ -439,7 +474,9 @@ def within50(runs: dict[str, Path]) -> pd.DataFrame:
     columns = _per_run(runs, "predictor_comparison", summary)
     for arch in WRITE_UP_ARCHS:
         ref = WRITE_UP[arch]["calibration"]
-        columns[_write_up_header(arch)] = pd.Series({"raw t_pred": f"{ref['raw']:.0%}", "best calibrator": f"{ref['calibrated_pooled']:.0%} (pooled)"})
+        columns[_write_up_header(arch)] = pd.Series(
+            {"raw t_pred": f"{ref['raw']:.0%}", "best calibrator": f"{ref['calibrated_pooled']:.0%} (pooled)"}
+        )
     return pd.DataFrame(columns).reindex(["raw t_pred", "best calibrator", "quartic root"]).fillna("—")
 
 

@@ -160,9 +160,7 @@ def _central_range(values: np.ndarray, coverage: float = 0.98, pad: float = 0.08
     return float(lo - pad * width), float(hi + pad * width)
 
 
-def plot_cumulant_check(
-    terms: pd.DataFrame, groups: Sequence[str] = PREDICTED_CLASSES, max_points: int = 20000, seed: int = 0
-) -> Figure:
+def plot_cumulant_check(terms: pd.DataFrame, groups: Sequence[str] = PREDICTED_CLASSES, max_points: int = 20000, seed: int = 0) -> Figure:
     """Plot `ρ_full − 1` against the skewness term `κ₃t/(3κ₂)` and `ρ_full` against the quartic prediction.
 
     `terms` from `exactness.cumulant_terms` (one ε); only `usable` rows are drawn, a seeded subsample
@@ -307,9 +305,7 @@ def plot_rho_by_class(
     return fig
 
 
-def plot_spearman_histogram(
-    per_position: pd.DataFrame, predictor: str = "t_pred", reference_range: tuple[float, float] | None = None
-) -> Figure:
+def plot_spearman_histogram(per_position: pd.DataFrame, predictor: str = "t_pred", reference_range: tuple[float, float] | None = None) -> Figure:
     """Plot the histogram of per-position Spearman(t_pred, t_emp), one colour per seed (`per_position_spearman`).
 
     With `reference_range`, shade the write-up's reported range.
@@ -412,9 +408,7 @@ def plot_calibration_curve(
     axes[0][0].set_ylabel(T_EMP_LABEL)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, fontsize="small")
-    fig.suptitle(
-        rf"Isotonic calibration at $\varepsilon$ = {eps:g} nats (fit on all positions, for display)", fontsize="medium"
-    )
+    fig.suptitle(rf"Isotonic calibration at $\varepsilon$ = {eps:g} nats (fit on all positions, for display)", fontsize="medium")
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
@@ -429,8 +423,10 @@ def plot_stratifier_variance(variance: pd.DataFrame) -> Figure:
     """
     selections = list(dict.fromkeys(zip(variance["cls"], variance["eps"])))
     fig, axes = plt.subplots(2, len(selections), figsize=(4.6 * len(selections), 6.8), squeeze=False)
-    rows = (("within_var", "ratio_to_best", "within-quintile variance\nof $\\log\\rho$"),
-            ("robust_within_var", "robust_ratio_to_best", "within-quintile (1.48 MAD)$^2$\nof $\\log\\rho$"))
+    rows = (
+        ("within_var", "ratio_to_best", "within-quintile variance\nof $\\log\\rho$"),
+        ("robust_within_var", "robust_ratio_to_best", "within-quintile (1.48 MAD)$^2$\nof $\\log\\rho$"),
+    )
     for col, (group, eps) in enumerate(selections):
         part = variance[(variance["cls"] == group) & (variance["eps"] == eps)]
         for row, (column, ratio_column, label) in enumerate(rows):
@@ -475,9 +471,7 @@ def plot_stratifier_cells(cells: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_stable_regions(
-    rows: Sequence[tuple[str, Sequence[PlaneSlice]]], show_topk: bool = True, max_aspect: float = 3.0
-) -> Figure:
+def plot_stable_regions(rows: Sequence[tuple[str, Sequence[PlaneSlice]]], show_topk: bool = True, max_aspect: float = 3.0) -> Figure:
     """Draw true-KL contours at each ε with the predicted Fisher ellipses over them, one row per position.
 
     `rows`: (row title, slices from `stable_regions.stable_region_slices`). Solid contours: the exact

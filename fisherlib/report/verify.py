@@ -53,33 +53,47 @@ class Tolerance:
 # First match wins; integer columns are counts whatever their name (see `tolerance_for`).
 TOLERANCES = (
     Tolerance(
-        "machine check", r"boundary_check\..*|.*\..*_check_.*", atol=1e-4,
+        "machine check",
+        r"boundary_check\..*|.*\..*_check_.*",
+        atol=1e-4,
         reason="a check of machine arithmetic (the model's logits against W h + b, the boundary solver against a "
         "bisection) is rounding noise, different on every CPU; it only has to stay far below what it guards",
     ),
     Tolerance(
-        "share", r".*\.(within_.*|share_.*|.*_share|hit_rate)", atol=5e-3,
+        "share",
+        r".*\.(within_.*|share_.*|.*_share|hit_rate)",
+        atol=5e-3,
         reason="a share of rows within a threshold (within 50%, near-binary) moves by 1/n when last-bit "
         "differences carry one row across the threshold",
     ),
     Tolerance(
-        "resampled bound", r".*\.(ci_lo|ci_hi)(_.*)?|.*\.(seed_min|seed_max)", rtol=1e-2,
+        "resampled bound",
+        r".*\.(ci_lo|ci_hi)(_.*)?|.*\.(seed_min|seed_max)",
+        rtol=1e-2,
         reason="a bootstrap over the same seed draws the same resamples, but a bound is one order statistic "
         "of resampled medians, where two near-tied values can trade places",
     ),
     Tolerance(
-        "fitted", r"calibration_.*|dynamics_predictors\..*|predictor_.*\..*|stratifier_.*|dynamics_stratifiers\..*",
-        rtol=1e-2, atol=1e-6,
+        "fitted",
+        r"calibration_.*|dynamics_predictors\..*|predictor_.*\..*|stratifier_.*|dynamics_stratifiers\..*",
+        rtol=1e-2,
+        atol=1e-6,
         reason="isotonic fits, cross-validated choices and cell assignments follow the order of their inputs, "
         "which last-bit differences can change at ties",
     ),
     Tolerance(
-        "error against an exact answer", r".*\..*(rel_error|_mismatch)", rtol=1e-3, atol=1e-4,
+        "error against an exact answer",
+        r".*\..*(rel_error|_mismatch)",
+        rtol=1e-3,
+        atol=1e-4,
         reason="a method's error against an exact answer (a bisection to 1e-4, a second computation of the same "
         "curvature): below 1e-4 it is the exact answer's own precision, which another CPU reaches by another path",
     ),
     Tolerance(
-        "measured", r".*", rtol=1e-3, atol=1e-6,
+        "measured",
+        r".*",
+        rtol=1e-3,
+        atol=1e-6,
         reason="a float32 forward pass on another CPU differs in its last bits (about 1e-6 relative); medians, "
         "ratios and first crossings carry that through, three orders of magnitude below 1e-3, while a "
         "changed model, parameter or bug moves them by percent",
@@ -88,7 +102,10 @@ TOLERANCES = (
 COUNT = Tolerance("count", "", reason="a count (positions, rows, censored lines, jumps) is decided far from rounding noise: it must be equal")
 # Numbers inside text (string cells, notebook outputs) carry no column: the loosest relative tolerance.
 TEXT = Tolerance(
-    "text", "", rtol=1e-2, atol=1e-4,
+    "text",
+    "",
+    rtol=1e-2,
+    atol=1e-4,
     reason="numbers inside sentences and displayed tables carry no column: the loosest relative tolerance and the "
     "errors' absolute one (the tables themselves are compared column by column)",
 )
@@ -176,7 +193,11 @@ class Comparison:
                 lines.append(f"{moved.name}: {moved.compared} cells compared")
             lines.extend(f"  {problem}" for problem in moved.problems)
         worst = max(self.tables + self.notebooks, key=lambda m: m.largest, default=None)
-        largest = f"largest relative difference {worst.largest:.1e} in {worst.place}" if worst and worst.largest else "no number moved beyond rounding noise"
+        largest = (
+            f"largest relative difference {worst.largest:.1e} in {worst.place}"
+            if worst and worst.largest
+            else "no number moved beyond rounding noise"
+        )
         failed_tables = [m.name for m in self.tables if m.problems]
         failed_notebooks = [m.name for m in self.notebooks if m.problems]
         tables = f"{len(self.tables) - len(failed_tables)} tables within tolerance"
@@ -222,7 +243,9 @@ def committed_copy(run_dir: Path | str, revision: str = "HEAD") -> Iterator[Path
     except (subprocess.CalledProcessError, FileNotFoundError, ValueError) as error:
         detail = getattr(error, "stderr", b"") or b""
         detail = detail.decode(errors="replace").strip() if isinstance(detail, bytes) else str(detail)
-        raise FisherlibError(f"no committed copy of {run_dir} at {revision} ({detail or error}); give AGAINST=<folder> to compare with a copy") from None
+        raise FisherlibError(
+            f"no committed copy of {run_dir} at {revision} ({detail or error}); give AGAINST=<folder> to compare with a copy"
+        ) from None
     with tempfile.TemporaryDirectory(prefix="verify-") as scratch:
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(scratch, filter="data")
@@ -322,7 +345,7 @@ def _skeleton(text: str) -> list[str]:
 def _excerpt(a: str, b: str, width: int = 60) -> str:
     start = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
     start = max(0, start - 20)
-    return f"{a[start:start + width]!r} in this run, {b[start:start + width]!r} in the reference"
+    return f"{a[start : start + width]!r} in this run, {b[start : start + width]!r} in the reference"
 
 
 def _compare_verdicts(current: Path, reference: Path, problems: list[str]) -> tuple[int, int]:

@@ -160,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     book = commands.add_parser("book", help="build the static site of every complete run (default: build/book/html/index.html)")
     book.add_argument("--out", default=None, help="the book's folder (default: build/book)")
     book.set_defaults(run=_book)
-    verify = commands.add_parser("verify", help="did a rerun reproduce the run? compare its tables, verdicts and notebooks' text with the committed copy")
+    verify = commands.add_parser(
+        "verify", help="did a rerun reproduce the run? compare its tables, verdicts and notebooks' text with the committed copy"
+    )
     verify.add_argument("--results", default="results/tiny", help="the run's results folder (default: results/tiny)")
     verify.add_argument("--against", default="", help="a folder holding the reference copy (default: the committed one, git HEAD)")
     verify.add_argument("--revision", default="HEAD", help="the git revision whose copy is the reference (default: HEAD)")

@@ -55,8 +55,7 @@ def grid_runs(archs, revisions=(), seeds=(), make_args=()) -> list[GridRun]:
     except ValueError:
         raise FisherlibError(f"SEEDS must be whole numbers separated by spaces, got {' '.join(map(str, seeds))!r}") from None
     return [
-        GridRun(arch, revision, seed, tuple(make_args))
-        for arch, revision, seed in itertools.product(archs, list(revisions) or [""], seeds or [None])
+        GridRun(arch, revision, seed, tuple(make_args)) for arch, revision, seed in itertools.product(archs, list(revisions) or [""], seeds or [None])
     ]
 
 

@@ -150,9 +150,21 @@ def measure_layer_rows(params, seed: int, sample, rows) -> pd.DataFrame:
         logger.info("layer %s: %d positions", layer_study.layer_label(layer), len(rows))
         parts.append(
             layer_study.measure_layer(
-                model, prefilled, layer, residuals[layer], rows, doc_ids, sample.table["position"].to_numpy(),
-                params.eps_grid, n_eig=params.layer_eig, n_per_class=params.layer_per_class, top_k=params.top_k,
-                seed=seed, divergence=params.divergence, rtol=params.layer_rtol, batch_size=params.batch_size,
+                model,
+                prefilled,
+                layer,
+                residuals[layer],
+                rows,
+                doc_ids,
+                sample.table["position"].to_numpy(),
+                params.eps_grid,
+                n_eig=params.layer_eig,
+                n_per_class=params.layer_per_class,
+                top_k=params.top_k,
+                seed=seed,
+                divergence=params.divergence,
+                rtol=params.layer_rtol,
+                batch_size=params.batch_size,
             )  # fmt: skip
         )
     return pd.concat(parts, ignore_index=True)

@@ -24,29 +24,20 @@ from .params import StudyParams
 
 BEGIN = "<!-- parameters:begin -->"
 END = "<!-- parameters:end -->"
-GENERATED_NOTE = (
-    "<!-- generated from fisherlib.run.params.StudyParams by `python tools/readme_parameters.py --write`; "
-    "do not edit by hand -->"
-)
+GENERATED_NOTE = "<!-- generated from fisherlib.run.params.StudyParams by `python tools/readme_parameters.py --write`; do not edit by hand -->"
 
 # What each field is, for the fields whose trailing comment in StudyParams is missing or only explains a
 # special value ("empty: ..."): the table shows this text, then the comment. An entry for a field that no
 # longer exists is an error.
 DESCRIPTIONS = {
-    "arch": "the model: a registry name (`tiny`, `pythia`, `llama`, `qwen`), any causal-LM hub id (`org/name`) "
-    "or a local Hugging Face model folder",
-    "n_positions": "positions sampled per seed, equal shares per corpus and per effective-rank quintile "
-    "(the write-up used about 4000)",
+    "arch": "the model: a registry name (`tiny`, `pythia`, `llama`, `qwen`), any causal-LM hub id (`org/name`) or a local Hugging Face model folder",
+    "n_positions": "positions sampled per seed, equal shares per corpus and per effective-rank quintile (the write-up used about 4000)",
     "seed": "seed of the position sampling and of the random and control directions",
-    "top_k": "tokens kept in the truncated Fisher F_k (the k most probable, p_K not renormalised); "
-    "the control directions need `top_k` < d",
-    "eps_grid": "the KL thresholds ε (nats) at which every boundary t_emp is found; must contain "
-    "`small_eps` and `large_eps`",
-    "divergence": '`"forward"` KL(p ‖ q_t), the write-up\'s, or `"reverse"` KL(q_t ‖ p) '
-    "(censored where ε is above its bound)",
+    "top_k": "tokens kept in the truncated Fisher F_k (the k most probable, p_K not renormalised); the control directions need `top_k` < d",
+    "eps_grid": "the KL thresholds ε (nats) at which every boundary t_emp is found; must contain `small_eps` and `large_eps`",
+    "divergence": '`"forward"` KL(p ‖ q_t), the write-up\'s, or `"reverse"` KL(q_t ‖ p) (censored where ε is above its bound)',
     "n_random": "random unit directions per position (seeded)",
-    "n_control": "control directions per position: random directions orthogonal to the rows of W_K "
-    "(uᵀF_k u ≈ 0, so t_pred = ∞)",
+    "n_control": "control directions per position: random directions orthogonal to the rows of W_K (uᵀF_k u ≈ 0, so t_pred = ∞)",
     "batch_size": "contexts per forward pass (a memory and speed setting)",
     "max_context": "tokens kept from the start of each document (must fit the model's positions)",
     "min_prefix": "the target index is uniform over the tokens after this many tokens of context",
@@ -55,7 +46,7 @@ DESCRIPTIONS = {
     "the embedded `stdlib-code` and `stdlib-docs`, or local `.jsonl` / `.txt` files as `PATH` or `DOMAIN=PATH`",
     "seeds": "seeds to run",
     "device": "torch device (`cpu`, `cuda`, `cuda:1`, ...), or `auto`: a model larger than one GPU spread over "
-    "every GPU (accelerate's `device_map=\"auto\"`)",
+    'every GPU (accelerate\'s `device_map="auto"`)',
     "dtype": "the model's dtype (`float32`, `bfloat16`, `float16`)",
     "cache_dir": "where positions, LM heads and sweeps are cached",
     "layers": "the block boundaries notebook 08 measures",
@@ -135,10 +126,7 @@ def parameter_rows() -> list[tuple[str, str, str, str]]:
     if problems:
         raise ValueError("; ".join(problems))
     defaults = StudyParams()
-    return [
-        (sections.get(name, ""), name, _literal(getattr(defaults, name)), _description(name, trailing.get(name, "")))
-        for name in fields
-    ]
+    return [(sections.get(name, ""), name, _literal(getattr(defaults, name)), _description(name, trailing.get(name, ""))) for name in fields]
 
 
 def _description(name: str, comment: str) -> str:

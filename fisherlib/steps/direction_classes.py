@@ -37,14 +37,10 @@ def median_rho_by_class(
     `with_full`, also `median_rho_full`, `ci_lo_full`, `ci_hi_full`: the same statistic with the
     full F, whose sign pattern can differ from F_k's where truncation pulls ρ below 1.
     """
-    table = rho_by_eps(
-        measurements, cls=list(groups), column=column, eps=[eps], n_boot=n_boot, seed=seed, level=level, unit=unit
-    )
+    table = rho_by_eps(measurements, cls=list(groups), column=column, eps=[eps], n_boot=n_boot, seed=seed, level=level, unit=unit)
     if not with_full:
         return table
-    full = rho_by_eps(
-        measurements, cls=list(groups), column="rho_full", eps=[eps], n_boot=n_boot, seed=seed, level=level, unit=unit
-    )
+    full = rho_by_eps(measurements, cls=list(groups), column="rho_full", eps=[eps], n_boot=n_boot, seed=seed, level=level, unit=unit)
     full = full[["cls", "median_rho_full", "ci_lo", "ci_hi"]].rename(columns={"ci_lo": "ci_lo_full", "ci_hi": "ci_hi_full"})
     merged = table.merge(full, on="cls", how="left")
     for name in ("median_rho_full", "ci_lo_full", "ci_hi_full"):
@@ -87,9 +83,7 @@ def _grouped_spearman(frame: pd.DataFrame, x: str, y: str, min_directions: int) 
     dx, dy = ranks["rx"] - means["rx"], ranks["ry"] - means["ry"]
     sums = pd.DataFrame({"xy": dx * dy, "xx": dx * dx, "yy": dy * dy})
     sums[POSITION_KEYS] = frame[POSITION_KEYS]
-    totals = sums.groupby(POSITION_KEYS, sort=True).agg(
-        xy=("xy", "sum"), xx=("xx", "sum"), yy=("yy", "sum"), n=("xy", "size")
-    )
+    totals = sums.groupby(POSITION_KEYS, sort=True).agg(xy=("xy", "sum"), xx=("xx", "sum"), yy=("yy", "sum"), n=("xy", "size"))
     # Rank deviations are exact multiples of 1/2, so a constant variable gives exactly 0, not rounding.
     defined = (totals["xx"] > 0) & (totals["yy"] > 0) & (totals["n"] >= min_directions)
     denominator = np.sqrt(totals["xx"] * totals["yy"]).where(defined, 1.0)
@@ -127,9 +121,7 @@ def per_position_spearman(
     parts = []
     for predictor in list(predictors) + list(baselines):
         if predictor in baselines:
-            frame = at[POSITION_KEYS + ["t_emp"]].merge(
-                positions[POSITION_KEYS + [predictor]], on=POSITION_KEYS, how="left", validate="many_to_one"
-            )
+            frame = at[POSITION_KEYS + ["t_emp"]].merge(positions[POSITION_KEYS + [predictor]], on=POSITION_KEYS, how="left", validate="many_to_one")
             if frame[predictor].isna().any():
                 raise KeyError(f"positions lacks {predictor} for some measured positions")
         else:
@@ -186,5 +178,3 @@ def spearman_summary(per_position: pd.DataFrame) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
-
-

@@ -67,8 +67,7 @@ def dynamics_revisions(params) -> list[str]:
         )
     else:
         raise FisherlibError(
-            f"no revisions given for {params.arch!r}: pass them, e.g. "
-            'make dynamics ARCH=pythia REVISIONS="step1000 step8000 step143000"'
+            f'no revisions given for {params.arch!r}: pass them, e.g. make dynamics ARCH=pythia REVISIONS="step1000 step8000 step143000"'
         )
     steps = [revision_step(revision) for revision in revisions]
     if all(step is not None for step in steps):
@@ -137,8 +136,17 @@ def check_same_tokenizer(model, reference) -> None:
 
 
 def measure_checkpoint(
-    model, sample, revision: str, seed: int, eps_grid, top_k: int, n_random: int, n_control: int,
-    divergence: str = "forward", batch_size: int = 16, progress: bool = True,
+    model,
+    sample,
+    revision: str,
+    seed: int,
+    eps_grid,
+    top_k: int,
+    n_random: int,
+    n_control: int,
+    divergence: str = "forward",
+    batch_size: int = 16,
+    progress: bool = True,
 ) -> RevisionMeasurement:
     """Measure the final model's sampled positions on `model` (the checkpoint `revision`).
 
@@ -195,9 +203,7 @@ def distribution_table(results: list[RevisionMeasurement], statistics=("entropy"
             values = result.positions[statistic].to_numpy(float)
             quantiles = np.quantile(values, _QUANTILES)
             rows.append(
-                _revision_columns(result)
-                | {"statistic": statistic}
-                | {f"q{round(100 * q):02d}": float(v) for q, v in zip(_QUANTILES, quantiles)}
+                _revision_columns(result) | {"statistic": statistic} | {f"q{round(100 * q):02d}": float(v) for q, v in zip(_QUANTILES, quantiles)}
             )
     return pd.DataFrame(rows)
 
@@ -212,9 +218,7 @@ def rank_one_table(results: list[RevisionMeasurement]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def exactness_table(
-    results: list[RevisionMeasurement], eps: float, n_boot: int = 1000, unit: str = "document"
-) -> pd.DataFrame:
+def exactness_table(results: list[RevisionMeasurement], eps: float, n_boot: int = 1000, unit: str = "document") -> pd.DataFrame:
     """Table 1 per revision: median ρ on the top eigenvector at `eps`, with F_k (`rho`) and with the full F (`rho_full`).
 
     The 95% CI is a bootstrap of the median that resamples whole clusters of `unit` (`position` or

@@ -46,6 +46,7 @@ CLOSED_FORM_LABELS = {
 }
 GROUPS_WITH_TOP = (TOP_EIGVEC, *PREDICTED_CLASSES)
 
+
 def top_eigvec_exactness(
     measurements: pd.DataFrame,
     eps: float,
@@ -241,8 +242,19 @@ def rho_topk_vs_full(measurements: pd.DataFrame, eps=None, cls=None) -> pd.DataF
                 rows.append(row)
             else:
                 logger.warning("rho_topk_vs_full: no usable rows for %s at eps=%g (%d dropped)", group, e, len(chosen))
-    columns = ["cls", "eps", "median_rho", "median_rho_full", "median_curv_ratio", "median_abs_log_rho",
-               "median_abs_log_rho_full", "median_abs_log_curv_ratio", "truncation_share", "n", "dropped"]
+    columns = [
+        "cls",
+        "eps",
+        "median_rho",
+        "median_rho_full",
+        "median_curv_ratio",
+        "median_abs_log_rho",
+        "median_abs_log_rho_full",
+        "median_abs_log_curv_ratio",
+        "truncation_share",
+        "n",
+        "dropped",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -368,9 +380,7 @@ def common_rows(frame: pd.DataFrame, columns: Sequence[str] = ("t_pred", "t_pred
     return usable
 
 
-def predictor_accuracy(
-    measurements: pd.DataFrame, eps=None, cls=None, predictors: Sequence[str] = CLOSED_FORMS
-) -> pd.DataFrame:
+def predictor_accuracy(measurements: pd.DataFrame, eps=None, cls=None, predictors: Sequence[str] = CLOSED_FORMS) -> pd.DataFrame:
     """Return how close each closed-form predictor lands to `t_emp`, per ε, direction group and predictor.
 
     Predictors: `t_pred` (quadratic, F_k), `t_pred_full` (quadratic, F), `t_quartic` (the quartic

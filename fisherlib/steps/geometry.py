@@ -41,10 +41,7 @@ def fisher_spectra(W, b, h, top_k: int, n_eig: int = 10, position_ids=None) -> p
 
 
 NEAR_BINARY_PAIR_MASS = 0.9
-NEAR_BINARY_DEFINITION = (
-    "near-binary: the top two tokens hold p_a + p_b >= 0.9 and the runner-up holds most of the rest, "
-    "p_b >= 0.5 (1 - p_a)"
-)
+NEAR_BINARY_DEFINITION = "near-binary: the top two tokens hold p_a + p_b >= 0.9 and the runner-up holds most of the rest, p_b >= 0.5 (1 - p_a)"
 
 
 def near_binary(positions: pd.DataFrame, pair_mass: float = NEAR_BINARY_PAIR_MASS) -> np.ndarray:
@@ -183,7 +180,11 @@ def verify_boundaries(
 
 def _sweep_shape(measurements: pd.DataFrame) -> dict:
     """Return the `direction_sweep` settings that produced `measurements` (counted from its rows)."""
-    one = measurements[(measurements["position"] == measurements["position"].iloc[0]) & (measurements["eps"] == measurements["eps"].iloc[0]) & (measurements["seed"] == measurements["seed"].iloc[0])]
+    one = measurements[
+        (measurements["position"] == measurements["position"].iloc[0])
+        & (measurements["eps"] == measurements["eps"].iloc[0])
+        & (measurements["seed"] == measurements["seed"].iloc[0])
+    ]
     counts = one["cls"].value_counts()
     return dict(n_random=int(counts.get("random", 0)), n_control=int(counts.get("control", 0)))
 

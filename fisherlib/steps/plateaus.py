@@ -113,12 +113,16 @@ def measure_paths(model, sample, pairs: pd.DataFrame, layer, mean: torch.Tensor,
         for i, row in enumerate(chunk.itertuples()):
             for k, kind in enumerate(PATHS):
                 window = slice(k * n, (k + 1) * n)
-                points, steps = _path_statistics(z[i, window], zdot[i, window], r_final[i, window], r_final_dot[i, window], tangent[i, window], alphas)
+                points, steps = _path_statistics(
+                    z[i, window], zdot[i, window], r_final[i, window], r_final_dot[i, window], tangent[i, window], alphas
+                )
                 point_rows.append(points.assign(pair=row.pair, path=kind))
                 step_rows.append(steps.assign(pair=row.pair, path=kind))
     points = pd.concat(point_rows, ignore_index=True)
     steps = pd.concat(step_rows, ignore_index=True)
-    return points[["pair", "path", *[c for c in points.columns if c not in ("pair", "path")]]], steps[["pair", "path", *[c for c in steps.columns if c not in ("pair", "path")]]]
+    return points[["pair", "path", *[c for c in points.columns if c not in ("pair", "path")]]], steps[
+        ["pair", "path", *[c for c in steps.columns if c not in ("pair", "path")]]
+    ]
 
 
 def _fisher_rao(log_q1: torch.Tensor, log_q2: torch.Tensor) -> torch.Tensor:
@@ -332,7 +336,9 @@ def plateau_findings(plateaus: pd.DataFrame, hits: pd.DataFrame, lengths: pd.Dat
         bullets.append(
             f"**Where the jumps sit ({path}).** Of {int(fisher['n_jumps'])} jumps, the Fisher-speed peaks hit "
             f"{fisher['hit_rate']:.0%} [{fisher['ci_lo']:.0%}, {fisher['ci_hi']:.0%}]; "
-            + "; ".join(f"the peaks of {PREDICTOR_LABELS[p].removeprefix('the ')} {rates.loc[p, 'hit_rate']:.0%}" for p in PREDICTORS if p != "fisher")
+            + "; ".join(
+                f"the peaks of {PREDICTOR_LABELS[p].removeprefix('the ')} {rates.loc[p, 'hit_rate']:.0%}" for p in PREDICTORS if p != "fisher"
+            )
             + f". Ranking: {' > '.join(_SHORT[p] for p in ranking.index)}. The Fisher CI lies above the rate of "
             + (", ".join(PREDICTOR_LABELS[p] for p in above) if above else "none of the others")
             + f". Median per-path Spearman with the measured step lengths: Fisher {fisher['median_spearman']:.2f}, "

@@ -142,9 +142,7 @@ def exponents_by_class(
                 continue
             values = usable["p"].to_numpy(float)
             keys = unit_keys(usable, unit)
-            median, lo, hi = bootstrap_median_ci(
-                values, n_boot=n_boot, seed=_stratum_seed(seed, *key, name), level=level, groups=usable[keys]
-            )
+            median, lo, hi = bootstrap_median_ci(values, n_boot=n_boot, seed=_stratum_seed(seed, *key, name), level=level, groups=usable[keys])
             position_keys = [k for k in ("seed", "layer", "position") if k in usable.columns and k not in by]
             rows.append(
                 {
@@ -181,9 +179,7 @@ def _sort_key(band_order: Mapping[str, int]):
     return key
 
 
-def layer_exponents(
-    measurements: pd.DataFrame, positions: pd.DataFrame, seed: int = 0, n_bands: int = 3
-) -> pd.DataFrame:
+def layer_exponents(measurements: pd.DataFrame, positions: pd.DataFrame, seed: int = 0, n_bands: int = 3) -> pd.DataFrame:
     """Return `local_exponents` of the layer study's measurements, with each position's document and `seed`.
 
     `positions` (from `run_layer_study`) gives each measured position its `domain` and `doc_id`, for

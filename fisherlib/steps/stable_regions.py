@@ -132,9 +132,7 @@ def ellipse_points(F2, eps: float, n_points: int = 200) -> np.ndarray:
     F2 = np.asarray(F2, dtype=float)
     eigvals, eigvecs = np.linalg.eigh((F2 + F2.T) / 2)
     if eigvals.min() <= 0:
-        raise DegenerateInputError(
-            f"the plane's Fisher restriction has eigenvalues {eigvals}: the level set is unbounded"
-        )
+        raise DegenerateInputError(f"the plane's Fisher restriction has eigenvalues {eigvals}: the level set is unbounded")
     theta = np.linspace(0, 2 * np.pi, n_points)
     circle = np.stack([np.cos(theta), np.sin(theta)], 1)
     return (circle * np.sqrt(2 * eps / eigvals)) @ eigvecs.T
@@ -243,8 +241,20 @@ def stable_region_slices(
         x, y, kl = kl_slice(W64, b, h64, top, u2, (reach[0], reach[1]), n_grid)
         slices.append(
             PlaneSlice(
-                title, "eigenvector 1", y_label, x, y, kl, eps_levels,
-                ellipses, ellipses_topk, fisher_2x2, fisher_topk_2x2, top.numpy(), u2.numpy(), bool(closed),
+                title,
+                "eigenvector 1",
+                y_label,
+                x,
+                y,
+                kl,
+                eps_levels,
+                ellipses,
+                ellipses_topk,
+                fisher_2x2,
+                fisher_topk_2x2,
+                top.numpy(),
+                u2.numpy(),
+                bool(closed),
             )  # fmt: skip
         )
     return slices

@@ -149,9 +149,7 @@ def unit_keys(frame: pd.DataFrame, unit: str) -> list[str]:
     keys = UNITS[check_unit(unit)]
     missing = [k for k in keys if k not in frame.columns]
     if missing:
-        raise KeyError(
-            f"resampling by {unit} needs columns {missing}: call attach_documents(measurements, positions) first"
-        )
+        raise KeyError(f"resampling by {unit} needs columns {missing}: call attach_documents(measurements, positions) first")
     return list(keys)
 
 
@@ -295,9 +293,7 @@ def percentile_interval(replicates, level: float = 0.95) -> tuple[float, float]:
     return _percentile(ordered, alpha), _percentile(ordered, 1 - alpha)
 
 
-def bootstrap_median_ci(
-    values, n_boot: int = 2000, seed: int = 0, level: float = 0.95, groups=None
-) -> tuple[float, float, float]:
+def bootstrap_median_ci(values, n_boot: int = 2000, seed: int = 0, level: float = 0.95, groups=None) -> tuple[float, float, float]:
     """Return `(median, lo, hi)`: the sample median and its percentile-bootstrap interval at `level`.
 
     `groups` resamples clusters (say, positions) instead of single values; see `bootstrap_medians`.

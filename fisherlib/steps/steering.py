@@ -108,7 +108,11 @@ def steering_budget(
             found = engine.steering_boundary(steered, eps, rtol=rtol, alpha_max=alpha_max, velocities=velocities)
             emp, nonmonotone, unconverged = found["alpha_emp"], found["nonmonotone"], found["unconverged"]
         else:
-            emp, nonmonotone, unconverged = torch.full((L, len(eps)), math.nan), torch.zeros(L, dtype=torch.bool), torch.zeros(L, len(eps), dtype=torch.bool)
+            emp, nonmonotone, unconverged = (
+                torch.full((L, len(eps)), math.nan),
+                torch.zeros(L, dtype=torch.bool),
+                torch.zeros(L, len(eps), dtype=torch.bool),
+            )
         return _long_table(steered.ids, text.numpy(), position.numpy(), eps, curv, pred, quartic, emp, nonmonotone, unconverged)
     contexts, text, position = [], [], []
     for i, length in enumerate(steered.lengths.tolist()):

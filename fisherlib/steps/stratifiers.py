@@ -35,9 +35,7 @@ def _stratifier_frame(measurements, positions, eps, stratifiers, cls, column):
     usable = np.isfinite(values) & (values > 0)
     frame = chosen[usable][POSITION_KEYS + [column]].copy()
     frame["log_rho"] = np.log(frame[column].to_numpy(float))
-    frame = frame.merge(
-        positions[POSITION_KEYS + list(stratifiers)], on=POSITION_KEYS, how="left", validate="many_to_one"
-    )
+    frame = frame.merge(positions[POSITION_KEYS + list(stratifiers)], on=POSITION_KEYS, how="left", validate="many_to_one")
     if frame[list(stratifiers)].isna().any().any():
         raise KeyError("positions lacks stratifier values for some measured positions")
     return frame, int((~usable).sum())

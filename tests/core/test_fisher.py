@@ -21,6 +21,7 @@ def test_full_fisher_is_the_autograd_hessian_of_kl():
     W, h, p = _problem()
     F = fl.fisher_pullback(W, p)
     for i in range(h.shape[0]):
+
         def kl(x, i=i):
             return (p[i] * (torch.log(p[i]) - torch.log_softmax(W @ x, -1))).sum()
 
@@ -92,7 +93,9 @@ def test_near_binary_fisher_is_rank_one_along_the_token_difference():
 
 def test_effective_rank_of_known_spectra():
     spectra = torch.tensor([[1.0, 1.0, 1.0, 0.0], [5.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [3.0, 1.0, 0.0, 0.0]])
-    torch.testing.assert_close(fl.effective_rank(spectra), torch.tensor([3.0, 1.0, 0.0, math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))], dtype=torch.float64))
+    torch.testing.assert_close(
+        fl.effective_rank(spectra), torch.tensor([3.0, 1.0, 0.0, math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))], dtype=torch.float64)
+    )
     torch.testing.assert_close(fl.effective_rank(spectra, kind="participation"), torch.tensor([3.0, 1.0, 0.0, 16 / 10], dtype=torch.float64))
     with pytest.raises(ValueError, match="entropy"):
         fl.effective_rank(spectra, kind="bogus")

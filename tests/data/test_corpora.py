@@ -115,10 +115,7 @@ def test_jsonl_crlf_and_domain_override(tmp_path: Path):
     assert sorted(document.text for document in documents) == [f"q{i}\na{i}" for i in range(5)]
 
 
-WIKI = (
-    " = First Article = \n \n Intro paragraph .\n \n = = Section = = \n \n Section text .\n"
-    " = Second Article = \n \n More text about things .\n"
-)
+WIKI = " = First Article = \n \n Intro paragraph .\n \n = = Section = = \n \n Section text .\n = Second Article = \n \n More text about things .\n"
 
 
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])

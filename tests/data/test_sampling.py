@@ -125,7 +125,8 @@ def test_loaded_documents_and_paths_are_corpora(small_model, corpora):
 
 
 @pytest.mark.parametrize(
-    "bad", [42, [42], b"stdlib-code", {"alpha": "stdlib-code"}, [Document("a", "0", "x y"), "stdlib-code"]],
+    "bad",
+    [42, [42], b"stdlib-code", {"alpha": "stdlib-code"}, [Document("a", "0", "x y"), "stdlib-code"]],
     ids=["int", "list-of-int", "bytes", "dict", "documents-and-a-name"],
 )
 def test_other_corpora_arguments_say_what_is_accepted(small_model, bad):

@@ -21,14 +21,30 @@ def passing_tables() -> dict[str, pd.DataFrame]:
     spearman = pd.DataFrame([dict(predictor="t_pred", eps=1.0, seeds="0", n_positions=400, n_undefined=0, median=0.8,
                                   q25=0.7, q75=0.9, min=0.3, max=0.99), *baselines])  # fmt: skip
     headline = pd.DataFrame(
-        [dict(eps=1.0, cls=c, method=m, space=s, within_50=v) for c, m, s, v in [
-            ("all", "raw", "none", 0.5), ("all", "calibrated_pooled", "linear", 0.7), ("all", "calibrated_per_class", "linear", 0.72),
-            ("random", "raw", "none", 0.5), ("random", "calibrated_per_class", "linear", 0.8)]]  # fmt: skip
+        [
+            dict(eps=1.0, cls=c, method=m, space=s, within_50=v)
+            for c, m, s, v in [
+                ("all", "raw", "none", 0.5),
+                ("all", "calibrated_pooled", "linear", 0.7),
+                ("all", "calibrated_per_class", "linear", 0.72),
+                ("random", "raw", "none", 0.5),
+                ("random", "calibrated_per_class", "linear", 0.8),
+            ]
+        ]  # fmt: skip
     )
     comparison = pd.DataFrame(
-        [dict(eps=1.0, cls="all", predictor=p, within_50=v, n=1000, n_fallback=0) for p, v in [
-            ("t_pred", 0.5), ("t_pred_full", 0.55), ("t_quartic", 0.9), ("iso_pooled_linear", 0.7),
-            ("iso_per_class_linear", 0.72), ("iso_pooled_log", 0.8), ("iso_per_class_log", 0.82)]]  # fmt: skip
+        [
+            dict(eps=1.0, cls="all", predictor=p, within_50=v, n=1000, n_fallback=0)
+            for p, v in [
+                ("t_pred", 0.5),
+                ("t_pred_full", 0.55),
+                ("t_quartic", 0.9),
+                ("iso_pooled_linear", 0.7),
+                ("iso_per_class_linear", 0.72),
+                ("iso_pooled_log", 0.8),
+                ("iso_per_class_log", 0.82),
+            ]
+        ]  # fmt: skip
     )
     strat = []
     for cls, eps in (("eigvec rank 1", 0.01), ("all", 1.0)):

@@ -23,9 +23,7 @@ def test_figures_draw_from_the_tables(sweep):  # noqa: F811
         plots.plot_cumulant_check(ex.cumulant_terms(measurements, 0.1)),
         plots.plot_predictor_accuracy(ex.predictor_accuracy(measurements)),
         plots.plot_rho_by_class(measurements, 1.0),
-        plots.plot_spearman_histogram(
-            dc.per_position_spearman(measurements, positions, 1.0), reference_range=(0.66, 0.98)
-        ),
+        plots.plot_spearman_histogram(dc.per_position_spearman(measurements, positions, 1.0), reference_range=(0.66, 0.98)),
         plots.plot_calibration_within50(cal.calibrate_isotonic_cv(measurements, n_splits=4, spaces=cal.SPACES)),
         plots.plot_calibration_curve(measurements, cal.isotonic_curve(measurements, 1.0)),
         plots.plot_stratifier_variance(sf.stratifier_variance(measurements, positions, 1.0, cls="all")),

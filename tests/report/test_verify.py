@@ -84,7 +84,7 @@ def test_a_rounding_flip_in_the_last_printed_digit_is_within_tolerance(runs):
     path = current / "rho_by_eps.csv"
     old = _cell(path, "median_rho", row=3)
     digits = old.rstrip("0123456789")
-    flipped = digits + str(int(old[len(digits):]) + 1)
+    flipped = digits + str(int(old[len(digits) :]) + 1)
     _set_cell(path, "median_rho", flipped, row=3)
     comparison = compare_runs(current, reference)
     assert comparison.reproduced, comparison.report()

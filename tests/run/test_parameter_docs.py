@@ -23,9 +23,7 @@ PARAMETERS_DOC = ROOT / "docs" / "parameters.md"
 
 def test_parameter_block_is_current():
     block = readme_block(PARAMETERS_DOC.read_text(encoding="utf-8"))
-    assert block == parameters_markdown(), (
-        "docs/parameters.md is out of date: run `python tools/readme_parameters.py --write`"
-    )
+    assert block == parameters_markdown(), "docs/parameters.md is out of date: run `python tools/readme_parameters.py --write`"
 
 
 def test_every_field_has_a_row_with_its_default():

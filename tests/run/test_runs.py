@@ -38,7 +38,9 @@ def test_the_key_is_rewritten_only_when_an_input_changed(tmp_path):
     written = key.stat().st_mtime_ns
     assert runs.write_if_changed(key, runs.run_inputs("r", "tiny", corpora=[f"prose={corpus}"], seeds=["0"], params_file="params/tiny.yaml")) == []
     assert key.stat().st_mtime_ns == written  # make sees no change, so nothing reruns
-    assert runs.write_if_changed(key, runs.run_inputs("r", "tiny", corpora=[f"prose={corpus}"], seeds=["0", "1"], params_file="params/tiny.yaml")) == ["seeds"]
+    assert runs.write_if_changed(
+        key, runs.run_inputs("r", "tiny", corpora=[f"prose={corpus}"], seeds=["0", "1"], params_file="params/tiny.yaml")
+    ) == ["seeds"]
     corpus.write_text("one two three four\n")  # same path, new content
     changed = runs.write_if_changed(key, runs.run_inputs("r", "tiny", corpora=[f"prose={corpus}"], seeds=["0", "1"], params_file="params/tiny.yaml"))
     assert changed == ["files"]
@@ -109,7 +111,9 @@ def _notebook(path: Path, *sources: str) -> Path:
 def _execute(folder: Path, name: str, *sources: str) -> tuple[int, list[str]]:
     """Run a notebook of `sources` into `folder/run/`; return the exit code and the terminal's lines."""
     terminal = io.StringIO()
-    code = runs.run_notebook(_notebook(folder / f"{name}.ipynb", *sources), folder / "run" / f"{name}.ipynb", "r", {}, "python3", folder, [], terminal)
+    code = runs.run_notebook(
+        _notebook(folder / f"{name}.ipynb", *sources), folder / "run" / f"{name}.ipynb", "r", {}, "python3", folder, [], terminal
+    )
     return code, terminal.getvalue().splitlines()
 
 
@@ -254,7 +258,9 @@ def test_a_notebook_that_does_not_apply_is_recorded_and_the_run_still_publishes(
     assert record["complete"] and record["not_applicable"] == {"08_layer_pullback": "this model has no blocks to study"}
 
     # Once it applies (and succeeds), the record is cleared, and the next publish says so.
-    code = runs.run_notebook(_notebook(tmp_path / "08_layer_pullback.ipynb", "x = 1"), output, "r", parameters, "python3", tmp_path, [], io.StringIO())
+    code = runs.run_notebook(
+        _notebook(tmp_path / "08_layer_pullback.ipynb", "x = 1"), output, "r", parameters, "python3", tmp_path, [], io.StringIO()
+    )
     assert code == 0 and json.loads((results / "not_applicable.json").read_text()) == {}
     runs.publish("r", stage, ["08_layer_pullback"], tmp_path / "results", tmp_path / "figures")
     assert "not_applicable" not in json.loads((tmp_path / "results" / "r" / "run.json").read_text())

@@ -110,7 +110,9 @@ def test_lens_table1_differs_where_the_lens_misjudges_the_curvature():
     assert row["median_rho_lens"] == pytest.approx(4 * row["median_rho_true"])
     assert row["median_rho_lens"] > row["ci_hi_true"] and row["ci_lo_lens"] > 1
     assert row["table1_median_rho_same"] == 1.0 and row["table1_median_rho"] == 1.0
-    assert jl.lens_table1(lines, _layer_study_top({20: (3.0, 3.0), 21: (3.0, 3.0), 10: (3.0, 3.0)}), 1.0, n_boot=50).iloc[0]["table1_median_rho"] == 3.0
+    assert (
+        jl.lens_table1(lines, _layer_study_top({20: (3.0, 3.0), 21: (3.0, 3.0), 10: (3.0, 3.0)}), 1.0, n_boot=50).iloc[0]["table1_median_rho"] == 3.0
+    )
     with pytest.raises(ValueError, match="no lens lines at ε = 0.1"):
         jl.lens_table1(lines, study, 0.1)
     with pytest.raises(ValueError, match="no top eigenvector at layer 1"):

@@ -53,7 +53,7 @@ def _synthetic(layers=("0", "1", "head"), positions=6):
         for position in range(positions):
             for direction, (cls, rank, sign) in enumerate([("eigvec", 1, 1), ("eigvec", 1, -1), ("random", -1, 1), ("actdiff", -1, 1)]):
                 for eps in (1e-3, 1e-2, 1.0):
-                    drift = 1 + (0.01 + 0.2 * depth) * eps ** 0.5 * (1 if cls == "eigvec" else -1)
+                    drift = 1 + (0.01 + 0.2 * depth) * eps**0.5 * (1 if cls == "eigvec" else -1)
                     rho = drift * (1 + 0.001 * rng.standard_normal())
                     t_emp = math.inf if (cls == "actdiff" and eps == 1.0 and position < 4) else math.sqrt(2 * eps * rho)
                     rows.append(dict(

@@ -42,6 +42,7 @@ def test_natural_gradient_spends_the_least_second_order_kl_per_gain():
     g = G @ torch.randn(12, dtype=torch.float64, generator=generator)  # in the range, as the target gradient is
     x = N.natural_gradient(G, g)
     assert torch.allclose(G @ x, g, atol=1e-10)
+
     def cost(u):  # KL per squared first-order gain
         return float(u @ G @ u) / float(g @ u) ** 2
 

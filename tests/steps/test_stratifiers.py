@@ -22,8 +22,7 @@ def test_stratifier_that_determines_log_rho_wins_by_a_large_ratio():
         }
     )
     measurements = pd.DataFrame(
-        {"seed": 0, "position": np.arange(n_pos), "cls": "eigvec", "eig_rank": 1, "eps": 0.01,
-         "rho": np.exp(2 * positions.entropy)}  # fmt: skip
+        {"seed": 0, "position": np.arange(n_pos), "cls": "eigvec", "eig_rank": 1, "eps": 0.01, "rho": np.exp(2 * positions.entropy)}  # fmt: skip
     )
     measurements.loc[0, "rho"] = np.inf  # censored: dropped from log ρ, counted
     table = sf.stratifier_variance(measurements, positions, 0.01).set_index("stratifier")

@@ -36,7 +36,16 @@ def test_table_is_complete_and_consistent_with_the_core():
     # The empirical boundary of one row, from scratch.
     row = table.iloc[5]
     z = (h[row.position].double() @ W.double().T + b.double())[None]
-    U, _ = fl.direction_sweep(W.double(), h[row.position : row.position + 1].double(), torch.softmax(z, -1), top_k=8, n_random=3, n_control=2, seed=1, position_ids=[row.position])
+    U, _ = fl.direction_sweep(
+        W.double(),
+        h[row.position : row.position + 1].double(),
+        torch.softmax(z, -1),
+        top_k=8,
+        n_random=3,
+        n_control=2,
+        seed=1,
+        position_ids=[row.position],
+    )
     A = (U[0, row.direction] @ W.double().T)[None, None]
     assert abs(fl.kl_along_line(z, A, torch.tensor([row.t_emp])).item() / row.eps - 1) < 1e-6
 
