@@ -37,8 +37,11 @@ changes with α.
   continuations the evaluations met and `at_jump` says whether the bracket's ends had different ones.
 
 `passes` counts forward passes of single texts, honestly: generation runs without a key/value cache (the
-push reaches every position, as in the teacher-forced engine), so `w` tokens cost `w` passes per text per α,
-and the base distributions along the continuation one more; the forward-mode pass of `closed` counts once.
+push reaches every position, as in the teacher-forced engine). The first generation costs `w` passes per text;
+later ones start from the last continuation as a draft and check it with one pass through prompt + draft,
+settling every token up to the first greedy choice that differs (so a search whose continuation stays the
+same pays one pass per text per α, and one more per choice that flips). The base distributions along a
+continuation cost one more pass, once per continuation; the forward-mode pass of `closed` counts once.
 All KLs, quantiles and line searches are float64.
 """
 
@@ -125,14 +128,19 @@ class _Generator:
         self.n_generate = n_generate
         self.n_texts = len(prompts)
         self.passes = 0  # forward passes of single texts
+        self.draft: torch.Tensor | None = None  # the last continuation generated: the next generation's guess
+        self.base_cache: dict[tuple, torch.Tensor] = {}  # unsteered logits along a continuation already met
+        self.evaluations: dict[float, tuple[dict[str, torch.Tensor], tuple, int]] = {}  # α -> (KL, continuation, passes)
+        self.closed: tuple[torch.Tensor, tuple, int] | None = None  # α_pred at ε = 1 [N·w], the unsteered continuation, passes
 
     def _run(self, ids: torch.Tensor, lengths: torch.Tensor, alpha: float) -> torch.Tensor:
-        """Logits `[N, T, V]` (float64, CPU) of `ids [N, T]` (rows of their own `lengths`) with `α v` at every position."""
+        """Logits `[R, T, V]` (float64, CPU) of `ids [R, T]` (rows of their own `lengths`, any of the texts) with `α v`
+        at every position."""
         view = dataclasses.replace(self.steered, ids=ids, lengths=lengths)
         step = view.rows_per_pass()
         out = []
-        for start in range(0, self.n_texts, step):
-            rows = torch.arange(start, min(start + step, self.n_texts))
+        for start in range(0, len(ids), step):
+            rows = torch.arange(start, min(start + step, len(ids)))
             z, _, _ = view.logits(rows, torch.full((len(rows),), float(alpha), dtype=torch.float64))
             out.append(z.cpu())
             self.passes += len(rows)
@@ -140,30 +148,64 @@ class _Generator:
 
     def generate(self, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Return `(ids [N, P + w], z [N, w, V])`: prompt + greedy continuation (right-padded) and the steered logits
-        that chose each generated token. `w` passes per text."""
+        that chose each generated token.
+
+        Without a draft, `w` passes per text of growing length. With one (the last continuation generated), each
+        round runs the texts not yet settled once through prompt + draft: where the greedy choices agree with the
+        draft up to token `m` and differ there, tokens `0 … m` are settled (their prefixes were) and the choice
+        at `m` replaces the draft's; a search whose continuation does not change settles in one pass per text.
+        """
         P, w = self.prompt_lengths, self.n_generate
         rows = torch.arange(self.n_texts)
         ids = torch.zeros(self.n_texts, int(P.max()) + w, dtype=torch.long)
         for i, n in enumerate(P.tolist()):
             ids[i, :n] = self.steered.ids[i, :n]
-        chosen = []
-        for j in range(w):
-            lengths = P + j
-            z = self._run(ids[:, : int(lengths.max())], lengths, alpha)
-            last = z[rows, lengths - 1]  # [N, V]
-            ids[rows, lengths] = last.argmax(-1)
-            chosen.append(last)
-        return ids, torch.stack(chosen, 1)
+        if self.draft is None:
+            chosen = []
+            for j in range(w):
+                lengths = P + j
+                z = self._run(ids[:, : int(lengths.max())], lengths, alpha)
+                last = z[rows, lengths - 1]  # [N, V]
+                ids[rows, lengths] = last.argmax(-1)
+                chosen.append(last)
+            z = torch.stack(chosen, 1)
+        else:
+            ids = self.draft.clone()
+            z = None
+            settled = torch.zeros(self.n_texts, dtype=torch.long)  # generated tokens known right, per text
+            while bool((settled < w).any()):
+                open_ = torch.nonzero(settled < w).flatten()
+                lengths = P[open_] + w - 1
+                out = self._run(ids[open_, : int(lengths.max())], lengths, alpha)
+                where = (P[open_] - 1)[:, None] + torch.arange(w)[None]  # positions that predict tokens 0 … w-1
+                logits = out[torch.arange(len(open_))[:, None], where]  # [n, w, V]
+                if z is None:
+                    z = torch.empty(self.n_texts, w, logits.shape[-1], dtype=logits.dtype)
+                choice = logits.argmax(-1)
+                for k, i in enumerate(open_.tolist()):
+                    start = int(settled[i])
+                    drafted = ids[i, int(P[i]) : int(P[i]) + w]
+                    differs = torch.nonzero(choice[k, start:] != drafted[start:]).flatten()
+                    stop = w if len(differs) == 0 else start + int(differs[0]) + 1
+                    z[i, start:stop] = logits[k, start:stop]
+                    ids[i, int(P[i]) : int(P[i]) + stop] = choice[k, :stop]
+                    settled[i] = stop
+        self.draft = ids
+        return ids, z
 
     def continuation(self, ids: torch.Tensor) -> tuple[tuple[int, ...], ...]:
         return tuple(tuple(ids[i, n : n + self.n_generate].tolist()) for i, n in enumerate(self.prompt_lengths.tolist()))
 
     def base_logits(self, ids: torch.Tensor) -> torch.Tensor:
-        """The unsteered logits `[N, w, V]` along `ids` at the positions that predict each generated token (one pass per text)."""
-        P, w = self.prompt_lengths, self.n_generate
-        lengths = P + w - 1
-        z = self._run(ids[:, : int(lengths.max())], lengths, 0.0)
-        return z[torch.arange(self.n_texts)[:, None], (P - 1)[:, None] + torch.arange(w)[None]]
+        """The unsteered logits `[N, w, V]` along `ids` at the positions that predict each generated token (one pass
+        per text, none for a continuation met before)."""
+        key = self.continuation(ids)
+        if key not in self.base_cache:
+            P, w = self.prompt_lengths, self.n_generate
+            lengths = P + w - 1
+            z = self._run(ids[:, : int(lengths.max())], lengths, 0.0)
+            self.base_cache[key] = z[torch.arange(self.n_texts)[:, None], (P - 1)[:, None] + torch.arange(w)[None]]
+        return self.base_cache[key]
 
     def velocities(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`(z, a) [N·w, V]` at α = 0 at the positions that predict each generated token: one forward-mode pass per text."""
@@ -186,11 +228,18 @@ def _kl(z_steered: torch.Tensor, z_base: torch.Tensor, divergence: str) -> torch
     return (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0)
 
 
-def _evaluate(generator: _Generator, alpha: float) -> tuple[dict[str, torch.Tensor], tuple]:
-    """Generate at α and return `({divergence: KL [N, w]}, continuation)`: `w + 1` passes per text."""
-    ids, z = generator.generate(alpha)
-    base = generator.base_logits(ids)
-    return {d: _kl(z, base, d) for d in DIVERGENCES}, generator.continuation(ids)
+def _evaluate(generator: _Generator, alpha: float) -> tuple[dict[str, torch.Tensor], tuple, int]:
+    """Generate at α and return `({divergence: KL [N, w]}, continuation, passes)`: at most `w + 1` passes per text
+    (one where the continuation is the last one's), remembered per α: an α evaluated before costs nothing more,
+    and `passes` is what it cost when it was made."""
+    alpha = float(alpha)
+    if alpha not in generator.evaluations:
+        before = generator.passes
+        ids, z = generator.generate(alpha)
+        base = generator.base_logits(ids)
+        kl = {d: _kl(z, base, d) for d in DIVERGENCES}
+        generator.evaluations[alpha] = (kl, generator.continuation(ids), generator.passes - before)
+    return generator.evaluations[alpha]
 
 
 def generate_continuations(model, texts, layer, v, alpha: float, n_generate: int, add_special_tokens: bool | None = None) -> list[torch.Tensor]:
@@ -217,15 +266,21 @@ def generated_kl(
     """
     n_generate = _check_options(n_generate, divergence)
     generator = _Generator(model, texts, layer, v, n_generate, add_special_tokens)
-    kl, _ = _evaluate(generator, float(alpha))
+    kl, _, _ = _evaluate(generator, float(alpha))
     return kl[divergence]
 
 
-def _closed(generator: _Generator, eps: float, quantile: float) -> tuple[float, tuple]:
-    ids, _ = generator.generate(0.0)
-    z, a = generator.velocities(ids)
-    _, pred, _ = _predictions(torch.softmax(z, -1), a, np.array([eps]), quartic=False)
-    return engine.population_alpha(pred[:, 0], quantile), generator.continuation(ids)
+def _closed(generator: _Generator, eps: float, quantile: float) -> tuple[float, tuple, int]:
+    """`(α, unsteered continuation, passes)`: the closed form from the generation at α = 0 and one forward-mode pass
+    per text, made once per generator (α_pred scales as sqrt(ε))."""
+    if generator.closed is None:
+        before = generator.passes
+        ids, _ = generator.generate(0.0)
+        z, a = generator.velocities(ids)
+        _, pred, _ = _predictions(torch.softmax(z, -1), a, np.array([1.0]), quartic=False)
+        generator.closed = (pred[:, 0], generator.continuation(ids), generator.passes - before)
+    pred, continuation, passes = generator.closed
+    return engine.population_alpha(pred * math.sqrt(eps), quantile), continuation, passes
 
 
 def _bracket_ends(seen: list[tuple[float, float, tuple]], alpha: float, eps: float) -> bool:
@@ -257,16 +312,26 @@ def generated_scale(
     eps = float(_check_eps(eps)[0])
     if not rtol > 0:
         raise InputError(f"rtol must be positive, got {rtol!r}")
-    start = time.perf_counter()
     generator = _Generator(model, texts, layer, v, n_generate, add_special_tokens)
+    return _scale(generator, eps, quantile, method, divergence, rtol, alpha_start, max_passes, measure_level)
+
+
+def _scale(generator: _Generator, eps: float, quantile: float, method: str, divergence: str, rtol: float,
+           alpha_start: float = 1.0, max_passes: int = 400, measure_level: bool = True) -> GeneratedScale:  # fmt: skip
+    """`generated_scale` on a generator that may hold evaluations of earlier calls (reused, their passes counted)."""
+    start = time.perf_counter()
+    n_generate = generator.n_generate
     n_tokens = generator.n_texts * n_generate
     seen: list[tuple[float, float, tuple]] = []
+    passes = 0
 
     def level(alpha: float) -> float:
+        nonlocal passes
         if len(seen) >= max_passes:
             raise InputError(f"the {method} search did not converge within {max_passes} α evaluations "
                              f"(the {quantile} quantile of the generated KL may never reach ε = {eps})")  # fmt: skip
-        kl, continuation = _evaluate(generator, alpha)
+        kl, continuation, cost = _evaluate(generator, alpha)
+        passes += cost
         value = population_quantile(kl[divergence], quantile)
         seen.append((float(alpha), value, continuation))
         return value
@@ -276,7 +341,8 @@ def generated_scale(
         alpha = _bisection(level, eps, alpha_start, rtol)
         jump = _bracket_ends(seen, alpha, eps)
     else:
-        guess, unsteered = _closed(generator, eps, quantile)
+        guess, unsteered, cost = _closed(generator, eps, quantile)
+        passes += cost
         seen_closed = [(0.0, 0.0, unsteered)]
         if method == "closed":
             alpha = guess
@@ -291,10 +357,9 @@ def generated_scale(
             jump = _bracket_ends(seen_closed + seen, alpha, eps)
         seen = seen_closed + seen
     seconds = time.perf_counter() - start
-    passes = generator.passes
     measured_level = math.nan
     if measure_level and method != "closed" and math.isfinite(alpha):
-        kl, continuation = _evaluate(generator, alpha)
+        kl, continuation, _ = _evaluate(generator, alpha)
         measured_level = population_quantile(kl[divergence], quantile)
         seen.append((float(alpha), measured_level, continuation))
     continuations = len({s[2] for s in seen})
@@ -309,7 +374,9 @@ def generated_budgets(
     """Return the long table of generated-text budgets for notebook 11: one row per divergence, ε and method.
 
     Columns: `divergence`, `eps`, `quantile`, `method`, `alpha`, `level` (the measured quantile of KL at α; NaN
-    for the closed forms), `passes`, `seconds`, `n_generate`, then `continuations`, `at_jump` (see
+    for the closed forms), `passes` (what the method's evaluations cost when they were made: a generation the table
+    made before for another row is reused, not run again, but counted), `seconds` (the row's own wall time),
+    `n_generate`, then `continuations`, `at_jump` (see
     `GeneratedScale`) and `ratio_to_exact` (α over the `exact` α of the same divergence and ε; NaN without
     `exact`). With `teacher_forced`, a row `method="teacher_forced"` per divergence and ε holds the
     teacher-forced closed form on the prompts alone (`steering_scale(..., method="closed")`, the same for both
@@ -322,12 +389,15 @@ def generated_budgets(
         _check_options(n_generate, method=m)
     for d in divergences:
         _check_options(n_generate, divergence=d)
+    if not rtol > 0:
+        raise InputError(f"rtol must be positive, got {rtol!r}")
+    # One generator for the whole table: the closed form and every α already evaluated are made once and reused.
+    generator = _Generator(model, texts, layer, v, n_generate, add_special_tokens)
     rows = []
     for divergence in divergences:
         for eps in eps_values:
             for method in methods:
-                s = generated_scale(model, texts, layer, v, eps=float(eps), quantile=quantile, n_generate=n_generate, method=method,
-                                    divergence=divergence, rtol=rtol, add_special_tokens=add_special_tokens)  # fmt: skip
+                s = _scale(generator, float(eps), quantile, method, divergence, rtol)
                 rows.append(dict(divergence=divergence, eps=float(eps), quantile=float(quantile), method=method, alpha=s.alpha,
                                  level=s.level, passes=s.passes, seconds=s.seconds, n_generate=n_generate,
                                  continuations=s.continuations, at_jump=s.at_jump))  # fmt: skip
