@@ -10,7 +10,8 @@ passes, started from the closed form. Each method is timed over `--repeats` runs
 row per method (α, relative error against `exact`, text passes, seconds), then `speedup <bisection/closed>x`
 with the closed form's error and `exact_speedup <bisection/exact>x`; then the same for a grid of budgets
 (`--grid-eps` × `--grid-quantiles`), which the closed form reads off its one batch and the baseline bisects
-cell by cell: `grid_speedup <ratio>x grid_max_rel_err <error>`.
+cell by cell: `grid_speedup <ratio>x grid_max_rel_err <error>`. Last, the generated-text budget (`--generate` greedy
+tokens per prompt, the public iso-KL tool's question) by each method against its bisection: `generated_exact_speedup`.
 
     python benchmarks/bench_steering.py                 # tiny, layer 2, 16 prompts x 64 tokens, ~1 min on 2 cores
     python benchmarks/bench_steering.py --model ../shared/fixtures/models/stories260K/hf \\
@@ -26,6 +27,7 @@ import torch
 import fisherlib as fl
 from fisherlib.data.corpora import load_corpus
 from fisherlib.run.params import ARCH_DEFAULT_CORPORA
+from fisherlib.steps.generated_steering import GENERATED_METHODS, generated_scale
 from fisherlib.steps.steering import METHODS, closed_form_scales, steering_scale
 from options import model_parser
 
@@ -52,6 +54,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--grid-eps", type=float, nargs="+", default=[0.1, 0.3, 1.0])
     parser.add_argument("--grid-quantiles", type=float, nargs="+", default=[0.5, 0.9, 0.95])
+    parser.add_argument("--generate", type=int, default=8, help="greedy tokens per prompt for the generated-text budget (0: skip)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -98,6 +101,26 @@ def main() -> None:
     print(
         f"grid_speedup {bisection_seconds / closed_seconds:.1f}x grid_max_rel_err {max(errors):.2e} grid_median_rel_err {sorted(errors)[len(errors) // 2]:.2e}"
     )
+    if args.generate:
+        generated_budgets(model, prompts, layer, v, args)
+
+
+def generated_budgets(model, prompts, layer, v, args) -> None:
+    """The generated-text budget (KL(steered ‖ base) over `--generate` greedy tokens) by each method, each call alone."""
+    print(f"generated text: {args.generate} greedy tokens per prompt, KL(steered ‖ base), ε = {args.eps:g}, quantile {args.quantile:g}")
+    found = {}
+    for method in GENERATED_METHODS:
+        start = time.perf_counter()
+        scale = generated_scale(model, prompts, layer, v, eps=args.eps, quantile=args.quantile, n_generate=args.generate,
+                                method=method, rtol=args.rtol, measure_level=False)  # fmt: skip
+        found[method] = (scale, time.perf_counter() - start)
+    exact = found["exact"][0].alpha
+    print(f"{'method':<10} {'alpha':>12} {'rel_err':>10} {'passes':>7} {'seconds':>9} {'jump':>5}")
+    for method, (scale, seconds) in found.items():
+        print(f"{method:<10} {scale.alpha:>12.6g} {scale.alpha / exact - 1:>10.2e} {scale.passes:>7d} {seconds:>9.3f} {str(scale.at_jump):>5}")
+    print(f"generated_exact_speedup {found['bisection'][1] / found['exact'][1]:.1f}x "
+          f"generated_speedup {found['bisection'][1] / found['closed'][1]:.1f}x closed_rel_err {abs(found['closed'][0].alpha / exact - 1):.2e} "
+          f"corrected_rel_err {abs(found['corrected'][0].alpha / exact - 1):.2e}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ NOTEBOOKS = [p for p in ALL_NOTEBOOKS if p.stem in EXPECTED_TABLES]
 SMOKE = dict(
     n_positions=40, eps_grid=[0.01, 0.1, 1.0], small_eps=0.01, large_eps=1.0, n_random=4, n_control=2,
     max_context=96, pool_factor=2, batch_size=8, layer_positions=8, layer_eig=1, layer_per_class=2, plateau_pairs=6,
-    plateau_steps=21, steer_texts=3, steer_tokens=12, steer_target_tokens=4,
+    plateau_steps=21, steer_texts=3, steer_tokens=12, steer_target_tokens=4, steer_generate=4,
 )  # fmt: skip
 NOTEBOOK = {path.stem[:2]: path for path in ALL_NOTEBOOKS}
 

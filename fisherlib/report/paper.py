@@ -49,6 +49,8 @@ EXPECTED_TABLES = {
         "steering_attention",
         "steering_population",
         "steering_population_summary",
+        "steering_generated",
+        "steering_generated_summary",
         "steering_natural",
     ],
 }

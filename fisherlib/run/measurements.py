@@ -350,7 +350,7 @@ def _write_revision(folder: Path, positions: pd.DataFrame, measurements: pd.Data
 
 # --- notebook 11: the steering budget ----------------------------------------------------------------
 
-STEERING_TABLES = ("vectors", "tokens", "population", "natural", "prompts")
+STEERING_TABLES = ("vectors", "tokens", "population", "generated", "natural", "prompts")
 
 
 def steering_layer(params, model):
@@ -370,8 +370,8 @@ def run_steering(params, seed: int | None = None, progress: bool = True, shard: 
     from ..steps import steering_study
 
     seed = params.seed if seed is None else seed
-    key = params.key(*SAMPLE_KEYS, "layer_rtol", "steer_layer", "steer_texts", "steer_tokens", "steer_eps", "steer_quantile",
-                     "steer_random", "steer_target_tokens", "steer_target_gain")  # fmt: skip
+    key = params.key(*SAMPLE_KEYS, "steer_layer", "steer_texts", "steer_tokens", "steer_eps", "steer_quantile",
+                     "steer_random", "steer_target_tokens", "steer_target_gain", "steer_generate")  # fmt: skip
     folder = params.cache_path / f"steering-seed{seed}-{key}"
 
     def read(path: Path) -> dict[str, pd.DataFrame]:
@@ -389,7 +389,7 @@ def run_steering(params, seed: int | None = None, progress: bool = True, shard: 
     tables = steering_study.measure_steering(
         model, sample, torch.softmax(logits, -1), steering_layer(params, model), params.steer_eps, params.steer_quantile,
         params.steer_texts, params.steer_tokens, params.steer_random, params.top_k, params.steer_target_tokens,
-        params.steer_target_gain, seed, rtol=params.layer_rtol, batch_size=params.batch_size, log=logger.info, shard=shard,
+        params.steer_target_gain, seed, batch_size=params.batch_size, log=logger.info, shard=shard, n_generate=params.steer_generate,
     )  # fmt: skip
 
     def write(staging: Path) -> None:

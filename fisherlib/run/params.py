@@ -91,6 +91,7 @@ class StudyParams:
     steer_random: int = 1  # random unit vectors among the steering vectors (the control)
     steer_target_tokens: int = 8  # the target set of the equal-effect comparison: tokens characteristic of the first domain
     steer_target_gain: float = 0.5  # the target effect: mean gain in log q(target set), nats
+    steer_generate: int = 8  # greedy tokens generated after each prompt for the generated-text budget (0: not measured)
 
     @classmethod
     def from_namespace(cls, namespace: dict[str, Any]) -> StudyParams:
@@ -150,7 +151,7 @@ class StudyParams:
             problems.append("plateau_jump must exceed 1 (a jump is larger than the mean step)")
         if self.steer_layer < -1:
             problems.append("steer_layer must be a block index, or -1 for the middle block")
-        for name, least in (("steer_texts", 1), ("steer_tokens", 2), ("steer_random", 0), ("steer_target_tokens", 1)):
+        for name, least in (("steer_texts", 1), ("steer_tokens", 2), ("steer_random", 0), ("steer_target_tokens", 1), ("steer_generate", 0)):
             if getattr(self, name) < least:
                 problems.append(f"{name} must be at least {least}")
         if not self.steer_eps or any(e <= 0 for e in self.steer_eps):
