@@ -24,6 +24,7 @@ import math
 
 import torch
 
+from ..core import checks
 from ..core.boundary import DIVERGENCES, empirical_boundary
 from ..core.directions import KRYLOV_STREAM, position_generator
 from ..core.errors import InputError
@@ -245,9 +246,7 @@ def layer_boundary(
         raise ValueError("rtol must be positive")
     if scan_ratio <= 1:
         raise ValueError("scan_ratio must exceed 1")
-    eps = torch.as_tensor(eps, dtype=torch.float64).reshape(-1)
-    if eps.numel() == 0 or (eps <= 0).any() or not torch.isfinite(eps).all():
-        raise ValueError("every ε must be a positive finite number")
+    eps = checks.check_eps(eps, None)
     network = network_of(model)
     layer = check_layer(model, layer)
     contexts = contexts_of(sample)

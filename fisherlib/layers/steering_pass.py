@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.autograd.forward_ad as fwAD
 
+from ..core import checks
 from ..core.errors import InputError
 from .engine import (
     HEAD,
@@ -351,9 +352,7 @@ def steering_boundary(
     text that asks for it. Also returned: `curv [L]` (`Var_p[a]`), `nonmonotone [L]`, `unconverged [L, E]`,
     `unresolved [L, E]` and `passes` (the number of text forward passes spent, a 0-d tensor).
     """
-    eps = torch.as_tensor(eps, dtype=torch.float64).reshape(-1)
-    if eps.numel() == 0 or (eps <= 0).any() or not torch.isfinite(eps).all():
-        raise InputError("every ε must be a positive finite number")
+    eps = checks.check_eps(eps, None)
     if rtol <= 0:
         raise InputError("rtol must be positive")
     z, a, r_norm = velocities if velocities is not None else steering_velocities(steered, budget)

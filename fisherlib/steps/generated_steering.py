@@ -56,10 +56,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..core import checks
 from ..core.errors import InputError
 from ..layers import steering_pass as engine
 from ..layers.engine import context_length, network_of
-from .steering import _bisection, _check_eps, _predictions, _root_from, population_quantile, steering_scale
+from .steering import _bisection, _predictions, _root_from, population_quantile, steering_scale
 
 GENERATED_METHODS = ("closed", "corrected", "exact", "bisection")
 DIVERGENCES = ("base_steered", "steered_base")  # KL(base ‖ steered), KL(steered ‖ base)
@@ -309,7 +310,7 @@ def generated_scale(
     `exact` they include the closed form's generation at α = 0 and its forward-mode pass.
     """
     n_generate = _check_options(n_generate, divergence, method, quantile)
-    eps = float(_check_eps(eps)[0])
+    eps = float(checks.check_eps(eps, "cpu")[0])
     if not rtol > 0:
         raise InputError(f"rtol must be positive, got {rtol!r}")
     generator = _Generator(model, texts, layer, v, n_generate, add_special_tokens)
@@ -382,7 +383,7 @@ def generated_budgets(
     teacher-forced closed form on the prompts alone (`steering_scale(..., method="closed")`, the same for both
     divergences), so that its `ratio_to_exact` says how far the prompt-only budget is from the generated one.
     """
-    eps_values = _check_eps(eps_list)
+    eps_values = checks.check_eps(eps_list, "cpu").numpy()
     n_generate = _check_options(n_generate, quantile=quantile)
     methods, divergences = list(methods), list(divergences)
     for m in methods:

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..core import checks
 from ..core.errors import InputError
 from ..core.fisher import cumulant_boundary, cumulants
 from ..layers import steering_pass as engine
@@ -38,13 +39,6 @@ from ..layers.pullback import layer_boundary, layer_velocities
 POSITIONS = ("all", "target")
 METHODS = ("closed", "quartic", "exact", "bisection")
 BUDGET_COLUMNS = ["text", "position", "token", "eps", "curv", "alpha_pred", "alpha_quartic", "alpha_emp", "nonmonotone", "unconverged"]
-
-
-def _check_eps(eps) -> np.ndarray:
-    values = np.atleast_1d(np.asarray(eps, dtype=float)).reshape(-1)
-    if values.size == 0 or not np.all(np.isfinite(values)) or np.any(values <= 0):
-        raise InputError(f"every ε must be a positive finite number, got {eps!r}")
-    return values
 
 
 def _predictions(p: torch.Tensor, A: torch.Tensor, eps: np.ndarray, quartic: bool = True):
@@ -95,7 +89,7 @@ def steering_budget(
     """
     if positions not in POSITIONS:
         raise InputError(f"positions must be one of {POSITIONS}, not {positions!r}")
-    eps = _check_eps(eps)
+    eps = checks.check_eps(eps, "cpu").numpy()
     steered = engine.SteeredTexts.build(model, texts, layer, v, add_special_tokens)
     if positions == "all":
         velocities = engine.steering_velocities(steered)
@@ -175,7 +169,7 @@ def steering_scale(
         raise InputError(f"method must be one of {METHODS}, not {method!r}")
     if not 0 < quantile < 1:
         raise InputError(f"quantile must lie in (0, 1), got {quantile!r}")
-    eps = float(_check_eps(eps)[0])
+    eps = float(checks.check_eps(eps, "cpu")[0])
     start = time.perf_counter()
     steered = engine.SteeredTexts.build(model, texts, layer, v, add_special_tokens)
     n_texts, n_tokens = len(steered.ids), int(steered.lengths.sum())
@@ -219,7 +213,7 @@ def closed_form_scales(
     All from one batch of three plain passes per text (`steering_velocities`' central difference): the per-token predictions do not depend on the quantile, and
     `α_pred` scales as `sqrt(ε)`. Columns: eps, quantile, method, alpha.
     """
-    eps = _check_eps(eps)
+    eps = checks.check_eps(eps, "cpu").numpy()
     quantiles = [float(q) for q in np.atleast_1d(quantiles)]
     if not quantiles or not all(0 < q < 1 for q in quantiles):
         raise InputError(f"every quantile must lie in (0, 1), got {quantiles!r}")
