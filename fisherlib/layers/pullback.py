@@ -25,6 +25,7 @@ import math
 import torch
 
 from ..core import checks
+from ..core.bisection import sqrt_secant
 from ..core.boundary import DIVERGENCES, empirical_boundary
 from ..core.directions import KRYLOV_STREAM, position_generator
 from ..core.errors import InputError
@@ -480,10 +481,7 @@ def _may_exceed(a, b, eps) -> bool:
 def _inside_secant(a, b, eps) -> float:
     """The root of the secant of `sqrt(2D)` through `a < ε ≤ b`, kept in the bracket: within its width of the
     root whatever, and second-order accurate in it (so that two runs whose brackets differ agree closely)."""
-    ga, gb = math.sqrt(2 * a[1]), math.sqrt(2 * b[1])
-    if not gb > ga:
-        return 0.5 * (a[0] + b[0])
-    return min(max(a[0] + (math.sqrt(2 * eps) - ga) / (gb - ga) * (b[0] - a[0]), a[0]), b[0])
+    return min(max(sqrt_secant(a[0], a[1], b[0], b[1], eps), a[0]), b[0])
 
 
 class _Walk:
@@ -573,9 +571,8 @@ class _Walk:
             candidates.append((ta, ta + (goal - ga) * ga / sa))
         if sb > 0:
             candidates.append((tb, tb - (vb - self.eps) / sb))
-        gb = math.sqrt(2 * vb)
-        if gb > ga:
-            candidates.append((None, ta + (goal - ga) / (gb - ga) * width))  # secant on sqrt(2D)
+        if math.sqrt(2 * vb) > ga:
+            candidates.append((None, sqrt_secant(ta, va, tb, vb, self.eps)))
         # The smallest step first (Newton is most accurate close to its origin).
         for origin, x in sorted(candidates, key=lambda c: abs(c[1] - c[0]) if c[0] is not None else math.inf):
             if not ta < x < tb:

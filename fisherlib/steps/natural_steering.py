@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..core.bisection import doubling_bisection
 from ..core.errors import InputError
 from ..layers import steering_pass as engine
-from .steering import doubling_bisection
 
 DIRECTIONS = ("euclidean_gradient", "natural_gradient")
 

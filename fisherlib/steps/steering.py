@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from ..core import checks
+from ..core.bisection import doubling_bisection, sqrt_secant
 from ..core.errors import InputError
 from ..core.fisher import cumulant_boundary, cumulants
 from ..layers import steering_pass as engine
@@ -230,23 +231,6 @@ def closed_form_scales(
     return pd.DataFrame(rows)
 
 
-def doubling_bisection(level, goal: float, start: float, rtol: float, cap: float = math.inf) -> tuple[float, float]:
-    """Return the bracket `(lo, hi)` of `level(α) = goal`: `[0, α]` with α doubled from `start` until `level(α) ≥ goal`,
-    then halved until `hi − lo ≤ rtol · hi`; `hi` is `inf` when `level` stays below `goal` up to `cap`."""
-    lo, hi = 0.0, min(float(start), cap)
-    while level(hi) < goal:
-        if hi >= cap:
-            return hi, math.inf
-        lo, hi = hi, min(2 * hi, cap)
-    while hi - lo > rtol * hi:
-        mid = 0.5 * (lo + hi)
-        if level(mid) >= goal:
-            hi = mid
-        else:
-            lo = mid
-    return lo, hi
-
-
 def _bisection(level, eps: float, alpha_start: float, rtol: float) -> float:
     """The baseline, as a steering tool does it: doubling, then bisection; the bracket's midpoint."""
     lo, hi = doubling_bisection(level, eps, alpha_start, rtol)
@@ -269,13 +253,11 @@ def _root_from(level, eps: float, guess: float, rtol: float, first: float = 2**-
         alpha *= ratio
         value = level(alpha)
     hi, hi_value = alpha, value
-    goal = math.sqrt(2 * eps)
     widths = []
     while hi - lo > rtol * max(lo, 1e-300) and hi - lo > 0:
         width = hi - lo
         widths.append(width)
-        g_lo, g_hi = math.sqrt(2 * lo_value), math.sqrt(2 * hi_value)
-        mid = lo + (goal - g_lo) / (g_hi - g_lo) * width if g_hi > g_lo else 0.5 * (lo + hi)
+        mid = sqrt_secant(lo, lo_value, hi, hi_value, eps)
         if len(widths) >= 3 and width > 0.5 * widths[-3] or not lo < mid < hi:
             widths.clear()
             mid = 0.5 * (lo + hi)
@@ -288,5 +270,4 @@ def _root_from(level, eps: float, guess: float, rtol: float, first: float = 2**-
             lo, lo_value = mid, value
     if lo == 0:
         return hi
-    g_lo, g_hi = math.sqrt(2 * lo_value), math.sqrt(2 * hi_value)
-    return lo + (goal - g_lo) / (g_hi - g_lo) * (hi - lo) if g_hi > g_lo else 0.5 * (lo + hi)
+    return sqrt_secant(lo, lo_value, hi, hi_value, eps)
