@@ -33,7 +33,7 @@ import torch
 from ..core import checks
 from ..core.bisection import doubling_bisection, sqrt_secant
 from ..core.errors import InputError
-from ..core.fisher import cumulant_boundary, cumulants
+from ..core.fisher import _predicted_boundary, cumulant_boundary, cumulants
 from ..layers import steering_pass as engine
 from ..layers.pullback import layer_boundary, layer_velocities
 
@@ -47,9 +47,7 @@ def _predictions(p: torch.Tensor, A: torch.Tensor, eps: np.ndarray, quartic: boo
     kappas = cumulants(p, A[:, None, :], order=4 if quartic else 2)  # [L, 1, 3] (or [L, 1, 1])
     curv = kappas[:, 0, 0].clamp_min(0)
     eps_t = torch.as_tensor(eps, dtype=torch.float64)
-    positive = curv > 0
-    pred = torch.where(positive[:, None], torch.sqrt(2 * eps_t / torch.where(positive, curv, 1.0)[:, None]), math.inf)
-    return curv, pred, cumulant_boundary(kappas, eps_t)[:, 0, :] if quartic else None
+    return curv, _predicted_boundary(curv, eps_t), cumulant_boundary(kappas, eps_t)[:, 0, :] if quartic else None
 
 
 def _long_table(ids, text, position, eps, curv, pred, quartic, emp, nonmonotone, unconverged) -> pd.DataFrame:
