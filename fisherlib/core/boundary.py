@@ -39,13 +39,13 @@ from .errors import InputError
 from .fisher import _no_grad
 
 DIVERGENCES = ("forward", "reverse")
-DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of float64 work arrays per chunk, where the caller fixes it
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of work arrays per chunk where the caller fixes it (here float64 lines; layers: per-copy arrays of a pass)
 _AUTO_BUDGET_FRACTION = 0.25  # of the free memory of the device, for `memory_budget=None`
 _AUTO_BUDGET_RANGE = (64 << 20, 16 << 30)  # bytes: never below 64 MiB nor above 16 GiB
 _FLOAT64_BYTES = 8
 _LINE_ARRAYS = 6  # float64 `[lines, V]` arrays per chunk besides the `[lines, E, V]` work array
 _MAX_ITERATIONS = 200
-_HUGE_T = 1e150  # past this, t·c overflows float64 exponent arithmetic: treat as no boundary
+HUGE_T = 1e150  # past this, t·c overflows float64 exponent arithmetic: treat as no boundary
 
 
 def _check_divergence(divergence: str) -> None:
@@ -314,7 +314,7 @@ def _solve_lines(log_p, c, eps, divergence, rtol, t_cap):
         tiny_step = torch.isfinite(newton) & (step <= 1e-3 * rtol * t_now)
         t_next = torch.where(tiny_step, newton, t_next)
         finished = tiny_step | ((hi - lo) <= 1e-3 * rtol * lo)
-        beyond = torch.isinf(hi) & (lo > min(t_cap, _HUGE_T))
+        beyond = torch.isinf(hi) & (lo > min(t_cap, HUGE_T))
         t = torch.where(pending, torch.where(beyond, inf, t_next), t)
         converged |= pending & finished & ~beyond
         pending = pending & ~(finished | beyond)

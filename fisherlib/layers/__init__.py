@@ -3,8 +3,8 @@
 `engine` runs the model from a layer on (the prefix's keys and values computed once, copies of the target
 token forwarded with a perturbation, forward-mode JVPs); `full_context` does the same with whole-context
 passes for models the fast engine cannot run, and `passes` chooses between them once per model; `pullback` builds on it the residuals, the logit
-velocities `J_ℓ u`, the exact first crossing `layer_boundary` and the matrix-free eigenpairs of
-`G_ℓ = J_ℓᵀ F J_ℓ`; `steering_pass` pushes every position of a text at once (activation steering: velocities,
+velocities `J_ℓ u`, the exact first crossing `layer_boundary` (its search in `first_crossing`) and the matrix-free
+eigenpairs of `G_ℓ = J_ℓᵀ F J_ℓ` (block Krylov in `krylov`); `steering_pass` pushes every position of a text at once (activation steering: velocities,
 exact first crossings, the per-token KL of a prompt set). It may import `core` and `io`; the model is passed in (duck-typed `LoadedModel`).
 The `pullback` names resolve here too, as `fisherlib.layers.<name>` did before the layout.
 """

@@ -6,7 +6,7 @@ all positions from one forward-mode pass over the whole text (α is a dual numbe
 closed form reads `α_pred(t, ε) = sqrt(2ε / Var_{p_t}[a_t])`, the study's `t_pred` for this push. The exact
 `α_emp(t, ε)`, the first α > 0 where `KL(p_t ‖ q_t(α)) = ε`, needs full forward passes (the push reaches the
 prefix, so no key/value cache can be reused); it uses the layer study's first-crossing search
-(`pullback._first_crossing`) with one lattice per text, so that a scan point is one pass for all its positions.
+(`first_crossing.first_crossing`) with one lattice per text, so that a scan point is one pass for all its positions.
 
 Attention runs through `engine.sequence_attention` during these passes (plain tensor operations, softmax
 in float32 or the model's dtype if wider): PyTorch's fused kernels have no forward-mode rule, transformers'
@@ -43,9 +43,9 @@ from .engine import (
     residuals_by_layer,
     uses_double_backward,
 )  # fmt: skip
+from .first_crossing import T_MAX_FACTOR, divergence_and_slope, first_crossing, one_pass_curvature
 from .full_context import plain_operations
 from .passes import PREFIX_CACHED, engine_path
-from .pullback import T_MAX_FACTOR, _divergence, _first_crossing
 
 logger = logging.getLogger(__name__)
 
@@ -361,7 +361,7 @@ def steering_boundary(
     log_p = torch.log_softmax(z0, -1)
     p = log_p.exp()
     a0 = a[text, position]
-    curv = (p * (a0 - (p * a0).sum(-1, keepdim=True)) ** 2).sum(-1)
+    curv = one_pass_curvature(p, a0)
     usable = (curv > 0) & torch.isfinite(curv)
     # One lattice per text, on its stiffest token's scale: every token's scan starts at or below a quarter of its t_pred.
     top = torch.zeros(len(steered.ids), dtype=torch.float64).scatter_reduce_(0, text, torch.where(usable, curv, 0.0), "amax")
@@ -398,11 +398,11 @@ def steering_boundary(
             pos = position[line].to(zs.device)
             z_t = zs[row.to(zs.device), pos].cpu()
             zdot_t = zdot[row.to(zs.device), pos].cpu() if slopes else torch.zeros_like(z_t)
-            v, s = _divergence(log_p[line], z0[line], z_t, zdot_t, "forward")
+            v, s = divergence_and_slope(log_p[line], z0[line], z_t, zdot_t, "forward")
             value[asked], slope[asked] = v, s
         return value, (slope if slopes else None)
 
-    t, nonmonotone, unconverged, unresolved = _first_crossing(evaluate, curv, cap, eps, rtol, scan_ratio, scale=scale)
+    t, nonmonotone, unconverged, unresolved = first_crossing(evaluate, curv, cap, eps, rtol, scan_ratio, scale=scale)
     return dict(alpha_emp=t.cpu(), curv=curv, nonmonotone=nonmonotone.cpu(), unconverged=unconverged.cpu(),
                 unresolved=unresolved.cpu(), passes=torch.tensor(passes[0]))  # fmt: skip
 
@@ -426,7 +426,7 @@ def population_kl(steered: SteeredTexts, alpha: float, budget: int = DEFAULT_ROW
         pick = (text >= start) & (text < start + len(rows))
         local, pos = (text[pick] - start).to(z.device), position[pick].to(z.device)
         z0 = z_ref[local, pos]
-        value, _ = _divergence(torch.log_softmax(z0, -1), z0, z[local, pos], torch.zeros_like(z0), "forward")
+        value, _ = divergence_and_slope(torch.log_softmax(z0, -1), z0, z[local, pos], torch.zeros_like(z0), "forward")
         out.append(value.cpu())
     return torch.cat(out)
 

@@ -1,4 +1,4 @@
-"""`layer_boundary`'s first crossing (`fisherlib.layers.pullback._first_crossing`) on lines built to be non-monotone.
+"""`layer_boundary`'s first crossing (`fisherlib.layers.first_crossing.first_crossing`) on lines built to be non-monotone.
 
 Synthetic lines: `D(t) = ½ s² + bump(s)`, `s = sqrt(κ) t`, a Gaussian bump whose window above ε lies between
 two points of the scan (ratio √2), with its exact first crossing from a dense grid and bisection. Real lines:
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from fisherlib.layers import pullback as L
+from fisherlib.layers.first_crossing import first_crossing
 
 RATIO = 2**0.5
 
@@ -52,7 +53,7 @@ class Bumps:
 
 def _solve(bumps, eps, rtol=1e-6, cap=1e6):
     n = len(bumps.kappa)
-    return L._first_crossing(bumps.evaluate, bumps.kappa, torch.full((n,), cap, dtype=torch.float64),
+    return first_crossing(bumps.evaluate, bumps.kappa, torch.full((n,), cap, dtype=torch.float64),
                              torch.as_tensor(eps, dtype=torch.float64), rtol, RATIO)  # fmt: skip
 
 
@@ -118,7 +119,7 @@ def test_an_interval_that_cannot_be_resolved_is_reported():
         return value, slope if slopes else None
 
     curv = torch.ones(1, dtype=torch.float64)
-    t, _, unconverged, unresolved = L._first_crossing(evaluate, curv, torch.full((1,), 1e6, dtype=torch.float64),
+    t, _, unconverged, unresolved = first_crossing(evaluate, curv, torch.full((1,), 1e6, dtype=torch.float64),
                                                       torch.tensor([1.0], dtype=torch.float64), 1e-12, RATIO)  # fmt: skip
     assert unresolved[0, 0] >= 1 and not unconverged.any()
     assert abs(float(t[0, 0]) - math.sqrt(2)) <= 1e-12 * math.sqrt(2)  # past the unresolved interval: ½ s² = 1
