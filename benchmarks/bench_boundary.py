@@ -26,6 +26,7 @@ import torch
 import fisherlib as fl
 from fisherlib.core.bisection import bisection_boundary
 from fisherlib.core.boundary import _centred_velocities
+from memory import status_kib
 
 EPS = (0.01, 0.1, 1.0)
 
@@ -88,21 +89,13 @@ def reference(W, h, U, eps, steps=80):
     return out
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
-
-
 def _timed_child(name, args, repeats, queue):
     """Run one method `repeats` times in a fresh process; report times, result and peak memory."""
     torch.set_num_threads(args["threads"])
     device = torch.device(args["device"])
     W, h, U = (x.to(device) for x in make_problem(args["vocab"], args["width"], args["positions"], args["directions"]))
     method = {"baseline": study_baseline, "fisherlib": fisherlib_method}[name]
-    before = _rss_kib("VmRSS")
+    before = status_kib("VmRSS")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         before_gpu = torch.cuda.memory_allocated(device)
@@ -117,7 +110,7 @@ def _timed_child(name, args, repeats, queue):
     if device.type == "cuda":
         peak_mib = (torch.cuda.max_memory_allocated(device) - before_gpu) / 2**20
     else:
-        peak_mib = (_rss_kib("VmHWM") - before) / 1024
+        peak_mib = (status_kib("VmHWM") - before) / 1024
     # Send plain numbers: a shared-memory tensor would vanish with this process.
     queue.put((times, result.cpu().numpy(), peak_mib))
 

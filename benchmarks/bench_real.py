@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from memory import status_kib
+
 GEOMETRIES = {
     "pythia-1b": dict(kind="gpt_neox", vocab=50304, tokens=50277, tied=False, heads=8, kv_heads=8),
     "llama-3.2-1b": dict(kind="llama", vocab=128256, tokens=128256, tied=True, heads=32, kv_heads=8),
@@ -109,14 +111,6 @@ class PeakMemory:
     def __init__(self, device: torch.device):
         self.device = device
 
-    @staticmethod
-    def _status_kib(field: str) -> int:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(field):
-                    return int(line.split()[1])
-        return 0
-
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -128,7 +122,7 @@ class PeakMemory:
                     clear.write("5")  # resets VmHWM to the current resident set
             except OSError:
                 pass
-            self.start = self._status_kib("VmRSS") * 1024
+            self.start = status_kib("VmRSS") * 1024
         self.started = time.perf_counter()
         return self
 
@@ -137,7 +131,7 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             self.peak = torch.cuda.max_memory_allocated(self.device)
         else:
-            self.peak = self._status_kib("VmHWM") * 1024
+            self.peak = status_kib("VmHWM") * 1024
         self.seconds = time.perf_counter() - self.started
 
     @property
