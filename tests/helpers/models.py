@@ -18,45 +18,16 @@ WORDS = (
     "quick brown fox jumps over lazy dog of source code python who liked read"
 ).split()
 
+# The sizes every architecture below shares; each adds what sets it apart.
+_SIZES = dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)
+_GROUPED_QUERY = dict(_SIZES, num_key_value_heads=2)
+
 TINY_CONFIGS = {
-    "gpt_neox": lambda: transformers.GPTNeoXConfig(
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    ),
-    "llama_tied": lambda: transformers.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-    ),
-    "qwen3_untied": lambda: transformers.Qwen3Config(
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    ),
+    "gpt_neox": lambda: transformers.GPTNeoXConfig(**_SIZES),
+    "llama_tied": lambda: transformers.LlamaConfig(**_GROUPED_QUERY, tie_word_embeddings=True),
+    "qwen3_untied": lambda: transformers.Qwen3Config(**_GROUPED_QUERY, head_dim=8, tie_word_embeddings=False),
     "gpt2_tied": lambda: transformers.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=2, n_head=4, n_positions=64),
-    "phi_bias": lambda: transformers.PhiConfig(
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=64,
-    ),
+    "phi_bias": lambda: transformers.PhiConfig(**_SIZES),
 }
 
 
