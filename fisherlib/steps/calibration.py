@@ -142,21 +142,6 @@ def out_of_fold_predictions(
     return frame, int((in_classes & ~usable).sum())
 
 
-def calibrated_predictions(
-    measurements: pd.DataFrame,
-    eps: float,
-    n_splits: int = 5,
-    seed: int = 0,
-    classes: Sequence[str] = PREDICTED_CLASSES,
-    space: str = "linear",
-    unit: str = "position",
-) -> tuple[pd.DataFrame, int]:
-    """Return `out_of_fold_predictions` for one space, its columns named `t_cal_pooled`, `t_cal_per_class`."""
-    frame, dropped = out_of_fold_predictions(measurements, eps, n_splits, seed, classes, unit, spaces=(space,))
-    renamed = {f"iso_pooled_{space}": "t_cal_pooled", f"iso_per_class_{space}": "t_cal_per_class"}
-    return frame.rename(columns=renamed), dropped
-
-
 def _group_rows(frame: pd.DataFrame, group: str) -> pd.DataFrame:
     return frame if group == ALL_PREDICTED else frame[group_mask(frame, group)]
 
