@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import CorpusError
+from ..io.jsonl import jsonl_records
 
 
 @dataclass(frozen=True)
@@ -372,13 +373,11 @@ def _parse_jsonl(
     content: str, path: Path, domain: str, render: str, tokenizer: Any, options: dict[str, Any], in_folder: bool = False
 ) -> list[Document]:
     documents = []
-    for line_number, line in enumerate(content.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise CorpusError(f"{path}:{line_number} is not valid JSON ({error}).") from error
+
+    def bad_line(line_number, error):
+        return CorpusError(f"{path}:{line_number} is not valid JSON ({error}).")
+
+    for line_number, record in jsonl_records(content.splitlines(), bad_line):
         if not isinstance(record, dict):
             raise CorpusError(f"{path}:{line_number} should be a JSON object, got {type(record).__name__}.")
         text = _record_text(record, render, tokenizer, options)

@@ -16,7 +16,6 @@ Only argparse is imported here at start-up; the model and torch load when the co
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -55,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def read_prompts(path: str | Path) -> list[str]:
     """Return the prompts of a text file (one a line, blank lines skipped) or a `.jsonl` (a "text" or "prompt" field a line)."""
     from ..core.errors import InputError
+    from ..io.jsonl import jsonl_records
 
     path = Path(path).expanduser()
     if not path.is_file():
@@ -65,13 +65,7 @@ def read_prompts(path: str | Path) -> list[str]:
         raise InputError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
     prompts = []
     if path.suffix.lower() == ".jsonl":
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InputError(f"{path}:{number}: not JSON ({error.msg})") from None
+        for number, record in jsonl_records(lines, lambda number, error: InputError(f"{path}:{number}: not JSON ({error.msg})")):
             text = (
                 record if isinstance(record, str) else next((record[k] for k in ("text", "prompt") if isinstance(record, dict) and k in record), None)
             )
