@@ -555,6 +555,11 @@ def _inner_layers(run_dir: Path, name: str) -> pd.DataFrame | None:
     return inner if len(inner) else None
 
 
+def _span(values: pd.Series, spec: str) -> str:
+    """Return `"min–max"` of `values`, each end formatted with `spec` (e.g. `".1%"`)."""
+    return f"{format(values.min(), spec)}–{format(values.max(), spec)}"
+
+
 def _newer_results(run_dir: Path) -> str:
     """Return the story's sentences on the newer papers' results (power law, effective dimension, lens), if written."""
     from .claim_rules import EFF_DIM_SHARE, REL_SPECTRAL_LOW
@@ -579,23 +584,22 @@ def _newer_results(run_dir: Path) -> str:
     if dimension is not None and len(dimension):
         share, rel = dimension["eff_rank_share"], dimension["rel_spectral"]
         sentences.append(
-            f"the pulled-back metric G_ℓ has an effective dimension of {share.min():.1%}–{share.max():.1%} of d over the "
+            f"the pulled-back metric G_ℓ has an effective dimension of {_span(share, '.1%')} of d over the "
             f"layers (FishBack: {EFF_DIM_SHARE[0]:.0%}–{EFF_DIM_SHARE[1]:.0%}) and differs from the identity by "
-            f"{rel.min():.1%}–{rel.max():.1%} in relative spectral norm (FishBack: > {REL_SPECTRAL_LOW:.0%})"
+            f"{_span(rel, '.1%')} in relative spectral norm (FishBack: > {REL_SPECTRAL_LOW:.0%})"
         )
     inner = _inner_layers(run_dir, "jacobian_lens")
     if inner is not None:
         loss = inner["within_50_G"] - inner["within_50_lens"]
         sentences.append(
-            f"one averaged Jacobian lens in place of the per-position pullback loses {100 * loss.min():.1f}–"
-            f"{100 * loss.max():.1f} points of the within-50% share at inner layers, its top eigenvector "
-            f"{inner['median_angle_deg'].min():.0f}–{inner['median_angle_deg'].max():.0f}° from G_ℓ's"
+            f"one averaged Jacobian lens in place of the per-position pullback loses {_span(100 * loss, '.1f')} points of the "
+            f"within-50% share at inner layers, its top eigenvector {_span(inner['median_angle_deg'], '.0f')}° from G_ℓ's"
         )
     inner = _inner_layers(run_dir, "jacobian_lens_table1")
     if inner is not None:
         sentences.append(
             f"along the lens's own top eigenvector at ε = {inner['eps'].iloc[0]:g} the lens's curvature gives a median ρ of "
-            f"{inner['median_rho_lens'].min():.2f}–{inner['median_rho_lens'].max():.2f} at inner layers, the true curvature "
-            f"{inner['median_rho_true'].min():.3f}–{inner['median_rho_true'].max():.3f}"
+            f"{_span(inner['median_rho_lens'], '.2f')} at inner layers, the true curvature "
+            f"{_span(inner['median_rho_true'], '.3f')}"
         )
     return ("Newer results: " + "; ".join(sentences) + ".") if sentences else ""
