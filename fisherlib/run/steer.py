@@ -19,9 +19,9 @@ import argparse
 import math
 from pathlib import Path
 
-SCALE_METHODS = ("closed", "quartic", "exact", "bisection")
-# generated_steering's methods, should that module not name them (GENERATED_METHODS).
-GENERATED_METHODS = ("closed", "corrected", "exact", "bisection")
+from ..steps.generated_steering import GENERATED_METHODS
+from ..steps.steering import METHODS as SCALE_METHODS
+
 TABLE_COLUMNS = ["eps", "quantile", "method", "alpha", "push_norm", "relative", "passes", "seconds"]
 
 
@@ -95,12 +95,7 @@ def _layer_argument(text: str):
 def _methods(names: list[str], generate: int) -> tuple[str, ...]:
     from ..core.errors import InputError
 
-    if generate:
-        from ..steps import generated_steering
-
-        allowed = tuple(getattr(generated_steering, "GENERATED_METHODS", GENERATED_METHODS))
-    else:
-        allowed = SCALE_METHODS
+    allowed = GENERATED_METHODS if generate else SCALE_METHODS
     wrong = [name for name in names if name not in allowed]
     if wrong:
         where = " with --generate" if generate else ""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +39,6 @@ from ..layers import steering_pass as engine
 from ..layers.pullback import layer_boundary, layer_velocities
 
 POSITIONS = ("all", "target")
-METHODS = ("closed", "quartic", "exact", "bisection")
 BUDGET_COLUMNS = ["text", "position", "token", "eps", "curv", "alpha_pred", "alpha_quartic", "alpha_emp", "nonmonotone", "unconverged"]
 
 
@@ -164,43 +164,96 @@ def steering_scale(
     passes of the two searches. `passes` counts plain passes of one text (a forward-mode pass once).
     `tangent="forward"` takes the velocities from one forward-mode pass per text instead (exact to rounding).
     """
-    if method not in METHODS:
+    if method not in STEERING_METHODS:
         raise InputError(f"method must be one of {METHODS}, not {method!r}")
     if not 0 < quantile < 1:
         raise InputError(f"quantile must lie in (0, 1), got {quantile!r}")
     eps = float(checks.check_eps(eps, "cpu")[0])
     start = time.perf_counter()
     steered = engine.SteeredTexts.build(model, texts, layer, v, add_special_tokens)
-    n_texts, n_tokens = len(steered.ids), int(steered.lengths.sum())
-    if method in ("closed", "quartic"):
-        z, a, _ = engine.steering_velocities(steered, tangent=tangent)
-        text, position = engine.token_lines(steered.lengths)
-        _, pred, quartic = _predictions(torch.softmax(z[text, position], -1), a[text, position], np.array([eps]), method == "quartic")
-        alpha = engine.population_alpha((pred if method == "closed" else quartic)[:, 0], quantile)
-        passes = engine.velocity_passes(steered, tangent)
-        return SteeringScale(alpha, method, eps, quantile, n_tokens, passes, time.perf_counter() - start)
-    if method == "exact":
-        # The closed form's pass also gives the unsteered logits every level is measured against.
-        reference, a, _ = engine.steering_velocities(steered, tangent=tangent)
-        passes = [engine.velocity_passes(steered, tangent)]
-    else:
-        reference, _, _ = steered.logits(torch.arange(n_texts), torch.zeros(n_texts, dtype=torch.float64))
-        passes = [n_texts]
+    problem = _ScaleProblem(steered, eps, quantile, rtol, alpha_start, max_passes, tangent, method)
+    alpha = STEERING_METHODS[method].search(problem)
+    n_tokens = int(steered.lengths.sum())
+    return SteeringScale(alpha, method, eps, quantile, n_tokens, problem.passes, time.perf_counter() - start)
 
-    def level(alpha: float) -> float:
-        passes[0] += n_texts
-        if passes[0] > max_passes * n_texts:
-            raise InputError(f"the {method} search did not converge within {max_passes} passes of the prompt set")
-        return population_quantile(engine.population_kl(steered, alpha, reference=reference), quantile)
 
-    if method == "exact":
-        text, position = engine.token_lines(steered.lengths)
-        _, pred, _ = _predictions(torch.softmax(reference[text, position], -1), a[text, position], np.array([eps]), quartic=False)
-        guess = engine.population_alpha(pred[:, 0], quantile)
-        alpha = _root_from(level, eps, guess if math.isfinite(guess) else alpha_start, rtol)
-    else:
-        alpha = _bisection(level, eps, alpha_start, rtol)
-    return SteeringScale(alpha, method, eps, quantile, n_tokens, passes[0], time.perf_counter() - start)
+@dataclass
+class _ScaleProblem:
+    """One population budget to find: the steered prompts, the target, the search's settings, the passes spent."""
+
+    steered: engine.SteeredTexts
+    eps: float
+    quantile: float
+    rtol: float
+    alpha_start: float
+    max_passes: int
+    tangent: str
+    method: str
+    passes: int = 0
+
+    def predictions(self, quartic: bool):
+        """`(reference z [N, T, V], α_pred [L], α_quartic [L] or None)`: the closed form's batch of passes."""
+        z, a, _ = engine.steering_velocities(self.steered, tangent=self.tangent)
+        self.passes += engine.velocity_passes(self.steered, self.tangent)
+        text, position = engine.token_lines(self.steered.lengths)
+        _, pred, fourth = _predictions(torch.softmax(z[text, position], -1), a[text, position], np.array([self.eps]), quartic)
+        return z, pred[:, 0], None if fourth is None else fourth[:, 0]
+
+    def level(self, reference):
+        """`α -> the quantile of per-token KL at α` (one pass of every text each), bounded by `max_passes`."""
+        n_texts = len(self.steered.ids)
+
+        def level(alpha: float) -> float:
+            self.passes += n_texts
+            if self.passes > self.max_passes * n_texts:
+                raise InputError(f"the {self.method} search did not converge within {self.max_passes} passes of the prompt set")
+            return population_quantile(engine.population_kl(self.steered, alpha, reference=reference), self.quantile)
+
+        return level
+
+
+def _closed(problem: _ScaleProblem) -> float:
+    return engine.population_alpha(problem.predictions(quartic=False)[1], problem.quantile)
+
+
+def _quartic(problem: _ScaleProblem) -> float:
+    return engine.population_alpha(problem.predictions(quartic=True)[2], problem.quantile)
+
+
+def _exact(problem: _ScaleProblem) -> float:
+    # The closed form's passes also give the unsteered logits every level is measured against.
+    reference, pred, _ = problem.predictions(quartic=False)
+    guess = engine.population_alpha(pred, problem.quantile)
+    return _root_from(problem.level(reference), problem.eps, guess if math.isfinite(guess) else problem.alpha_start, problem.rtol)
+
+
+def _bisect(problem: _ScaleProblem) -> float:
+    n_texts = len(problem.steered.ids)
+    reference, _, _ = problem.steered.logits(torch.arange(n_texts), torch.zeros(n_texts, dtype=torch.float64))
+    problem.passes += n_texts
+    return _bisection(problem.level(reference), problem.eps, problem.alpha_start, problem.rtol)
+
+
+@dataclass(frozen=True)
+class SteeringMethod:
+    """A way to find the population budget: `search(problem) -> α`, counting its passes on the problem."""
+
+    name: str
+    description: str
+    search: Callable[[_ScaleProblem], float]
+
+
+# The methods `steering_scale` knows, in the order the tables list them: add one here.
+STEERING_METHODS = {
+    method.name: method
+    for method in (
+        SteeringMethod("closed", "the closed form per token, then the order statistic (one batch of passes)", _closed),
+        SteeringMethod("quartic", "the quartic of the cumulants per token, then the order statistic (the same passes)", _quartic),
+        SteeringMethod("exact", "the root of the population quantile with full passes, bracketed from the closed form", _exact),
+        SteeringMethod("bisection", "the baseline: double α from alpha_start, then halve the bracket to rtol", _bisect),
+    )
+}
+METHODS = tuple(STEERING_METHODS)
 
 
 def closed_form_scales(

@@ -207,3 +207,18 @@ def test_the_central_difference_matches_forward_mode_in_float32():
     assert float(error.max()) < 1e-3 and float(error.median()) < 2e-4
     with pytest.raises(InputError, match="tangent"):
         engine.steering_velocities(steered, tangent="backward")
+
+
+def test_steering_methods_are_one_table():
+    """`steering_scale` dispatches through `STEERING_METHODS`: a method added there is callable by name."""
+    assert S.METHODS == tuple(S.STEERING_METHODS) == ("closed", "quartic", "exact", "bisection")
+    model = _random_lm("llama")
+    texts, v = _texts(), _vector()
+    halved = S.SteeringMethod("half_closed", "half the closed form (a test's method)", lambda problem: 0.5 * S._closed(problem))
+    S.STEERING_METHODS["half_closed"] = halved
+    try:
+        found = S.steering_scale(model, texts, 1, v, eps=0.3, method="half_closed")
+    finally:
+        del S.STEERING_METHODS["half_closed"]
+    closed = S.steering_scale(model, texts, 1, v, eps=0.3, method="closed")
+    assert found.alpha == 0.5 * closed.alpha and found.passes == closed.passes and found.method == "half_closed"
