@@ -49,6 +49,7 @@ NAME_WIDTH = 28
 # A notebook that stops with fisherlib's NotApplicable has run: the run publishes, with the reason recorded here.
 NOT_APPLICABLE = "NotApplicable"
 NOT_APPLICABLE_FILE = "not_applicable.json"  # the same name as fisherlib.report.claims.NOT_APPLICABLE_FILE
+TIMINGS_FILE = "timings.json"  # each notebook's wall time of the last run (fisherlib.report.readme.runs_block reads it)
 NOTEBOOKS_FOLDER = "notebooks"  # results/<run>/notebooks/: the executed notebooks, published
 
 
@@ -339,6 +340,7 @@ def _execute(
         os.replace(partial, output)
         reason = str(getattr(error, "evalue", "") or "").strip() if not_applicable else None
         record_not_applicable(results, stem, reason, parameters)
+        record_timing(results, stem, seconds, parameters)
         if not_applicable:
             say(f"  {stem:<{NAME_WIDTH}} {seconds:5.0f} s  not applicable: {reason}")
         else:
@@ -353,6 +355,22 @@ def _execute(
     say(f"  {stem:<{NAME_WIDTH}} FAILED after {seconds:.0f} s: {_one_line_error(error)}")
     say(f"  {'':<{NAME_WIDTH}} log: {log}" + (f"  notebook: {os.path.relpath(failed, ROOT)}" if failed.exists() else ""))
     return 1
+
+
+def record_timing(results: Path, stem: str, seconds: float, parameters: dict[str, Any]) -> None:
+    """Record notebook `stem`'s wall time of this run, and the machine, in `results/timings.json` (the README's table
+    of runs reads it: a time is a measured figure, never a typed one). A rerun from a warm cache records its own,
+    shorter, time."""
+    path = results / TIMINGS_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        record = {}
+    record.setdefault("seconds", {})[stem] = round(float(seconds), 1)
+    device = str(parameters.get("device") or "auto")
+    record["machine"] = f"{os.cpu_count()} CPU cores, device {device}"
+    record["seconds"] = dict(sorted(record["seconds"].items()))
+    atomic_write_bytes(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
 
 
 def record_not_applicable(results: Path, stem: str, reason: str | None, parameters: dict[str, Any]) -> None:

@@ -251,10 +251,23 @@ def runs_block(results_root: Path) -> str:
         rows.append({
             "run": f"`{name}`", "model": model, "V": f"{int(card['vocab']):,}", "d": str(int(card["width"])),
             "positions": str(run_parameters(folder)["n_positions"]), "notebooks published": _numbers(published),
-            "does not apply": _numbers(skipped),
+            "does not apply": _numbers(skipped), "last run": _timing(folder, published),
         })  # fmt: skip
     table = _markdown(pd.DataFrame(rows)) if rows else "(no complete run yet)"
     return f"{RUNS_BEGIN}\n\n{table}\n\n{RUNS_END}"
+
+
+def _timing(folder: Path, published: list[str]) -> str:
+    """The run's last wall time, total and per notebook in minutes, from `timings.json` (`tools/runs.py` records it)."""
+    try:
+        record = json.loads((folder / "timings.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "not recorded"
+    seconds = {stem: s for stem, s in record.get("seconds", {}).items() if stem in published}
+    if not seconds:
+        return "not recorded"
+    each = ", ".join(f"{stem[:2]} {s / 60:.1f}" for stem, s in sorted(seconds.items()))
+    return f"{sum(seconds.values()) / 60:.0f} min on {record.get('machine', 'an unrecorded machine')} ({each})"
 
 
 def _blocks(run_dir: Path) -> list[tuple[str, str, object]]:

@@ -235,6 +235,38 @@ def population_summary(population: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def generated_table(generated: pd.DataFrame) -> pd.DataFrame:
+    """One row per (vector, divergence, ε) of the generated-text budget: every method's α side by side.
+
+    Columns: vector, kind, divergence, eps, alpha_<method> for the teacher-forced closed form and each of
+    `GENERATED_IN_NOTEBOOK`, ratio_<method> (α over the exact α), level_corrected / level_exact (the measured
+    quantile of KL at that α), passes_<method>, continuations and at_jump (of the exact search). A run without the
+    generated-text budget gets one row that says so.
+    """
+    if generated.empty:
+        return pd.DataFrame({"vector": ["none"], "note": ["the generated-text budget was not measured (steer_generate = 0)"]})
+    keys = ["vector", "kind", "divergence", "eps"]
+    wide = generated.pivot_table(index=keys, columns="method", values=["alpha", "ratio_to_exact", "level", "passes"], aggfunc="first", sort=False)
+    out = generated[keys].drop_duplicates().reset_index(drop=True)
+    index = pd.MultiIndex.from_frame(out)
+    methods = ["teacher_forced", *GENERATED_IN_NOTEBOOK]
+    for method in methods:
+        out[f"alpha_{method}"] = wide[("alpha", method)].reindex(index).to_numpy(float)
+    for method in methods:
+        if method != "exact":
+            out[f"ratio_{method}"] = wide[("ratio_to_exact", method)].reindex(index).to_numpy(float)
+    for method in ("corrected", "exact"):
+        # No level where the budget is censored (α = inf): the table keeps inf there, as it does for α.
+        level = wide[("level", method)].reindex(index).to_numpy(float)
+        out[f"level_{method}"] = np.where(np.isfinite(out[f"alpha_{method}"]), level, np.inf)
+    for method in methods:
+        out[f"passes_{method}"] = wide[("passes", method)].reindex(index).to_numpy(float).astype(int)
+    exact = generated[generated["method"] == "exact"].set_index(keys)
+    out["continuations"] = exact["continuations"].reindex(index).to_numpy().astype(int)
+    out["at_jump"] = exact["at_jump"].reindex(index).to_numpy().astype(bool)
+    return out
+
+
 def generated_summary(generated: pd.DataFrame) -> pd.DataFrame:
     """Per (kind, divergence, ε): how far each budget lands from the generated-text exact one, and what it cost.
 

@@ -324,3 +324,17 @@ def test_a_long_step_shows_its_rate_from_the_bar_s_own_clock(tmp_path, monkeypat
         bar.update(3)
     state = read_progress(tmp_path / "progress.json")
     assert state["n"] == 3 and 0.2 <= state["elapsed_s"] < 30, state  # seconds since the bar began, not since 1970
+
+
+def test_each_notebook_s_wall_time_is_recorded_and_the_table_of_runs_reads_it(tmp_path):
+    from fisherlib.report.readme import _timing
+
+    runs.record_timing(tmp_path, "01_sample_positions", 125.04, {"device": ""})
+    runs.record_timing(tmp_path, "02_fisher_geometry", 60.0, {"device": "cpu"})
+    runs.record_timing(tmp_path, "01_sample_positions", 120.0, {"device": "cpu"})  # a rerun replaces its own time
+    record = json.loads((tmp_path / runs.TIMINGS_FILE).read_text())
+    assert record["seconds"] == {"01_sample_positions": 120.0, "02_fisher_geometry": 60.0}
+    assert record["machine"].endswith("CPU cores, device cpu")
+    published = ["01_sample_positions", "02_fisher_geometry"]
+    assert _timing(tmp_path, published).startswith("3 min on ") and _timing(tmp_path, published).endswith("(01 2.0, 02 1.0)")
+    assert _timing(tmp_path, ["03_direction_sweep"]) == "not recorded"

@@ -80,3 +80,29 @@ def test_closed_form_grid_equals_the_single_budgets():
     for cell in grid.itertuples():
         single = S.steering_scale(model, texts, 1, v, eps=cell.eps, quantile=cell.quantile, method=cell.method)
         assert single.alpha == cell.alpha or (math.isinf(single.alpha) and math.isinf(cell.alpha))
+
+
+def test_generated_tables_put_the_methods_side_by_side_without_nan():
+    from fisherlib.steps.generated_steering import BUDGET_TABLE_COLUMNS
+
+    rows = []
+    for vector, kind in (("eigvec", "eigvec"), ("random:0", "random"), ("random:1", "random")):
+        for divergence in ("base_steered", "steered_base"):
+            exact = 2.0 if kind == "eigvec" else 4.0
+            for method, alpha, level, passes in (("closed", 2.2, math.nan, 10), ("corrected", 1.9, 0.9, 14), ("exact", exact, 1.0, 40),
+                                                 ("teacher_forced", 2.4, math.nan, 3)):  # fmt: skip
+                rows.append(dict(vector=vector, kind=kind, divergence=divergence, eps=1.0, quantile=0.95, method=method, alpha=alpha,
+                                 level=level, passes=passes, seconds=0.1, n_generate=4, continuations=3 if method == "exact" else 1,
+                                 at_jump=method == "exact" and vector == "random:1", ratio_to_exact=alpha / exact))  # fmt: skip
+    generated = pd.DataFrame(rows)[["vector", "kind", *BUDGET_TABLE_COLUMNS]]
+    table = SS.generated_table(generated)
+    assert len(table) == 6 and not table.select_dtypes("number").isna().any().any()
+    first = table.iloc[0]
+    assert first["alpha_closed"] == 2.2 and first["ratio_closed"] == pytest.approx(1.1) and first["passes_exact"] == 40
+    assert first["level_corrected"] == 0.9 and first["continuations"] == 3
+    summary = SS.generated_summary(generated)
+    assert not summary.select_dtypes("number").isna().any().any()
+    random = summary[(summary["kind"] == "random") & (summary["divergence"] == "steered_base")].iloc[0]
+    assert random["n"] == 2 and random["at_jump"] == 1 and random["ratio_teacher_forced"] == pytest.approx(0.6)
+    empty = SS.generated_table(generated.iloc[0:0])
+    assert list(empty["vector"]) == ["none"]
