@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
+from ..io.progress import progress as progress_iter
 from ..io.shards import WHOLE, Shard
 from ..layers import steering_pass as engine
 from ..layers.engine import residuals_by_layer
@@ -91,7 +92,8 @@ def measure_steering(
     # Each vector's budgets need nothing from the others': a shard (torchrun) measures its share of the vectors.
     labels = list(vectors)
     measured = {}
-    for label in (labels[i] for i in shard.rows(len(labels))):
+    mine = [labels[i] for i in shard.rows(len(labels))]
+    for label in progress_iter(mine, desc=f"steering budgets at layer {layer}", unit="vector", disable=shard.rank != 0):
         log(
             f"vector {label}: per-token budgets (+), population budgets (+ and -)"
             + (f", generated text (+, {n_generate} tokens)" if n_generate else "")
