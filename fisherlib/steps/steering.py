@@ -288,9 +288,18 @@ def _bisection(level, eps: float, alpha_start: float, rtol: float) -> float:
     return 0.5 * (lo + hi)
 
 
+def _secant_through(first: tuple[float, float], second: tuple[float, float], eps: float) -> float | None:
+    """Where the line of `sqrt(2D)` through two points `(α, D)` reaches `sqrt(2ε)`; None where it is flat."""
+    (a1, d1), (a2, d2) = first, second
+    g1, g2 = math.sqrt(2 * d1), math.sqrt(2 * d2)
+    if g1 == g2 or a1 == a2:
+        return None
+    return a1 + (math.sqrt(2 * eps) - g1) * (a2 - a1) / (g2 - g1)
+
+
 def _root_from(level, eps: float, guess: float, rtol: float, first: float = 2**-0.5) -> float:
     """The first crossing of `level(α) = ε` on the lattice `guess · 2^(j/2)` from `first · guess`, then refined
-    inside its bracket (secant on `sqrt(2 level)`, bisection when a step does not halve it).
+    inside its bracket (secant steps on `sqrt(2 level)`, bisection when a step does not halve it).
 
     The closed form's guess lands within a few percent where it applies, so the lattice starts one step below
     it; a crossing under `first · guess` is not looked for (where `level` is already at ε there, the root in
@@ -305,20 +314,26 @@ def _root_from(level, eps: float, guess: float, rtol: float, first: float = 2**-
         value = level(alpha)
     hi, hi_value = alpha, value
     widths = []
+    # Secant steps through the two latest points (sqrt(2 level) is nearly linear in α, so they converge fast), each
+    # aimed a quarter of rtol past its estimate, away from the end that moved last, so the bracket closes from both.
+    latest, moved = [(lo, lo_value), (hi, hi_value)], None
     while hi - lo > rtol * max(lo, 1e-300) and hi - lo > 0:
         width = hi - lo
         widths.append(width)
-        mid = sqrt_secant(lo, lo_value, hi, hi_value, eps)
+        mid = _secant_through(latest[-2], latest[-1], eps) if lo > 0 else None
+        mid = sqrt_secant(lo, lo_value, hi, hi_value, eps) if mid is None else mid
+        mid *= {"lo": 1 + 0.25 * rtol, "hi": 1 - 0.25 * rtol}.get(moved, 1.0)
         if len(widths) >= 3 and width > 0.5 * widths[-3] or not lo < mid < hi:
             widths.clear()
             mid = 0.5 * (lo + hi)
-        # Keep the secant off the ends by a sliver, so the bracket closes from both sides.
+        # Keep the step off the ends by a sliver.
         mid = min(max(mid, lo + 0.25 * rtol * lo), hi - 0.25 * rtol * lo) if lo > 0 else mid
         value = level(mid)
+        latest.append((mid, value))
         if value >= eps:
-            hi, hi_value = mid, value
+            hi, hi_value, moved = mid, value, "hi"
         else:
-            lo, lo_value = mid, value
+            lo, lo_value, moved = mid, value, "lo"
     if lo == 0:
         return hi
     return sqrt_secant(lo, lo_value, hi, hi_value, eps)
