@@ -119,7 +119,7 @@ def test_environment_installs_torch_as_the_makefile_does():
 def test_environment_uses_the_constraints_and_installs_the_package_and_kernel():
     pip = _pip_section()
     assert "-c constraints.txt" in pip and (ROOT / "constraints.txt").is_file()
-    assert "-e .[dev]" in pip
+    assert "-e .[dev,notebooks]" in pip
     assert any(re.match(r"ipykernel\b", r) for r in pip)
     header = (ROOT / "environment.yml").read_text()
     assert 'ipykernel install --user --name fisher-boundary --display-name "Python (fisher-boundary)"' in header

@@ -60,6 +60,7 @@ from ..core import checks
 from ..core.errors import InputError
 from ..layers import steering_pass as engine
 from ..layers.engine import context_length, network_of
+from ..layers.first_crossing import T_MAX_FACTOR
 from .steering import _bisection, _predictions, _root_from, population_quantile, steering_scale
 
 GENERATED_METHODS = ("closed", "corrected", "exact", "bisection")
@@ -354,7 +355,10 @@ def _scale(generator: _Generator, eps: float, quantile: float, method: str, dive
             measured = level(guess)
             alpha = guess * math.sqrt(eps / measured) if measured > 0 else math.inf
         else:
-            alpha = _root_from(level, eps, guess, rtol, first=LATTICE_START)
+            # The teacher-forced budget's cap (T_MAX_FACTOR · ‖r_ℓ‖ in units of v): past it the level need never reach ε.
+            scale = generator.steered.residual_scale
+            cap = T_MAX_FACTOR * scale / float(generator.steered.v.norm()) if scale else math.inf
+            alpha = _root_from(level, eps, guess, rtol, first=LATTICE_START, cap=cap)
             jump = _bracket_ends(seen_closed + seen, alpha, eps)
         seen = seen_closed + seen
     seconds = time.perf_counter() - start

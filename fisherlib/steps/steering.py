@@ -36,6 +36,7 @@ from ..core.bisection import doubling_bisection, sqrt_secant
 from ..core.errors import InputError
 from ..core.fisher import _predicted_boundary, cumulant_boundary, cumulants
 from ..layers import steering_pass as engine
+from ..layers.first_crossing import T_MAX_FACTOR
 from ..layers.pullback import layer_boundary, layer_velocities
 
 POSITIONS = ("all", "target")
@@ -224,7 +225,10 @@ def _exact(problem: _ScaleProblem) -> float:
     # The closed form's passes also give the unsteered logits every level is measured against.
     reference, pred, _ = problem.predictions(quartic=False)
     guess = engine.population_alpha(pred, problem.quantile)
-    return _root_from(problem.level(reference), problem.eps, guess if math.isfinite(guess) else problem.alpha_start, problem.rtol)
+    scale = problem.steered.residual_scale
+    cap = T_MAX_FACTOR * scale / float(problem.steered.v.norm()) if scale else math.inf  # as steering_boundary's cap
+    start = guess if math.isfinite(guess) else problem.alpha_start
+    return _root_from(problem.level(reference), problem.eps, start, problem.rtol, cap=cap)
 
 
 def _bisect(problem: _ScaleProblem) -> float:
@@ -297,18 +301,20 @@ def _secant_through(first: tuple[float, float], second: tuple[float, float], eps
     return a1 + (math.sqrt(2 * eps) - g1) * (a2 - a1) / (g2 - g1)
 
 
-def _root_from(level, eps: float, guess: float, rtol: float, first: float = 2**-0.5) -> float:
+def _root_from(level, eps: float, guess: float, rtol: float, first: float = 2**-0.5, cap: float = math.inf) -> float:
     """The first crossing of `level(α) = ε` on the lattice `guess · 2^(j/2)` from `first · guess`, then refined
     inside its bracket (secant steps on `sqrt(2 level)`, bisection when a step does not halve it).
 
     The closed form's guess lands within a few percent where it applies, so the lattice starts one step below
     it; a crossing under `first · guess` is not looked for (where `level` is already at ε there, the root in
-    `[0, first · guess]` is refined instead)."""
+    `[0, first · guess]` is refined instead). `inf` where the lattice passes `cap` below ε (censored)."""
     ratio = 2**0.5
     lo, lo_value = 0.0, 0.0
     alpha = guess * first
     value = level(alpha)
-    while value < eps:
+    while not value >= eps:  # a level that is not a number (the model overflowed) has not reached ε either
+        if alpha * ratio > cap:
+            return math.inf  # no crossing below the cap: censored
         lo, lo_value = alpha, value
         alpha *= ratio
         value = level(alpha)

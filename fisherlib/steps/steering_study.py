@@ -219,7 +219,9 @@ def population_table(population: pd.DataFrame) -> pd.DataFrame:
     out = population.copy()
     reference = exact.reindex(pd.MultiIndex.from_frame(out[["vector", "sign", "eps"]])).to_numpy()
     out["alpha_rel"] = out["alpha"] / out["mean_residual_norm"]
-    out["rel_error"] = out["alpha"].to_numpy(float) / reference - 1
+    alpha = out["alpha"].to_numpy(float)
+    # A censored exact budget (inf) makes every finite one -100%; the exact rows themselves are 0 (inf/inf is not a number).
+    out["rel_error"] = np.where(alpha == reference, 0.0, alpha / reference - 1)
     return out[["vector", "kind", "sign", "eps", "quantile", "method", "alpha", "alpha_rel", "rel_error", "passes"]]
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from fisherlib.run.distributed import shard_path, shard_rows
+from fisherlib.run.measurements import STEERING_TABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 # 80 positions: the sweep's batches of 64 give both ranks work; 12 layer-study positions in batches of 8.
@@ -83,7 +84,7 @@ def test_two_gloo_ranks_give_the_single_process_tables_byte_for_byte_and_a_dead_
     one, two = _tables(tmp_path / "one"), _tables(tmp_path / "two")
     assert sorted(one) == sorted(two)
     assert any(name.startswith("layers-") for name in one) and sum(name.startswith("dynamics-") for name in one) >= 4
-    assert sum(name.startswith("steering-") for name in one) == 5  # notebook 11's five tables
+    assert sum(name.startswith("steering-") for name in one) == len(STEERING_TABLES)  # notebook 11's tables
     assert [name for name in one if one[name] != two[name]] == []
     # The bytes are the tables': the gathered sweep reads back as the single-process one, row for row.
     [sweep] = [name for name in one if name.startswith("sweep-seed0-")]

@@ -291,15 +291,18 @@ def test_ctrl_c_says_one_line_and_leaves_no_partial_notebook(tmp_path):
     import signal
     import subprocess
 
-    source = _notebook(tmp_path / "01_slow.ipynb", "import time\nfor _ in range(600):\n    time.sleep(0.1)")
+    code = "import pathlib, time\npathlib.Path('started').write_text('1')\nfor _ in range(600):\n    time.sleep(0.1)"
+    source = _notebook(tmp_path / "01_slow.ipynb", code)
     output = tmp_path / "run" / "01_slow.ipynb"
     command = [sys.executable, str(Path(runs.__file__)), "notebook", str(source), str(output), "--run", "r", "--kernel", "python3",
                "--cwd", str(tmp_path)]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
-    while not list((tmp_path / "run").glob(".01_slow.*.ipynb")) and time.monotonic() < deadline:
+    # Interrupt once the kernel runs the cell (it writes `started` first): a loaded machine starts kernels slowly.
+    while not (tmp_path / "started").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
-    time.sleep(8)  # the kernel is running the cell
+    assert list((tmp_path / "run").glob(".01_slow.*.ipynb"))
+    time.sleep(1)
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends the terminal's foreground group
     out, err = process.communicate(timeout=120)
     tail = (out + err).strip().splitlines()[-4:]
