@@ -361,6 +361,8 @@ def record_timing(results: Path, stem: str, seconds: float, parameters: dict[str
     """Record notebook `stem`'s wall time of this run, and the machine, in `results/timings.json` (the README's table
     of runs reads it: a time is a measured figure, never a typed one). A rerun from a warm cache records its own,
     shorter, time."""
+    if not results.is_dir():  # a notebook that wrote no results (a test's) leaves no run behind
+        return
     path = results / TIMINGS_FILE
     try:
         record = json.loads(path.read_text())
